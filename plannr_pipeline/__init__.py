@@ -1,0 +1,1 @@
+"""Plannr CRM data as Dagster assets: Parquet of record, DuckDB for queries."""

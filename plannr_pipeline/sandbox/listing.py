@@ -1,0 +1,110 @@
+"""Laravel-style index semantics: filters, sorts, `per_page` and `data`/`links`/`meta` pages.
+
+Errors imitate what Laravel and spatie/laravel-query-builder answer: an unknown filter or sort
+is a 400, a `per_page` over 500 a 422 with a validation body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+MAX_PER_PAGE = 500
+DEFAULT_PER_PAGE = 15
+
+Record = dict[str, Any]
+Filter = Callable[[Record, str], bool]
+
+
+class ListingError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("message"))
+        self.status = status
+        self.body = body
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What one index route accepts."""
+
+    filters: Mapping[str, Filter]
+    sorts: Mapping[str, Callable[[Record], Any]]
+    default_sort: str
+    includes: frozenset[str] = frozenset()
+
+
+def _query_parts(query: Mapping[str, str]) -> tuple[dict[str, str], str | None, int, int, list[str]]:
+    filters = {key[len("filter["):-1]: value for key, value in query.items() if key.startswith("filter[") and key.endswith("]")}
+    per_page_raw = query.get("per_page", str(DEFAULT_PER_PAGE))
+    page_raw = query.get("page", "1")
+    if not per_page_raw.isdigit() or int(per_page_raw) < 1:
+        raise ListingError(422, {"message": "The per page field must be an integer.", "errors": {"per_page": ["The per page field must be an integer."]}})
+    if int(per_page_raw) > MAX_PER_PAGE:
+        message = f"The per page field must not be greater than {MAX_PER_PAGE}."
+        raise ListingError(422, {"message": message, "errors": {"per_page": [message]}})
+    page = int(page_raw) if page_raw.isdigit() and int(page_raw) >= 1 else 1
+    includes = [part for part in query.get("include", "").split(",") if part]
+    return filters, query.get("sort"), int(per_page_raw), page, includes
+
+
+def paginate(records: list[Record], query: Mapping[str, str], listing: Listing, base_url: str) -> dict[str, Any]:
+    filters, sort, per_page, page, includes = _query_parts(query)
+    unknown = sorted(set(filters) - set(listing.filters))
+    if unknown:
+        raise ListingError(400, {"message": f"Requested filter(s) `{', '.join(unknown)}` are not allowed. Allowed filter(s) are `{', '.join(sorted(listing.filters))}`."})
+    bad_includes = sorted(set(includes) - listing.includes)
+    if bad_includes:
+        raise ListingError(400, {"message": f"Requested include(s) `{', '.join(bad_includes)}` are not allowed. Allowed include(s) are `{', '.join(sorted(listing.includes))}`."})
+    sort = sort or listing.default_sort
+    field = sort.removeprefix("-")
+    if field not in listing.sorts:
+        raise ListingError(400, {"message": f"Requested sort(s) `{sort}` is not allowed. Allowed sort(s) are `{', '.join(sorted(listing.sorts))}`."})
+
+    for name, value in filters.items():
+        records = [r for r in records if listing.filters[name](r, value)]
+    # uuid breaks ties so that page boundaries are stable between requests.
+    key = listing.sorts[field]
+    records = sorted(records, key=lambda r: (key(r), r["uuid"]), reverse=sort.startswith("-"))
+
+    total = len(records)
+    last_page = max(1, -(-total // per_page))
+    start = (page - 1) * per_page
+    data = records[start : start + per_page]
+
+    def url(number: int) -> str:
+        return f"{base_url}?{urlencode({**query, 'page': number})}"
+
+    return {
+        "data": data,
+        "links": {
+            "first": url(1),
+            "last": url(last_page),
+            "prev": url(page - 1) if page > 1 else None,
+            "next": url(page + 1) if page < last_page else None,
+        },
+        "meta": {
+            "current_page": page,
+            "from": start + 1 if data else None,
+            "last_page": last_page,
+            "path": base_url,
+            "per_page": per_page,
+            "to": start + len(data) if data else None,
+            "total": total,
+        },
+    }
+
+
+# -- filter helpers ---------------------------------------------------------------------------
+
+def in_list(field: str) -> Filter:
+    return lambda record, value: record.get(field) in set(value.split(","))
+
+
+def not_in_list(field: str) -> Filter:
+    return lambda record, value: record.get(field) not in set(value.split(","))
+
+
+def truthy(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes")

@@ -1,0 +1,253 @@
+"""The sandbox's HTTP server: aiohttp on 127.0.0.1, in a background thread.
+
+Auth, a per-token rate limit and optional faults wrap every route, as the real API would:
+401 `{"message":"Unauthenticated."}`, `X-Ratelimit-Remaining` on every answer, and 429 with
+`Retry-After` past the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from plannr_pipeline.sandbox import routes
+from plannr_pipeline.sandbox.firm import FirmSize, generate_firm
+from plannr_pipeline.sandbox.imports import ImportPlan, live_import
+from plannr_pipeline.sandbox.listing import Listing, ListingError, paginate
+
+log = logging.getLogger(__name__)
+DEFAULT_TOKEN = "sandbox-token"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class SandboxOptions:
+    seed: int = 42
+    size: FirmSize = field(default_factory=FirmSize)
+    token: str = DEFAULT_TOKEN
+    reference: datetime | None = None
+    rate_limit_per_minute: int = 500  # the documented Plannr limit
+    rate_window_seconds: float = 60.0  # tests shorten the window to exercise 429s quickly
+    latency_ms: float = 0.0
+    error_rate: float = 0.0  # share of requests answered 500
+    drop_rate: float = 0.0  # share of connections closed without an answer
+    live_import_interval: timedelta = timedelta(minutes=20)
+    clock: Callable[[], datetime] = _utc_now
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=json.dumps(body, separators=(",", ":")), content_type="application/json", headers=headers)
+
+
+class SandboxServer:
+    """`with SandboxServer(options) as sandbox: sandbox.url`"""
+
+    def __init__(self, options: SandboxOptions | None = None) -> None:
+        self.options = options or SandboxOptions()
+        self.firm = generate_firm(self.options.seed, self.options.size, self.options.reference)
+        self.requests: Counter[str] = Counter()  # path -> count, for tests and benchmarks
+        self._faults = random.Random(self.options.seed)
+        self._windows: dict[str, deque[float]] = {}
+        self._live_imports: dict[int, ImportPlan] = {}
+        self._task_by_uuid = {t["uuid"]: t for t in self.firm.tasks}
+        self._staff_uuids = {s["uuid"] for s in self.firm.staff}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, port: int = 0) -> SandboxServer:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(self._start_site(port))
+            except BaseException as error:  # report bind errors to the caller
+                failure.append(error)
+                ready.set()
+                return
+            ready.set()
+            self._loop.run_forever()
+            self._loop.close()
+
+        self._thread = threading.Thread(target=serve, name="plannr-sandbox", daemon=True)
+        self._thread.start()
+        ready.wait(timeout=30)
+        if failure:
+            raise failure[0]
+        return self
+
+    async def _start_site(self, port: int) -> None:
+        app = web.Application(middlewares=[self._guard])
+        app.router.add_get("/api/v1/account", self._accounts)
+        app.router.add_get("/api/v1/client", self._clients)
+        app.router.add_get("/api/v1/client/{client_uuid}/goal", self._goals)
+        app.router.add_get("/api/v1/circles", self._circles)
+        app.router.add_get("/api/v1/task", self._tasks)
+        app.router.add_get("/api/v1/task/{uuid}", self._task)
+        app.router.add_get("/api/v1/import", self._imports)
+        app.router.add_get("/api/v1/import/{uuid}", self._import)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=512)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)  # type: ignore[union-attr]
+        future.result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(timeout=10)
+        self._loop = None
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- every request --------------------------------------------------------------------
+
+    def _rate_window(self, token: str) -> tuple[int, float]:
+        """Requests left for this token in the last 60 s, and seconds until one frees up."""
+        now = time.monotonic()
+        window = self._windows.setdefault(token, deque())
+        span = self.options.rate_window_seconds
+        while window and now - window[0] >= span:
+            window.popleft()
+        left = self.options.rate_limit_per_minute - len(window)
+        return left, (span - (now - window[0])) if window else 0.0
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        self.requests[request.path] += 1
+        if self.options.latency_ms:
+            await asyncio.sleep(self.options.latency_ms / 1000)
+        header = request.headers.get("Authorization", "")
+        if header != f"Bearer {self.options.token}":
+            return _json(401, {"message": "Unauthenticated."})
+        token = header.removeprefix("Bearer ")
+        acting = request.headers.get("X-PLANNR-ACCOUNT-UUID")
+        if acting is not None and acting not in self._staff_uuids:
+            # Plannr scopes data by the acting account; a client account may not read the firm.
+            return _json(403, {"message": "This action is unauthorized."})
+        left, frees_in = self._rate_window(token)
+        limit = str(self.options.rate_limit_per_minute)
+        if left <= 0:
+            retry_after = str(max(1, int(frees_in + 0.999)))
+            return _json(429, {"message": "Too Many Attempts."},
+                         {"Retry-After": retry_after, "X-RateLimit-Limit": limit, "X-Ratelimit-Remaining": "0"})
+        self._windows[token].append(time.monotonic())
+        if self.options.drop_rate and self._faults.random() < self.options.drop_rate:
+            assert request.transport is not None
+            request.transport.abort()  # a dropped connection: no status line at all
+            raise web.HTTPInternalServerError()
+        if self.options.error_rate and self._faults.random() < self.options.error_rate:
+            return _json(500, {"message": "Server Error"})
+        try:
+            response = await handler(request)
+        except ListingError as error:
+            response = _json(error.status, error.body)
+        response.headers["X-RateLimit-Limit"] = limit
+        response.headers["X-Ratelimit-Remaining"] = str(left - 1)
+        return response
+
+    def _page(self, request: web.Request, records: list[dict[str, Any]], listing: Listing) -> web.Response:
+        return _json(200, paginate(records, dict(request.query), listing, f"{self.url}{request.path}"))
+
+    @staticmethod
+    def _not_found(model: str, uuid: str) -> web.Response:
+        return _json(404, {"message": f"No query results for model [App\\Models\\{model}] {uuid}"})
+
+    # -- routes ---------------------------------------------------------------------------
+
+    async def _accounts(self, request: web.Request) -> web.Response:
+        return self._page(request, self.firm.accounts, routes.ACCOUNTS)
+
+    async def _clients(self, request: web.Request) -> web.Response:
+        return self._page(request, self.firm.clients, routes.CLIENTS)
+
+    async def _goals(self, request: web.Request) -> web.Response:
+        client_uuid = request.match_info["client_uuid"]
+        goals = self.firm.goals_by_client.get(client_uuid)
+        if goals is None:
+            return self._not_found("Account", client_uuid)
+        return self._page(request, goals, routes.GOALS)
+
+    async def _circles(self, request: web.Request) -> web.Response:
+        return self._page(request, self.firm.circles, routes.CIRCLES)
+
+    async def _tasks(self, request: web.Request) -> web.Response:
+        return self._page(request, routes.tasks_visible(self.firm.tasks, dict(request.query)), routes.TASKS)
+
+    async def _task(self, request: web.Request) -> web.Response:
+        task = self._task_by_uuid.get(request.match_info["uuid"])
+        if task is None:
+            return self._not_found("Task", request.match_info["uuid"])
+        return _json(200, {**task, "workflow_task": None})
+
+    def import_plans(self, now: datetime) -> Iterator[ImportPlan]:
+        """Finished history, then the live imports created up to `now`."""
+        yield from self.firm.imports
+        interval = self.options.live_import_interval
+        count = int((now - self.firm.reference) / interval) + 1 if now >= self.firm.reference else 0
+        for index in range(count):
+            if index not in self._live_imports:
+                self._live_imports[index] = live_import(
+                    self.options.seed, index, self.firm.reference, interval, self.firm.staff, self.firm.clients
+                )
+            yield self._live_imports[index]
+
+    async def _imports(self, request: web.Request) -> web.Response:
+        now = self.options.clock()
+        states = [state for plan in self.import_plans(now) if (state := plan.state_at(now)) is not None]
+        return self._page(request, states, routes.IMPORTS)
+
+    async def _import(self, request: web.Request) -> web.Response:
+        now = self.options.clock()
+        for plan in self.import_plans(now):
+            if plan.uuid == request.match_info["uuid"] and (state := plan.state_at(now, detail=True)):
+                return _json(200, state)
+        return self._not_found("Import", request.match_info["uuid"])
+
+
+_embedded: SandboxServer | None = None
+_embedded_lock = threading.Lock()
+
+
+def embedded_sandbox(seed: int = 42, clients: int = 250) -> SandboxServer:
+    """The process-wide sandbox the pipeline uses when no credentials are set (started once)."""
+    global _embedded
+    with _embedded_lock:
+        if _embedded is None:
+            options = SandboxOptions(seed=seed, size=FirmSize(clients=clients))
+            _embedded = SandboxServer(options).start()
+            log.info("No PLANNR_API_TOKEN or PLANNR_BASE_URL set: serving the embedded sandbox at %s", _embedded.url)
+        return _embedded

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set everything up, then run the main job: every asset, every partition.
+# With no PLANNR_API_TOKEN / PLANNR_BASE_URL this runs against the embedded sandbox.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/plannr-pipeline sync "$@"

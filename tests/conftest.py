@@ -1,0 +1,51 @@
+"""Shared fixtures: sandboxes on loopback, settings and budgets isolated per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from plannr_pipeline.api import PlannrClient, PlannrSettings
+from plannr_pipeline.api.budget import RequestBudget
+from plannr_pipeline.sandbox.firm import FirmSize
+from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
+
+
+@pytest.fixture
+def make_sandbox() -> Iterator[Callable[..., SandboxServer]]:
+    """Start a sandbox with a fresh token; every one started is stopped after the test."""
+    started: list[SandboxServer] = []
+
+    def make(clients: int = 40, **options: object) -> SandboxServer:
+        options.setdefault("token", f"test-token-{uuid.uuid4()}")
+        options.setdefault("rate_limit_per_minute", 100_000)  # tests of the limit set their own
+        size = options.pop("size", None) or FirmSize(clients=clients)
+        server = SandboxServer(SandboxOptions(size=size, **options)).start()  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def make_client(tmp_path: Path) -> Callable[..., PlannrClient]:
+    """A client for a sandbox, with its own budget file under tmp_path."""
+
+    def make(sandbox: SandboxServer, limit: int = 100_000, window_seconds: float = 60.0, **kwargs: object) -> PlannrClient:
+        settings = PlannrSettings(
+            base_url=sandbox.url,
+            token=sandbox.options.token,
+            rate_limit_per_minute=limit,
+            max_concurrency=int(kwargs.pop("max_concurrency", 8)),  # type: ignore[arg-type]
+        )
+        budget = RequestBudget(uuid.uuid4().hex, limit, directory=tmp_path, window_seconds=window_seconds)
+        kwargs.setdefault("backoff_initial", 0.01)
+        kwargs.setdefault("backoff_max", 0.2)
+        return PlannrClient(settings, budget=budget, **kwargs)  # type: ignore[arg-type]
+
+    return make

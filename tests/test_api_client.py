@@ -1,0 +1,201 @@
+"""The API client against the sandbox over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from plannr_pipeline.api import (
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    PlannrClient,
+    PlannrSettings,
+    RetriesExhaustedError,
+    ValidationError,
+)
+from plannr_pipeline.sandbox.firm import FirmSize
+
+CLIENTS = {"filter[type]": "client"}
+
+
+def goals_path(uuid: str) -> str:
+    return f"/api/v1/client/{uuid}/goal"
+
+
+async def sweep(client: PlannrClient) -> tuple[list[dict], list[dict]]:
+    async with client:
+        clients = await client.list_all("/api/v1/account", CLIENTS)
+        goals = [g async for _, batch in client.fan_out([c["uuid"] for c in clients], goals_path) for g in batch]
+    return clients, goals
+
+
+@pytest.mark.parametrize("count", [0, 1, 500, 1000, 1234])
+def test_every_client_and_goal_fetched_once_with_the_fewest_requests(make_sandbox, make_client, count):
+    sandbox = make_sandbox(clients=count)
+    client = make_client(sandbox)
+    clients, goals = asyncio.run(sweep(client))
+
+    assert sorted(c["uuid"] for c in clients) == sorted(c["uuid"] for c in sandbox.firm.clients)
+    expected_goals = [g["uuid"] for gs in sandbox.firm.goals_by_client.values() for g in gs]
+    assert sorted(g["uuid"] for g in goals) == sorted(expected_goals)
+    pages = max(1, -(-count // 500))
+    assert sandbox.requests["/api/v1/account"] == pages
+    assert client.stats.requests == pages + count  # one goals request per client
+    assert all(c["type"] == "client" for c in clients)  # staff are filtered out by the API
+
+
+def test_other_collections_list_completely(make_sandbox, make_client):
+    sandbox = make_sandbox(clients=700)
+    client = make_client(sandbox)
+
+    async def run():
+        async with client:
+            circles = await client.list_all("/api/v1/circles")
+            tasks = await client.list_all("/api/v1/task", {"filter[show_child_tasks]": "true"})
+            top_level = await client.list_all("/api/v1/task")
+            imports = await client.list_all("/api/v1/import")
+        return circles, tasks, top_level, imports
+
+    circles, tasks, top_level, imports = asyncio.run(run())
+    assert {c["uuid"] for c in circles} == {c["uuid"] for c in sandbox.firm.circles}
+    assert len(tasks) == len(sandbox.firm.tasks) > 500
+    assert len(top_level) == sum(1 for t in sandbox.firm.tasks if t["parent"] is None) < len(tasks)
+    assert len({i["uuid"] for i in imports}) == len(imports) > 0
+
+
+def test_client_budget_keeps_under_the_server_limit(make_sandbox, make_client):
+    sandbox = make_sandbox(clients=60, rate_limit_per_minute=30, rate_window_seconds=1.5)
+    client = make_client(sandbox, limit=25, window_seconds=1.5)
+    clients, _ = asyncio.run(sweep(client))
+    assert len(clients) == 60
+    assert client.stats.rate_limited == 0
+    assert client.stats.budget_wait_seconds > 1.0  # 61 requests at 25 per 1.5 s must wait
+
+
+def test_recovers_from_429_with_retry_after_without_losing_records(make_sandbox, make_client):
+    sandbox = make_sandbox(clients=60, rate_limit_per_minute=30, rate_window_seconds=1.0)
+    client = make_client(sandbox)  # a budget far above what the server allows
+    clients, goals = asyncio.run(sweep(client))
+    assert len(clients) == 60
+    assert len(goals) == sum(len(g) for g in sandbox.firm.goals_by_client.values())
+    assert client.stats.rate_limited > 0
+    assert client.stats.retries >= client.stats.rate_limited
+
+
+@pytest.mark.parametrize("fault", [{"error_rate": 0.2}, {"drop_rate": 0.1}])
+def test_recovers_from_server_errors_and_dropped_connections(make_sandbox, make_client, fault):
+    sandbox = make_sandbox(clients=120, **fault)
+    client = make_client(sandbox, max_attempts=10)
+    clients, goals = asyncio.run(sweep(client))
+    assert len(clients) == 120
+    assert len(goals) == sum(len(g) for g in sandbox.firm.goals_by_client.values())
+    assert client.stats.retries > 0
+
+
+def test_gives_up_after_bounded_retries_with_a_clear_error(make_sandbox, make_client):
+    sandbox = make_sandbox(clients=5, error_rate=1.0)
+    client = make_client(sandbox, max_attempts=3)
+    with pytest.raises(RetriesExhaustedError) as caught:
+        asyncio.run(sweep(client))
+    message = str(caught.value)
+    assert "failed 3 times" in message and "500" in message
+    assert sandbox.options.token not in message
+    assert sandbox.requests["/api/v1/account"] == 3
+
+
+async def _get(client: PlannrClient, path: str, params: dict | None = None):
+    async with client:
+        return await client.get(path, params)
+
+
+def test_wrong_token_is_an_authentication_error_without_the_token(make_sandbox, tmp_path):
+    from plannr_pipeline.api.budget import RequestBudget
+
+    sandbox = make_sandbox(clients=3)
+    wrong = "wrong-secret-token-123"
+    settings = PlannrSettings(base_url=sandbox.url, token=wrong)
+    client = PlannrClient(settings, budget=RequestBudget("auth", 100, directory=tmp_path))
+    with pytest.raises(AuthenticationError) as caught:
+        asyncio.run(_get(client, "/api/v1/account"))
+    assert "PLANNR_API_TOKEN" in str(caught.value) and "Unauthenticated." in str(caught.value)
+    assert wrong not in str(caught.value) and wrong not in repr(caught.value)
+    assert wrong not in repr(settings)
+    assert client.stats.retries == 0 and sandbox.requests["/api/v1/account"] == 1
+
+
+def test_client_account_is_forbidden(make_sandbox, make_client):
+    sandbox = make_sandbox(clients=3)
+    client = make_client(sandbox)
+    client.settings = PlannrSettings(
+        base_url=sandbox.url, token=sandbox.options.token, account_uuid=sandbox.firm.clients[0]["uuid"]
+    )
+    with pytest.raises(PermissionDeniedError) as caught:
+        asyncio.run(_get(client, "/api/v1/task"))
+    assert "PLANNR_ACCOUNT_UUID" in str(caught.value)
+    assert sandbox.options.token not in str(caught.value)
+
+
+def test_unknown_client_is_not_found(make_sandbox, make_client):
+    sandbox = make_sandbox(clients=3)
+    with pytest.raises(NotFoundError) as caught:
+        asyncio.run(_get(make_client(sandbox), goals_path("00000000-0000-4000-8000-000000000000")))
+    assert "/api/v1/client/{uuid}/goal" in str(caught.value)
+
+
+def test_oversized_page_is_a_validation_error_naming_the_field(make_sandbox, make_client):
+    sandbox = make_sandbox(clients=3)
+    with pytest.raises(ValidationError) as caught:
+        asyncio.run(_get(make_client(sandbox), "/api/v1/task", {"per_page": 501}))
+    assert caught.value.field_errors == {"per_page": ["The per page field must not be greater than 500."]}
+    assert "per_page" in str(caught.value)
+
+
+def test_unknown_filter_is_a_bad_request_not_retried(make_sandbox, make_client):
+    sandbox = make_sandbox(clients=3)
+    client = make_client(sandbox)
+    with pytest.raises(BadRequestError) as caught:
+        asyncio.run(_get(client, "/api/v1/task", {"filter[updated_after]": "2024-01-01"}))
+    assert "updated_after" in str(caught.value)
+    assert client.stats.retries == 0
+
+
+def test_single_records_come_bare(make_sandbox, make_client):
+    sandbox = make_sandbox(clients=10)
+    task = sandbox.firm.tasks[0]
+
+    async def run():
+        async with make_client(sandbox) as client:
+            return await client.get_one(f"/api/v1/task/{task['uuid']}")
+
+    assert asyncio.run(run())["uuid"] == task["uuid"]
+
+
+def test_a_total_that_changes_mid_listing_is_reported_and_nothing_is_lost(make_sandbox, make_client):
+    """Imports appear while we list them: every page sees a later clock than the one before."""
+    ticks = {"n": 0}
+
+    def clock():
+        ticks["n"] += 1
+        return sandbox.firm.reference + timedelta(hours=12, minutes=10 * ticks["n"])
+
+    sandbox = make_sandbox(clients=20, live_import_interval=timedelta(minutes=1), clock=clock)
+    client = make_client(sandbox, max_concurrency=1)
+    imports = asyncio.run(_list(client, "/api/v1/import"))
+    assert any("total changed" in w for w in client.stats.warnings)
+    assert len({i["uuid"] for i in imports}) == len(imports) > 500
+
+
+async def _list(client: PlannrClient, path: str):
+    async with client:
+        return await client.list_all(path)
+
+
+def test_the_same_seed_gives_the_same_firm(make_sandbox):
+    first = make_sandbox(clients=50, seed=7, size=FirmSize(clients=50))
+    second = make_sandbox(clients=50, seed=7, size=FirmSize(clients=50))
+    assert first.firm.clients == second.firm.clients
+    assert first.firm.tasks == second.firm.tasks
