@@ -262,6 +262,17 @@ class PlannrClient:
                 last_page = max(last_page, page.last_page)
                 yield self._dedupe(page, seen)
 
+    async def walk_pages(self, path: str, params: dict[str, Any] | None = None) -> AsyncIterator[Page]:
+        """Pages one after another, for walks that stop early (newest first, down to a watermark)."""
+        params = {**(params or {}), "per_page": PAGE_SIZE}
+        seen: set[str] = set()
+        number, last_page = 1, 1
+        while number <= last_page:
+            page = await self._get_page(path, params, number)
+            last_page = page.last_page
+            yield self._dedupe(page, seen)
+            number += 1
+
     def _dedupe(self, page: Page, seen: set[str]) -> Page:
         fresh = []
         for record in page.records:

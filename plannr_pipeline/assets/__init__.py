@@ -1,0 +1,1 @@
+"""One module per collection: clients, goals, circles, tasks, imports."""

@@ -1,0 +1,56 @@
+"""`imports` and their row errors, partitioned by the day the import was created."""
+
+import dagster as dg
+
+from plannr_pipeline.api import PlannrClient
+from plannr_pipeline.assets.common import API_POOL, call_api, report_drift, result, table_spec
+from plannr_pipeline.partitions import created_filters, import_days, partition_key_of
+from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.storage import normalise
+from plannr_pipeline.storage.convert import to_utc
+from plannr_pipeline.storage.tables import IMPORT_ERRORS, IMPORTS
+
+IMPORTS_PATH = "/api/v1/import"
+IMPORT_TABLES = (IMPORTS, IMPORT_ERRORS)
+
+
+def import_day(record: dict) -> str:
+    return partition_key_of(to_utc(record["created_at"]), import_days)
+
+
+@dg.multi_asset(
+    name="imports_asset",
+    specs=[
+        table_spec(IMPORTS),
+        table_spec(IMPORT_ERRORS, deps=["imports"]),
+    ],
+    partitions_def=import_days,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool=API_POOL,
+)
+def imports(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrStorage):
+    """One listing filtered by created date (`filter[date_from/date_to]`) for the day range."""
+    keys = set(context.partition_keys)
+    filters = created_filters(context.partition_time_window, import_days, "filter[date_from]", "filter[date_to]")
+    warehouse = storage.warehouse()
+    drift = normalise.Drift()
+    counts = dict.fromkeys((t.name for t in IMPORT_TABLES), 0)
+
+    async def fetch(api: PlannrClient) -> None:
+        with warehouse.store.staged() as write:
+            for table in IMPORT_TABLES:
+                write.write(table, normalise.arrow(table, []), keys)
+            async for page in api.iter_pages(IMPORTS_PATH, filters):
+                rows_by_table = normalise.imports(page.records, drift, import_day)
+                for table in IMPORT_TABLES:
+                    rows = [row for row in rows_by_table[table.name] if row["created_day"] in keys]
+                    write.write(table, normalise.arrow(table, rows), keys)
+                    counts[table.name] += len(rows)
+                context.log.info(f"imports: page {page.number}/{page.last_page}, {counts['imports']} imports so far")
+
+    context.log.info(f"imports: {len(keys)} day(s) from {plannr.source()} with {filters}")
+    stats = call_api(context, plannr, fetch)
+    warehouse.refresh_views(IMPORT_TABLES)
+    report_drift(context, drift)
+    for table in IMPORT_TABLES:
+        yield result(table, counts[table.name], stats, plannr.source(), drift, partitions=len(keys))

@@ -1,0 +1,97 @@
+"""`plannr-pipeline sync | sandbox`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from plannr_pipeline.api import PlannrError, PlannrSettings
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from plannr_pipeline.storage.warehouse import Warehouse
+    from plannr_pipeline.sync import run_sync
+
+    try:
+        if not PlannrSettings.wants_sandbox():
+            PlannrSettings.from_env()  # fail now, clearly, rather than inside every step
+    except PlannrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    data_dir = os.path.abspath(os.environ.get("PLANNR_DATA_DIR") or "data")
+    source = "the embedded sandbox (no PLANNR_API_TOKEN or PLANNR_BASE_URL set)" if PlannrSettings.wants_sandbox() else os.environ.get("PLANNR_BASE_URL", "https://api.plannrcrm.com")
+    print(f"plannr-pipeline sync: from {source} into {data_dir}")
+    selected = set(args.select.split(",")) if args.select else None
+    report = run_sync(selected)
+    Warehouse(data_dir).refresh_views()
+    print()
+    print(f"{'table':<22}{'rows':>10}")
+    for table, rows in sorted(report.rows.items()):
+        print(f"{table:<22}{rows:>10}")
+    print(f"\n{report.requests} API requests in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}")
+    if not report.ok:
+        print("\nsync FAILED:", file=sys.stderr)
+        for failure in report.failures:
+            print(f"  - {failure}", file=sys.stderr)
+        return 1
+    print("sync finished: all assets landed.")
+    return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from plannr_pipeline.sandbox.firm import FirmSize
+    from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
+
+    options = SandboxOptions(
+        seed=args.seed,
+        size=FirmSize(clients=args.clients),
+        token=args.token,
+        rate_limit_per_minute=args.rate_limit,
+        latency_ms=args.latency_ms,
+        error_rate=args.error_rate,
+    )
+    server = SandboxServer(options).start(port=args.port)
+    print(f"Plannr sandbox (seed {args.seed}, {args.clients} clients) serving at {server.url}", flush=True)
+    print(f"  export PLANNR_BASE_URL={server.url}", flush=True)
+    print("  export PLANNR_API_TOKEN=<the --token you passed>" if args.token_given else f"  export PLANNR_API_TOKEN={args.token}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="plannr-pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sync = commands.add_parser("sync", help="materialise every asset, all partitions, in one process")
+    sync.add_argument("--select", help="comma-separated asset names (default: all)")
+    sync.set_defaults(run=_sync)
+
+    sandbox = commands.add_parser("sandbox", help="serve the imitation Plannr API on 127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8765)
+    sandbox.add_argument("--seed", type=int, default=42)
+    sandbox.add_argument("--clients", type=int, default=250)
+    sandbox.add_argument("--token", default=None, help="the only Bearer token accepted (default: sandbox-token)")
+    sandbox.add_argument("--rate-limit", type=int, default=500, help="requests per minute per token (default 500, as Plannr)")
+    sandbox.add_argument("--latency-ms", type=float, default=0.0)
+    sandbox.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500")
+    sandbox.set_defaults(run=_sandbox)
+
+    args = parser.parse_args(argv)
+    if args.command == "sandbox":
+        args.token_given = args.token is not None
+        args.token = args.token or "sandbox-token"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "alembic"):  # a line per request or migration drowns the progress
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""The one place where assets, resources, sensors and schedules meet."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from plannr_pipeline.assets.circles import circles
+from plannr_pipeline.assets.clients import clients
+from plannr_pipeline.assets.goals import goals
+from plannr_pipeline.assets.imports import imports
+from plannr_pipeline.assets.tasks import tasks
+from plannr_pipeline.resources import PlannrApi, PlannrStorage
+
+ASSETS = [clients, goals, circles, tasks, imports]
+
+
+def resources() -> dict[str, dg.ConfigurableResource]:
+    return {"plannr": PlannrApi.from_env(), "storage": PlannrStorage.from_env()}
+
+
+defs = dg.Definitions(assets=ASSETS, resources=resources())

@@ -1,0 +1,83 @@
+"""Dagster resources: the Plannr API and the storage location."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+import dagster as dg
+
+from plannr_pipeline.api import PlannrClient, PlannrSettings
+from plannr_pipeline.api.config import DEFAULT_BASE_URL, DEFAULT_MAX_CONCURRENCY, budget_from_env
+from plannr_pipeline.sandbox import embedded_sandbox
+from plannr_pipeline.storage.warehouse import Warehouse
+
+
+class PlannrApi(dg.ConfigurableResource):
+    """The Plannr REST API, or the embedded sandbox when neither token nor base URL is set."""
+
+    base_url: str | None = None
+    token: str | None = None
+    account_uuid: str | None = None
+    rate_limit_per_minute: int = 450
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    sandbox_seed: int = 42
+    sandbox_clients: int = 250
+
+    @classmethod
+    def from_env(cls) -> PlannrApi:
+        """Secrets as EnvVar, so they are read at run time and never shown in the UI."""
+        env = os.environ
+        return cls(
+            base_url=dg.EnvVar("PLANNR_BASE_URL") if env.get("PLANNR_BASE_URL") else None,
+            token=dg.EnvVar("PLANNR_API_TOKEN") if env.get("PLANNR_API_TOKEN") else None,
+            account_uuid=dg.EnvVar("PLANNR_ACCOUNT_UUID") if env.get("PLANNR_ACCOUNT_UUID") else None,
+            rate_limit_per_minute=budget_from_env(env),
+            max_concurrency=int(env.get("PLANNR_MAX_CONCURRENCY") or DEFAULT_MAX_CONCURRENCY),
+            sandbox_seed=int(env.get("PLANNR_SANDBOX_SEED") or 42),
+            sandbox_clients=int(env.get("PLANNR_SANDBOX_CLIENTS") or 250),
+        )
+
+    @property
+    def uses_sandbox(self) -> bool:
+        return not self.token and not self.base_url
+
+    def settings(self) -> PlannrSettings:
+        if self.uses_sandbox:
+            sandbox = embedded_sandbox(self.sandbox_seed, self.sandbox_clients)
+            return PlannrSettings(
+                base_url=sandbox.url,
+                token=sandbox.options.token,
+                rate_limit_per_minute=self.rate_limit_per_minute,
+                max_concurrency=self.max_concurrency,
+            )
+        return PlannrSettings(
+            base_url=(self.base_url or DEFAULT_BASE_URL).rstrip("/"),
+            token=self.token or "",
+            account_uuid=self.account_uuid,
+            rate_limit_per_minute=self.rate_limit_per_minute,
+            max_concurrency=self.max_concurrency,
+        )
+
+    def source(self) -> str:
+        """Where data comes from, for logs and metadata (never the token)."""
+        if self.uses_sandbox:
+            return f"embedded sandbox (seed {self.sandbox_seed}, {self.sandbox_clients} clients)"
+        return urlparse(self.base_url or DEFAULT_BASE_URL).netloc
+
+    def client(self, on_warning: Callable[[str], None] | None = None) -> PlannrClient:
+        return PlannrClient(self.settings(), on_warning=on_warning)
+
+
+class PlannrStorage(dg.ConfigurableResource):
+    """Where the Parquet of record and the DuckDB database live."""
+
+    data_dir: str = "data"
+
+    @classmethod
+    def from_env(cls) -> PlannrStorage:
+        return cls(data_dir=os.environ.get("PLANNR_DATA_DIR") or "data")
+
+    def warehouse(self) -> Warehouse:
+        return Warehouse(os.path.abspath(self.data_dir))

@@ -1,0 +1,96 @@
+"""Casts from Plannr's wire formats to the types an analyst can trust (plannr-api.md section 5).
+
+Every converter returns None for a missing value and raises ValueError for one it cannot read;
+the normaliser keeps such a value in the row's `extra_json` rather than losing it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+LONDON = ZoneInfo("Europe/London")
+PLACEHOLDER_PREFIX = "App\\Http\\Resources\\"
+
+
+def is_placeholder(value: Any) -> bool:
+    """An unexpanded relationship as the docs show it: a resource class name, or a schema blob."""
+    if isinstance(value, str):
+        return value.startswith(PLACEHOLDER_PREFIX) or value == "Object"
+    if isinstance(value, dict) and value:
+        return all(isinstance(v, dict) and "description" in v and ("example" in v or "collection" in v) for v in value.values())
+    return False
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value == "" or is_placeholder(value)
+
+
+def to_utc(value: Any) -> datetime | None:
+    """ISO with offset, naive `YYYY-MM-DD HH:MM:SS` (Europe/London), a date, or Zulu -> UTC."""
+    if _missing(value):
+        return None
+    text = str(value).strip()
+    if len(text) == 10:  # a date alone: midnight in London
+        return datetime.combine(date.fromisoformat(text), datetime.min.time(), LONDON).astimezone(UTC)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=LONDON)  # naive Plannr times are UK local
+    return moment.astimezone(UTC)
+
+
+def to_date(value: Any) -> date | None:
+    if _missing(value):
+        return None
+    return date.fromisoformat(str(value)[:10])
+
+
+def to_int(value: Any) -> int | None:
+    if _missing(value):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    number = float(text)
+    if not number.is_integer():
+        raise ValueError(f"expected a whole number, got {value!r}")
+    return int(number)
+
+
+def to_bool(value: Any) -> bool | None:
+    if _missing(value):
+        return None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected a boolean, got {value!r}")
+
+
+def to_text(value: Any) -> str | None:
+    if _missing(value):
+        return None
+    if isinstance(value, (dict, list)):
+        raise ValueError("expected text, got a structure")
+    return str(value)
+
+
+def money_minor(value: Any) -> int | None:
+    """Money `{amount: "4000", currency, formatted}`: the amount is already in minor units."""
+    if _missing(value):
+        return None
+    if not isinstance(value, dict) or "amount" not in value:
+        raise ValueError(f"expected a money object, got {value!r}")
+    return to_int(value["amount"])
+
+
+def money_currency(value: Any) -> str | None:
+    if _missing(value) or not isinstance(value, dict):
+        return None
+    return to_text(value.get("currency"))

@@ -1,0 +1,155 @@
+"""API records -> typed rows for the tables in `tables.py`.
+
+Nothing the API sends is dropped: a field no column models lands in `extra_json` (and is
+reported as schema drift), a value that cannot be cast lands in `extra_json._unparsed`, and
+unexpanded relationship placeholders are recognised and not stored as data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from plannr_pipeline.storage import tables as t
+from plannr_pipeline.storage.convert import is_placeholder
+
+
+@dataclass
+class Drift:
+    """Fields seen that the tables do not model, and values that could not be cast."""
+
+    unknown_fields: Counter = field(default_factory=Counter)  # "table.field" -> rows
+    unparsed_values: Counter = field(default_factory=Counter)
+
+    def merge(self, other: Drift) -> None:
+        self.unknown_fields.update(other.unknown_fields)
+        self.unparsed_values.update(other.unparsed_values)
+
+    def summary(self) -> list[str]:
+        return [f"new field {name} in {count} rows" for name, count in sorted(self.unknown_fields.items())] + [
+            f"uncastable {name} in {count} rows" for name, count in sorted(self.unparsed_values.items())
+        ]
+
+
+def _dig(record: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = record
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def to_row(table: t.Table, record: dict[str, Any], drift: Drift, **fixed: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    unparsed: dict[str, Any] = {}
+    for column in table.columns:
+        if column.path is None:
+            row[column.name] = fixed.get(column.name)
+            continue
+        raw = _dig(record, column.path)
+        try:
+            row[column.name] = column.convert(raw) if column.convert else raw
+        except (ValueError, TypeError):
+            row[column.name] = None
+            unparsed[column.name] = raw
+            drift.unparsed_values[f"{table.name}.{column.name}"] += 1
+    extra = {
+        key: value
+        for key, value in record.items()
+        if key not in table.known_fields and not is_placeholder(value) and value is not None
+    }
+    for key in extra:
+        drift.unknown_fields[f"{table.name}.{key}"] += 1
+    # Relationships we do not model may arrive expanded (include=...): keep them too.
+    extra.update({k: v for k, v in record.items() if k in table.handled and v is not None and not is_placeholder(v)})
+    if unparsed:
+        extra["_unparsed"] = unparsed
+    if any(column.name == "extra_json" for column in table.columns):
+        row["extra_json"] = json.dumps(extra, sort_keys=True, default=str) if extra else None
+    return row
+
+
+def arrow(table: t.Table, rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=table.schema)
+
+
+# -- per collection --------------------------------------------------------------------------
+
+def clients(records: Iterable[dict], drift: Drift, partition_of) -> list[dict]:
+    return [to_row(t.CLIENTS, r, drift, created_month=partition_of(r)) for r in records]
+
+
+def goals(client_uuid: str, records: Iterable[dict], drift: Drift, created_month: str) -> list[dict]:
+    return [to_row(t.GOALS, r, drift, client_uuid=client_uuid, created_month=created_month) for r in records]
+
+
+def circles(records: Iterable[dict], drift: Drift) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {"circles": [], "circle_accounts": [], "circle_groups": []}
+    for record in records:
+        out["circles"].append(to_row(t.CIRCLES, record, drift))
+        for account in _list_of(record.get("accounts")):
+            out["circle_accounts"].append(to_row(t.CIRCLE_ACCOUNTS, account, drift, circle_uuid=record["uuid"]))
+        for group in _list_of(record.get("groups")):
+            out["circle_groups"].append(to_row(t.CIRCLE_GROUPS, group, drift, circle_uuid=record["uuid"]))
+    return out
+
+
+def tasks(records: Iterable[dict], drift: Drift) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {"tasks": [], "task_custom_fields": [], "task_assignees": []}
+    for record in records:
+        uuid = record["uuid"]
+        out["tasks"].append(to_row(t.TASKS, record, drift))
+        for custom_field in _list_of(record.get("custom_fields")):
+            out["task_custom_fields"].append(to_row(t.TASK_CUSTOM_FIELDS, custom_field, drift, task_uuid=uuid))
+        assignees = {}
+        assigned = record.get("assigned_to")
+        if isinstance(assigned, dict) and isinstance(assigned.get("uuid"), str):
+            assignees[(assigned["uuid"], "assigned_to")] = None
+        taskable = record.get("taskable")
+        for account_uuid in (taskable.get("assigned_to_uuids") or []) if isinstance(taskable, dict) else []:
+            assignees[(account_uuid, "taskable")] = None
+        out["task_assignees"].extend(
+            {"task_uuid": uuid, "account_uuid": account_uuid, "source": source} for account_uuid, source in assignees
+        )
+    return out
+
+
+def imports(records: Iterable[dict], drift: Drift, partition_of) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {"imports": [], "import_errors": []}
+    for record in records:
+        day = partition_of(record)
+        out["imports"].append(to_row(t.IMPORTS, record, drift, created_day=day))
+        out["import_errors"].extend(import_error_rows(record, day))
+    return out
+
+
+def import_error_rows(record: dict[str, Any], day: str) -> list[dict]:
+    """One row per (failed row, field, message). `errors` may be a list or a keyed map."""
+    errors = record.get("errors")
+    items = list(errors.values()) if isinstance(errors, dict) else _list_of(errors)
+    rows = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or is_placeholder(item):
+            continue
+        client = item.get("client")
+        for field_name, messages in (item.get("errors") or {}).items():
+            for message in messages if isinstance(messages, list) else [messages]:
+                rows.append({
+                    "import_uuid": record["uuid"],
+                    "error_index": index,
+                    "field": field_name,
+                    "message": str(message),
+                    "client_json": json.dumps(client, sort_keys=True) if client is not None else None,
+                    "created_day": day,
+                })
+    return rows
+
+
+def _list_of(value: Any) -> list[dict]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []

@@ -1,0 +1,303 @@
+"""Every table we write: its columns, Arrow types, where each value comes from, and what it means.
+
+This is the single source of the data dictionary (README) and of `dagster/column_schema`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from plannr_pipeline.storage import convert as c
+
+TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    path: tuple[str, ...] | None  # where in the API record; None = filled by the normaliser
+    convert: Callable[[Any], Any] | None
+    description: str
+
+
+def col(name: str, type_: pa.DataType, path: str | None, convert: Callable[[Any], Any] | None, description: str) -> Column:
+    return Column(name, type_, tuple(path.split(".")) if path else None, convert, description)
+
+
+def filled(name: str, description: str, type_: pa.DataType = pa.string()) -> Column:
+    """A column the normaliser fills (parent keys, partitions), not read from the record."""
+    return Column(name, type_, None, None, description)
+
+
+def text(name: str, description: str, path: str | None = None) -> Column:
+    return col(name, pa.string(), path or name, c.to_text, description)
+
+
+def stamp(name: str, description: str, path: str | None = None) -> Column:
+    return col(name, TS, path or name, c.to_utc, description)
+
+
+def flag(name: str, description: str, path: str | None = None) -> Column:
+    return col(name, pa.bool_(), path or name, c.to_bool, description)
+
+
+def whole(name: str, description: str, path: str | None = None, type_: pa.DataType = pa.int32()) -> Column:
+    return col(name, type_, path or name, c.to_int, description)
+
+
+EXTRA = col("extra_json", pa.string(), None, None, "Fields the API sent that this table does not model yet, as JSON (kept, never dropped); `_unparsed` holds values that could not be cast.")
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...] = ("uuid",)
+    partition_column: str | None = None
+    # Known API fields without a column of their own: not drift; kept in extra_json when they
+    # carry data (an expanded relationship, say), except `children`, which have child tables.
+    handled: frozenset[str] = field(default_factory=frozenset)
+    children: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([pa.field(column.name, column.type) for column in self.columns])
+
+    @property
+    def known_fields(self) -> frozenset[str]:
+        return frozenset(column.path[0] for column in self.columns if column.path) | self.handled | self.children
+
+
+ACCOUNT_RELATIONSHIPS = frozenset(
+    {"firm", "tags", "groups", "owners", "assigned_adviser", "assigned_administrator", "assigned_paraplanner",
+     "introduced_by", "primary_email", "primary_phone_number", "primary_address", "custom_fields",
+     "external_references", "current_time_entry", "joint_account_circle", "circles"}
+)
+
+CLIENTS = Table(
+    "clients",
+    "One row per client account (GET /api/v1/account?filter[type]=client).",
+    (
+        text("uuid", "Client account UUID (key)."),
+        text("type", "Account type; always `client` here."),
+        text("role", "Client sub-type: individual, joint, trust or business."),
+        text("first_name", "First name."),
+        text("last_name", "Last name."),
+        text("name", "Full display name."),
+        text("email", "Email (deprecated by Plannr in favour of the primary email)."),
+        text("photo_url", "Avatar URL."),
+        stamp("created_at", "When the client was created (UTC)."),
+        stamp("updated_at", "When the client was last updated (UTC)."),
+        stamp("first_contact_date", "First contact (UTC)."),
+        stamp("next_review_date", "Next review (UTC)."),
+        stamp("previous_review_date", "Previous review (UTC)."),
+        stamp("anniversary_review_date", "Anniversary review (UTC)."),
+        stamp("last_interaction_at", "Last interaction; Plannr sends UK local time without a zone (UTC here)."),
+        col("inactive_at", pa.date32(), "inactive_at", c.to_date, "Date the client became inactive; null while active."),
+        flag("with_login", "Has a client-portal login."),
+        flag("has_joint_account", "Is part of a joint account."),
+        flag("can_be_deleted", "Plannr allows deletion (sent as the string \"true\"/\"false\")."),
+        whole("ownership_percentage", "Ownership percentage."),
+        filled("created_month", "Partition: month the client was created, `YYYY-MM` in UK time; clients older than the first partition are in it."),
+        EXTRA,
+    ),
+    partition_column="created_month",
+    handled=ACCOUNT_RELATIONSHIPS,
+)
+
+GOALS = Table(
+    "goals",
+    "One row per client goal (GET /api/v1/client/{client_uuid}/goal, fanned out per client).",
+    (
+        text("uuid", "Goal UUID (key)."),
+        filled("client_uuid", "The client the goal belongs to (joins to clients.uuid)."),
+        text("name", "Goal name."),
+        text("description", "Description."),
+        text("timeframe", "Free-text timeframe."),
+        whole("priority", "Priority 1-5 (sent as a string).", type_=pa.int16()),
+        whole("progress", "Progress percent 0-100 (sent as a string).", type_=pa.int16()),
+        col("target_amount_minor", pa.int64(), "target_amount", c.money_minor, "Target amount in minor units (pennies)."),
+        col("target_currency", pa.string(), "target_amount", c.money_currency, "ISO currency of the target amount."),
+        stamp("complete_goal_by", "Target completion (UTC)."),
+        stamp("created_at", "Created (UTC)."),
+        stamp("updated_at", "Updated (UTC)."),
+        text("shared_owner_type", "`individual` when the goal belongs to one owner of a joint/trust/business client."),
+        text("shared_owner_uuid", "That owner's account UUID, when included.", path="shared_owner.uuid"),
+        filled("created_month", "Partition: the client's created month (goals follow their client)."),
+        EXTRA,
+    ),
+    partition_column="created_month",
+    children=frozenset({"shared_owner"}),  # stored as shared_owner_uuid
+)
+
+CIRCLES = Table(
+    "circles",
+    "One row per circle (household or family) (GET /api/v1/circles).",
+    (
+        text("uuid", "Circle UUID (key)."),
+        text("name", "Circle name."),
+        text("photo_url", "Photo URL."),
+        text("bg_colour", "Display colour."),
+        stamp("created_at", "Created (UTC)."),
+        stamp("updated_at", "Updated (UTC)."),
+        EXTRA,
+    ),
+    handled=frozenset({"firm"}),
+    children=frozenset({"accounts", "groups"}),
+)
+
+CIRCLE_ACCOUNTS = Table(
+    "circle_accounts",
+    "Members of each circle: one row per (circle, account).",
+    (
+        filled("circle_uuid", "Circle (joins to circles.uuid)."),
+        text("account_uuid", "Member account (joins to clients.uuid for clients).", path="uuid"),
+        text("name", "Member name."),
+        text("type", "Account type (client, employee, external)."),
+        text("role", "Account role."),
+        text("email", "Email."),
+        text("first_name", "First name."),
+        text("last_name", "Last name."),
+        text("photo_url", "Avatar URL."),
+        stamp("created_at", "Account created (UTC)."),
+        stamp("updated_at", "Account updated (UTC)."),
+        EXTRA,
+    ),
+    key=("circle_uuid", "account_uuid"),
+    handled=frozenset({"external_references"}),
+)
+
+CIRCLE_GROUPS = Table(
+    "circle_groups",
+    "Groups attached to each circle: one row per (circle, group).",
+    (
+        filled("circle_uuid", "Circle (joins to circles.uuid)."),
+        text("group_uuid", "Group UUID.", path="uuid"),
+        text("name", "Group name."),
+        text("slug", "Group slug."),
+        whole("participants_count", "Participants in the group (sent as a string)."),
+        stamp("created_at", "Created (UTC)."),
+        stamp("updated_at", "Updated (UTC)."),
+        EXTRA,
+    ),
+    key=("circle_uuid", "group_uuid"),
+    handled=frozenset({"participants"}),  # a schema blob in the docs; real lists kept in extra_json
+)
+
+TASKS = Table(
+    "tasks",
+    "One row per task, subtasks included (GET /api/v1/task with filter[show_child_tasks]=true).",
+    (
+        text("uuid", "Task UUID (key)."),
+        text("parent_uuid", "Parent task for a subtask; null for a top-level task.", path="parent.uuid"),
+        text("name", "Task name."),
+        text("description", "Description."),
+        text("priority", "Priority as Plannr sends it (e.g. high)."),
+        whole("position", "Position on its board."),
+        text("status_uuid", "Status UUID.", path="status.uuid"),
+        text("status_name", "Status name.", path="status.name"),
+        flag("status_is_archived", "Status is an archived type.", path="status.is_archived"),
+        flag("status_is_not_started", "Status is a not-started type.", path="status.is_not_started"),
+        flag("status_is_completed", "Status is a completed type.", path="status.is_type_completed"),
+        stamp("due_at", "Due (UTC; Plannr sends UK local time without a zone)."),
+        stamp("completed_at", "Completed (UTC; sent without a zone)."),
+        flag("is_recurring", "Recurs."),
+        text("recurring_frequency", "Recurrence, e.g. weekly."),
+        stamp("recurring_last_run", "Last recurrence (UTC; sent without a zone)."),
+        stamp("recurring_next_run", "Next recurrence (UTC; sent without a zone)."),
+        text("taskable_type", "What the task hangs on: case or plan."),
+        text("taskable_uuid", "That case or plan's UUID.", path="taskable.uuid"),
+        text("taskable_name", "That case or plan's name.", path="taskable.name"),
+        col("taskable_value_minor", pa.int64(), "taskable.value", c.money_minor, "Case or plan value in minor units."),
+        col("taskable_value_currency", pa.string(), "taskable.value", c.money_currency, "Currency of that value."),
+        text("author_uuid", "Account that created the task.", path="author.uuid"),
+        text("assigned_to_uuid", "Account the task is assigned to.", path="assigned_to.uuid"),
+        text("completed_by_uuid", "Account that completed it.", path="completed_by.uuid"),
+        stamp("created_at", "Created (UTC)."),
+        stamp("updated_at", "Updated (UTC); the incremental refresh's watermark."),
+        EXTRA,
+    ),
+    handled=frozenset({"workflow", "workflow_task", "task_status"}),
+    children=frozenset({"custom_fields"}),
+)
+
+TASK_CUSTOM_FIELDS = Table(
+    "task_custom_fields",
+    "Custom field values on each task: one row per (task, custom field).",
+    (
+        filled("task_uuid", "Task (joins to tasks.uuid)."),
+        text("custom_field_uuid", "Custom field value UUID.", path="uuid"),
+        text("name", "Field name."),
+        text("type", "Field type (text, boolean, number, ...)."),
+        text("reference", "Field reference."),
+        text("value", "Value as text, as Plannr sends it."),
+        flag("is_required", "Required field."),
+        text("help_text", "Help text shown with the field."),
+        stamp("created_at", "Created (UTC)."),
+        stamp("updated_at", "Updated (UTC)."),
+        EXTRA,
+    ),
+    key=("task_uuid", "custom_field_uuid"),
+    handled=frozenset({"selection_options"}),
+)
+
+TASK_ASSIGNEES = Table(
+    "task_assignees",
+    "Who each task is assigned to: its assignee and the assignees of its case or plan.",
+    (
+        filled("task_uuid", "Task (joins to tasks.uuid)."),
+        filled("account_uuid", "Assigned account."),
+        filled("source", "`assigned_to` (the task's own assignee) or `taskable` (assigned on its case/plan)."),
+    ),
+    key=("task_uuid", "account_uuid", "source"),
+)
+
+IMPORTS = Table(
+    "imports",
+    "One row per CSV import (GET /api/v1/import).",
+    (
+        text("uuid", "Import UUID (key)."),
+        text("type", "What is imported: clients, tasks, notes, plans, ..."),
+        text("mode", "store (create), update or validate."),
+        text("status", "Status as Plannr sends it (pending, processing, completed, failed, ...)."),
+        whole("total_jobs", "Rows (jobs) in the import."),
+        whole("jobs_remaining", "Jobs not yet processed."),
+        whole("failed_jobs", "Jobs that failed."),
+        whole("progress", "Progress percent 0-100."),
+        text("initiated_by_uuid", "Account that started the import.", path="account.uuid"),
+        text("error_report_uuid", "Error report file UUID.", path="error_report.uuid"),
+        text("error_report_url", "Where to download the full error report.", path="error_report.download_url"),
+        whole("error_report_size", "Error report size in bytes (sent as a string).", path="error_report.size", type_=pa.int64()),
+        stamp("created_at", "Created (UTC)."),
+        stamp("updated_at", "Updated (UTC)."),
+        filled("created_day", "Partition: day the import was created, `YYYY-MM-DD` in UK time."),
+        EXTRA,
+    ),
+    partition_column="created_day",
+    handled=frozenset({"headers", "mapping"}),
+    children=frozenset({"errors"}),
+)
+
+IMPORT_ERRORS = Table(
+    "import_errors",
+    "Row errors of each import (the API shows at most 25 failed rows; the rest are in the error report).",
+    (
+        filled("import_uuid", "Import (joins to imports.uuid)."),
+        filled("error_index", "Position of the failed row in the API's list.", pa.int32()),
+        filled("field", "Field that failed validation."),
+        filled("message", "The validation message."),
+        filled("client_json", "The failed row's client data, as JSON."),
+        filled("created_day", "Partition: the import's created day."),
+    ),
+    key=("import_uuid", "error_index", "field", "message"),
+    partition_column="created_day",
+)
+
+ALL_TABLES = (CLIENTS, GOALS, CIRCLES, CIRCLE_ACCOUNTS, CIRCLE_GROUPS, TASKS, TASK_CUSTOM_FIELDS, TASK_ASSIGNEES, IMPORTS, IMPORT_ERRORS)
+TABLES = {table.name: table for table in ALL_TABLES}
