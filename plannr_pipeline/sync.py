@@ -49,7 +49,12 @@ def _range_tags(partitions_def: dg.PartitionsDefinition | None) -> dict[str, str
     return {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
 
 
-def run_sync(selected: set[str] | None = None, instance: dg.DagsterInstance | None = None, echo=print) -> SyncReport:
+def run_sync(
+    selected: set[str] | None = None,
+    instance: dg.DagsterInstance | None = None,
+    resources_by_key: dict | None = None,
+    echo=print,
+) -> SyncReport:
     report = SyncReport()
     started = time.monotonic()
     instance = instance or (dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral())
@@ -61,7 +66,7 @@ def run_sync(selected: set[str] | None = None, instance: dg.DagsterInstance | No
         run = dg.materialize(
             ASSETS,
             selection=selection,
-            resources=resources(),
+            resources=resources_by_key or resources(),
             instance=instance,
             tags=_range_tags(step.partitions_def),
             # INFO shows each asset's progress lines; DEBUG would add an event per partition.

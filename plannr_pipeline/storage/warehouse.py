@@ -58,7 +58,7 @@ class Warehouse:
                 with duckdb.connect(str(self.db_path)) as connection:
                     for table in tables:
                         connection.execute(view_sql(table, self.store))
-        except (duckdb.IOException, Timeout) as error:
+        except (duckdb.Error, Timeout) as error:
             reason = f"views in {self.db_path} not refreshed (database in use: {str(error).splitlines()[0]}); the data is in Parquet and existing views read it"
             log.warning(reason)
             return reason
