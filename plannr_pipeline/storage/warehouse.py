@@ -36,7 +36,7 @@ def _quote(text: str) -> str:
 
 def view_sql(table: Table, store: ParquetStore) -> str:
     if store.files_of(table):
-        source = f"read_parquet({_quote(store.glob_of(table))}, union_by_name = true)"
+        source = f"read_parquet({_quote(store.glob_of(table))}, union_by_name = true, hive_partitioning = false)"
         columns = ", ".join(f'"{c.name}"' for c in table.columns)
         return f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT {columns} FROM {source}'
     # Not materialised yet: an empty view of the right shape, so queries and joins still work.
