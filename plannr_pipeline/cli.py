@@ -13,7 +13,12 @@ from plannr_pipeline.api import PlannrError, PlannrSettings
 
 def _sync(args: argparse.Namespace) -> int:
     from plannr_pipeline.storage.warehouse import Warehouse
-    from plannr_pipeline.sync import run_sync
+    from plannr_pipeline.sync import ASSET_NAMES, run_sync
+
+    selected = set(args.select.split(",")) if args.select else None
+    if selected and (unknown := selected - ASSET_NAMES):
+        print(f"error: unknown asset(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(ASSET_NAMES))}", file=sys.stderr)
+        return 2
 
     try:
         if not PlannrSettings.wants_sandbox():
@@ -24,7 +29,6 @@ def _sync(args: argparse.Namespace) -> int:
     data_dir = os.path.abspath(os.environ.get("PLANNR_DATA_DIR") or "data")
     source = "the embedded sandbox (no PLANNR_API_TOKEN or PLANNR_BASE_URL set)" if PlannrSettings.wants_sandbox() else os.environ.get("PLANNR_BASE_URL", "https://api.plannrcrm.com")
     print(f"plannr-pipeline sync: from {source} into {data_dir}")
-    selected = set(args.select.split(",")) if args.select else None
     report = run_sync(selected)
     Warehouse(data_dir).refresh_views()
     print()

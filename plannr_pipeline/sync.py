@@ -21,16 +21,21 @@ from plannr_pipeline.partitions import client_months, import_days
 @dataclass(frozen=True)
 class Step:
     name: str
-    selection: list[str]
+    # Each inner list is one Dagster op: a collection and its child tables land together.
+    units: list[list[str]]
     partitions_def: dg.PartitionsDefinition | None = None
+
+    def selection(self, selected: set[str] | None) -> list[str]:
+        return [key for unit in self.units if selected is None or selected & set(unit) for key in unit]
 
 
 STEPS = [
-    Step("clients and goals", ["clients", "goals"], client_months),
-    Step("imports", ["imports", "import_errors"], import_days),
-    Step("circles", ["circles", "circle_accounts", "circle_groups"]),
-    Step("tasks", ["tasks", "task_custom_fields", "task_assignees"]),
+    Step("clients and goals", [["clients"], ["goals"]], client_months),
+    Step("imports", [["imports", "import_errors"]], import_days),
+    Step("circles", [["circles", "circle_accounts", "circle_groups"]]),
+    Step("tasks", [["tasks", "task_custom_fields", "task_assignees"]]),
 ]
+ASSET_NAMES = {key for step in STEPS for unit in step.units for key in unit}
 
 
 @dataclass
@@ -59,7 +64,7 @@ def run_sync(
     started = time.monotonic()
     instance = instance or (dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral())
     for step in STEPS:
-        selection = [key for key in step.selection if selected is None or key in selected]
+        selection = step.selection(selected)
         if not selection:
             continue
         echo(f"==> {step.name}")

@@ -191,3 +191,45 @@ def test_a_killed_run_leaves_the_previous_tables_readable(make_sandbox, synced, 
     report = run_sync({"clients", "goals"}, resources_by_key=resources_for(sandbox, data_dir), echo=lambda _: None)
     assert report.ok
     assert {t: table_snapshot(data_dir, t) for t in ("clients", "goals")} == before
+
+
+def test_incremental_tasks_stop_at_the_watermark_and_merge(make_sandbox, tmp_path):
+    sandbox = make_sandbox(clients=400)  # 600 tasks: two pages
+    data_dir = tmp_path / "data"
+    resources = resources_for(sandbox, data_dir)
+    tables = ["tasks", "task_custom_fields", "task_assignees"]
+    assert dg.materialize(ASSETS, selection=tables, resources=resources).success
+    full = {t: table_snapshot(data_dir, t) for t in tables}
+    before = sandbox.requests["/api/v1/task"]
+    config = dg.RunConfig(ops={"tasks_asset": {"config": {"incremental": True}}})
+    assert dg.materialize(ASSETS, selection=tables, resources=resources, run_config=config).success
+    assert sandbox.requests["/api/v1/task"] - before == 1  # stopped after the newest page
+    assert {t: table_snapshot(data_dir, t) for t in tables} == full
+
+
+def run_cli(env_overrides: dict, data_dir: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")}
+    env.update({"PLANNR_DATA_DIR": str(data_dir), **env_overrides})
+    return subprocess.run([sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "circles"],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_sync_with_a_wrong_token_fails_clearly_without_the_token(make_sandbox, tmp_path):
+    sandbox = make_sandbox(clients=5)
+    secret = "not-the-right-token-9f8e7d"
+    done = run_cli({"PLANNR_BASE_URL": sandbox.url, "PLANNR_API_TOKEN": secret}, tmp_path / "data")
+    assert done.returncode == 1
+    assert "sync FAILED" in done.stderr and "PLANNR_API_TOKEN" in done.stderr
+    assert secret not in done.stdout + done.stderr
+
+
+def test_sync_without_a_token_for_a_base_url_says_what_to_set(tmp_path):
+    done = run_cli({"PLANNR_BASE_URL": "http://127.0.0.1:9"}, tmp_path / "data")
+    assert done.returncode == 2
+    assert "PLANNR_API_TOKEN" in done.stderr
+
+
+def test_sync_against_the_embedded_sandbox_says_so(tmp_path):
+    done = run_cli({"PLANNR_SANDBOX_CLIENTS": "20"}, tmp_path / "data")
+    assert done.returncode == 0, done.stderr
+    assert "embedded sandbox" in done.stdout and "sync finished" in done.stdout

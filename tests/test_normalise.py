@@ -1,0 +1,70 @@
+"""Casts and normalisation on hand-written records shaped like the docs' examples."""
+
+import json
+from datetime import UTC, date, datetime
+
+import pytest
+
+from plannr_pipeline.storage import convert, normalise
+from plannr_pipeline.storage.tables import GOALS
+
+
+def test_timestamps_in_every_plannr_format_become_utc():
+    assert convert.to_utc("2025-04-02T13:27:55+01:00") == datetime(2025, 4, 2, 12, 27, 55, tzinfo=UTC)
+    assert convert.to_utc("2025-07-01 09:00:00") == datetime(2025, 7, 1, 8, 0, tzinfo=UTC)  # BST, naive
+    assert convert.to_utc("2025-01-15 09:00:00") == datetime(2025, 1, 15, 9, 0, tzinfo=UTC)  # GMT, naive
+    assert convert.to_utc("2025-05-14T21:27:16.710485Z") == datetime(2025, 5, 14, 21, 27, 16, 710485, tzinfo=UTC)
+    assert convert.to_utc("2025-06-01") == datetime(2025, 5, 31, 23, 0, tzinfo=UTC)  # midnight in London
+    assert convert.to_utc(None) is None and convert.to_utc("") is None
+
+
+def test_strings_are_cast_and_nonsense_is_refused():
+    assert convert.to_int("68") == 68 and convert.to_int(4) == 4
+    assert convert.to_bool("false") is False and convert.to_bool(True) is True
+    assert convert.money_minor({"amount": "4000", "currency": "GBP", "formatted": "£40.00"}) == 4000
+    assert convert.to_date("2025-04-02") == date(2025, 4, 2)
+    for bad in (lambda: convert.to_int("high"), lambda: convert.to_int("1.5"), lambda: convert.to_bool("maybe")):
+        with pytest.raises(ValueError):
+            bad()
+
+
+def test_placeholders_and_schema_blobs_are_recognised():
+    assert convert.is_placeholder("App\\Http\\Resources\\FirmResource")
+    assert convert.is_placeholder({"amount": {"example": "4000", "description": "pennies"}})
+    assert not convert.is_placeholder({"amount": "4000", "currency": "GBP"})
+    # A docs-example money blob is not data: no amount is invented from it.
+    assert convert.money_minor({"amount": {"example": "4000", "description": "x"}, "currency": {"example": "GBP", "description": "y"}}) is None
+
+
+def goal(**overrides):
+    record = {
+        "uuid": "g1", "name": "Pension", "priority": "4", "progress": "68",
+        "target_amount": {"amount": "4000", "currency": "GBP", "formatted": "£40.00"},
+        "created_at": "2025-04-02T13:27:55+01:00", "updated_at": "2025-04-02T13:27:55+01:00",
+        "firm": "App\\Http\\Resources\\FirmResource",
+    }
+    return {**record, **overrides}
+
+
+def test_unknown_fields_are_kept_and_reported_as_drift():
+    drift = normalise.Drift()
+    [row] = normalise.goals("c1", [goal(risk_band="cautious")], drift, "2025-04")
+    assert json.loads(row["extra_json"]) == {"risk_band": "cautious"}
+    assert drift.summary() == ["new field goals.risk_band in 1 rows"]
+    assert row["client_uuid"] == "c1" and row["created_month"] == "2025-04" and row["priority"] == 4
+
+
+def test_uncastable_values_are_kept_not_lost():
+    drift = normalise.Drift()
+    [row] = normalise.goals("c1", [goal(progress="lots")], drift, "2025-04")
+    assert row["progress"] is None
+    assert json.loads(row["extra_json"]) == {"_unparsed": {"progress": "lots"}}
+    assert drift.unparsed_values == {"goals.progress": 1}
+    assert normalise.arrow(GOALS, [row]).num_rows == 1
+
+
+def test_import_errors_as_list_or_map():
+    as_list = {"uuid": "i1", "errors": [{"client": {"row": 2}, "errors": {"email": ["bad", "worse"]}}]}
+    as_map = {"uuid": "i1", "errors": {"0": {"client": {"row": 2}, "errors": {"email": ["bad", "worse"]}}}}
+    assert normalise.import_error_rows(as_list, "2026-01-02") == normalise.import_error_rows(as_map, "2026-01-02")
+    assert [r["message"] for r in normalise.import_error_rows(as_list, "2026-01-02")] == ["bad", "worse"]
