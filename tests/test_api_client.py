@@ -199,3 +199,17 @@ def test_the_same_seed_gives_the_same_firm(make_sandbox):
     second = make_sandbox(clients=50, seed=7, size=FirmSize(clients=50))
     assert first.firm.clients == second.firm.clients
     assert first.firm.tasks == second.firm.tasks
+
+
+def test_deprecated_client_route_lists_only_clients_by_sub_type(make_sandbox, make_client):
+    sandbox = make_sandbox(clients=80)
+
+    async def run():
+        async with make_client(sandbox) as client:
+            everyone = await client.list_all("/api/v1/account")
+            joint = await client.list_all("/api/v1/client", {"filter[type]": "joint"})
+        return everyone, joint
+
+    everyone, joint = asyncio.run(run())
+    assert len(everyone) == len(sandbox.firm.clients) + len(sandbox.firm.staff)  # staff are accounts too
+    assert {c["uuid"] for c in joint} == {c["uuid"] for c in sandbox.firm.clients if c["role"] == "joint"}

@@ -71,15 +71,19 @@ ACCOUNT_INCLUDES = frozenset(
      "assigned_paraplanner", "groups", "tags", "owners", "custom_fields", "external_references", "circles"}
 )
 
+_CLIENT_FILTERS: dict[str, Filter] = {
+    "uuid": in_list("uuid"),
+    "name": _name_contains,
+    "created_after": created_on_or_after("created_after"),
+    "created_before": created_on_or_before("created_before"),
+}
+
 ACCOUNTS = Listing(
     filters={
+        **_CLIENT_FILTERS,
         "type": in_list("type"),
         "role": in_list("role"),
-        "uuid": in_list("uuid"),
         "exclude_uuid": not_in_list("uuid"),
-        "name": _name_contains,
-        "created_after": created_on_or_after("created_after"),
-        "created_before": created_on_or_before("created_before"),
     },
     sorts=ACCOUNT_SORTS,
     default_sort="first_name",
@@ -88,13 +92,7 @@ ACCOUNTS = Listing(
 
 # The deprecated /client route lists clients only; its `type` is the client sub-type.
 CLIENTS = Listing(
-    filters={
-        "type": in_list("role"),
-        "uuid": in_list("uuid"),
-        "name": _name_contains,
-        "created_after": created_on_or_after("created_after"),
-        "created_before": created_on_or_before("created_before"),
-    },
+    filters={**_CLIENT_FILTERS, "type": in_list("role")},
     sorts=ACCOUNT_SORTS,
     default_sort="first_name",
     includes=ACCOUNT_INCLUDES,
