@@ -35,7 +35,9 @@ def _sync(args: argparse.Namespace) -> int:
     print(f"{'table':<22}{'rows':>10}")
     for table, rows in sorted(report.rows.items()):
         print(f"{table:<22}{rows:>10}")
-    print(f"\n{report.requests} API requests in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}")
+    failed_checks = [name for name, passed in report.checks.items() if not passed]
+    print(f"\n{len(report.checks) - len(failed_checks)}/{len(report.checks)} checks passed" + (f"; FAILED: {', '.join(failed_checks)}" if failed_checks else ""))
+    print(f"{report.requests} API requests in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}")
     if not report.ok:
         print("\nsync FAILED:", file=sys.stderr)
         for failure in report.failures:

@@ -9,6 +9,7 @@ from plannr_pipeline.assets.clients import clients
 from plannr_pipeline.assets.goals import goals
 from plannr_pipeline.assets.imports import imports
 from plannr_pipeline.assets.tasks import tasks
+from plannr_pipeline.checks import CHECKS
 from plannr_pipeline.resources import PlannrApi, PlannrStorage
 
 ASSETS = [clients, goals, circles, tasks, imports]
@@ -18,4 +19,4 @@ def resources() -> dict[str, dg.ConfigurableResource]:
     return {"plannr": PlannrApi.from_env(), "storage": PlannrStorage.from_env()}
 
 
-defs = dg.Definitions(assets=ASSETS, resources=resources())
+defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, resources=resources())

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from plannr_pipeline.checks import CHECKS
 from plannr_pipeline.definitions import ASSETS, resources
 from plannr_pipeline.partitions import client_months, import_days
 
@@ -44,6 +45,7 @@ class SyncReport:
     rows: dict[str, int] = field(default_factory=dict)
     requests: int = 0
     failures: list[str] = field(default_factory=list)
+    checks: dict[str, bool] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -69,7 +71,7 @@ def run_sync(
             continue
         echo(f"==> {step.name}")
         run = dg.materialize(
-            ASSETS,
+            [*ASSETS, *CHECKS],  # the blocking checks of the selected assets run too
             selection=selection,
             resources=resources_by_key or resources(),
             instance=instance,
@@ -85,6 +87,8 @@ def run_sync(
             report.rows[materialization.asset_key.to_user_string()] = int(metadata["dagster/row_count"].value)
             requests_by_step[str(event.step_key)] = int(metadata["requests"].value)
         report.requests += sum(requests_by_step.values())
+        for evaluation in run.get_asset_check_evaluations():
+            report.checks[f"{evaluation.asset_key.to_user_string()}: {evaluation.check_name}"] = evaluation.passed
         if name_failures := [e.message for e in run.all_events if e.is_step_failure]:
             report.ok = False
             report.failures.extend(name_failures)
