@@ -22,6 +22,7 @@ import uuid
 import httpx
 
 from plannr_pipeline.api import PlannrClient, PlannrSettings
+from plannr_pipeline.api.budget import RequestBudget
 from plannr_pipeline.api.config import DEFAULT_RATE_LIMIT_PER_MINUTE
 
 TOKEN = "bench-token"
@@ -53,10 +54,9 @@ def start_sandbox(clients: int, latency_ms: float) -> tuple[subprocess.Popen, st
 
 
 async def sweep(url: str, concurrency: int) -> tuple[int, PlannrClient]:
-    settings = PlannrSettings(base_url=url, token=f"{TOKEN}", rate_limit_per_minute=10_000_000, max_concurrency=concurrency)
-    client = PlannrClient(settings)
-    # A fresh budget key per run so earlier runs' requests do not count against this one.
-    client.budget = type(client.budget)(uuid.uuid4().hex, 10_000_000)
+    settings = PlannrSettings(base_url=url, token=TOKEN, rate_limit_per_minute=10_000_000, max_concurrency=concurrency)
+    # A fresh budget per run, so earlier runs' requests do not count against this one.
+    client = PlannrClient(settings, budget=RequestBudget(uuid.uuid4().hex, settings.rate_limit_per_minute))
     records = 0
     async with client:
         clients = await client.list_all("/api/v1/account", {"filter[type]": "client"})

@@ -9,35 +9,34 @@ import sys
 import time
 
 from plannr_pipeline.api import PlannrError, PlannrSettings
+from plannr_pipeline.api.config import DEFAULT_BASE_URL
 
 
 def _sync(args: argparse.Namespace) -> int:
+    try:
+        if not PlannrSettings.wants_sandbox():
+            PlannrSettings.from_env()  # fail now, clearly, rather than inside every step
+        # Importing the definitions reads the rest of the settings (partitions, budget).
+        from plannr_pipeline.sync import ASSET_NAMES, run_sync
+    except PlannrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     from plannr_pipeline.storage.warehouse import Warehouse
-    from plannr_pipeline.sync import ASSET_NAMES, run_sync
 
     selected = set(args.select.split(",")) if args.select else None
     if selected and (unknown := selected - ASSET_NAMES):
         print(f"error: unknown asset(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(ASSET_NAMES))}", file=sys.stderr)
         return 2
 
-    try:
-        if not PlannrSettings.wants_sandbox():
-            PlannrSettings.from_env()  # fail now, clearly, rather than inside every step
-    except PlannrError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     data_dir = os.path.abspath(os.environ.get("PLANNR_DATA_DIR") or "data")
-    source = "the embedded sandbox (no PLANNR_API_TOKEN or PLANNR_BASE_URL set)" if PlannrSettings.wants_sandbox() else os.environ.get("PLANNR_BASE_URL", "https://api.plannrcrm.com")
+    if PlannrSettings.wants_sandbox():
+        source = "the embedded sandbox (no PLANNR_API_TOKEN or PLANNR_BASE_URL set)"
+    else:
+        source = os.environ.get("PLANNR_BASE_URL") or DEFAULT_BASE_URL
     print(f"plannr-pipeline sync: from {source} into {data_dir}")
     report = run_sync(selected)
     Warehouse(data_dir).refresh_views()
-    print()
-    print(f"{'table':<22}{'rows':>10}")
-    for table, rows in sorted(report.rows.items()):
-        print(f"{table:<22}{rows:>10}")
-    failed_checks = [name for name, passed in report.checks.items() if not passed]
-    print(f"\n{len(report.checks) - len(failed_checks)}/{len(report.checks)} checks passed" + (f"; FAILED: {', '.join(failed_checks)}" if failed_checks else ""))
-    print(f"{report.requests} API requests in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}")
+    _print_summary(report, data_dir)
     if not report.ok:
         print("\nsync FAILED:", file=sys.stderr)
         for failure in report.failures:
@@ -45,6 +44,16 @@ def _sync(args: argparse.Namespace) -> int:
         return 1
     print("sync finished: all assets landed.")
     return 0
+
+
+def _print_summary(report, data_dir: str) -> None:
+    print(f"\n{'table':<22}{'rows':>10}")
+    for table, rows in sorted(report.rows.items()):
+        print(f"{table:<22}{rows:>10}")
+    failed_checks = [name for name, passed in report.checks.items() if not passed]
+    print(f"\n{len(report.checks) - len(failed_checks)}/{len(report.checks)} checks passed"
+          + (f"; FAILED: {', '.join(failed_checks)}" if failed_checks else ""))
+    print(f"{report.requests} API requests in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}")
 
 
 def _sandbox(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from plannr_pipeline.api.errors import ConfigurationError
+
 LONDON = ZoneInfo("Europe/London")
 
 
@@ -22,7 +24,7 @@ def start_date(variable: str, default: str) -> date:
     try:
         return date.fromisoformat(raw)
     except ValueError:
-        raise ValueError(f"{variable} must be a date like {default}, got {raw!r}") from None
+        raise ConfigurationError(f"{variable} must be a date like {default}, got {raw!r}.") from None
 
 
 START = start_date("PLANNR_START_DATE", "2023-01-01")

@@ -9,7 +9,14 @@ from urllib.parse import urlparse
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient, PlannrSettings
-from plannr_pipeline.api.config import DEFAULT_BASE_URL, DEFAULT_MAX_CONCURRENCY, budget_from_env
+from plannr_pipeline.api.config import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_RATE_LIMIT_PER_MINUTE,
+    budget_from_env,
+    concurrency_from_env,
+    positive_int,
+)
 from plannr_pipeline.sandbox import embedded_sandbox
 from plannr_pipeline.storage.warehouse import Warehouse
 
@@ -20,7 +27,7 @@ class PlannrApi(dg.ConfigurableResource):
     base_url: str | None = None
     token: str | None = None
     account_uuid: str | None = None
-    rate_limit_per_minute: int = 450
+    rate_limit_per_minute: int = DEFAULT_RATE_LIMIT_PER_MINUTE
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     sandbox_seed: int = 42
     sandbox_clients: int = 250
@@ -34,9 +41,9 @@ class PlannrApi(dg.ConfigurableResource):
             token=dg.EnvVar("PLANNR_API_TOKEN") if env.get("PLANNR_API_TOKEN") else None,
             account_uuid=dg.EnvVar("PLANNR_ACCOUNT_UUID") if env.get("PLANNR_ACCOUNT_UUID") else None,
             rate_limit_per_minute=budget_from_env(env),
-            max_concurrency=int(env.get("PLANNR_MAX_CONCURRENCY") or DEFAULT_MAX_CONCURRENCY),
-            sandbox_seed=int(env.get("PLANNR_SANDBOX_SEED") or 42),
-            sandbox_clients=int(env.get("PLANNR_SANDBOX_CLIENTS") or 250),
+            max_concurrency=concurrency_from_env(env),
+            sandbox_seed=positive_int(env, "PLANNR_SANDBOX_SEED", 42),
+            sandbox_clients=positive_int(env, "PLANNR_SANDBOX_CLIENTS", 250),
         )
 
     @property

@@ -36,10 +36,13 @@ def make_sandbox() -> Iterator[Callable[..., SandboxServer]]:
 def make_client(tmp_path: Path) -> Callable[..., PlannrClient]:
     """A client for a sandbox, with its own budget file under tmp_path."""
 
-    def make(sandbox: SandboxServer, limit: int = 100_000, window_seconds: float = 60.0, **kwargs: object) -> PlannrClient:
+    def make(
+        sandbox: SandboxServer, limit: int = 100_000, window_seconds: float = 60.0, account_uuid: str | None = None, **kwargs: object
+    ) -> PlannrClient:
         settings = PlannrSettings(
             base_url=sandbox.url,
             token=sandbox.options.token,
+            account_uuid=account_uuid,
             rate_limit_per_minute=limit,
             max_concurrency=int(kwargs.pop("max_concurrency", 8)),  # type: ignore[arg-type]
         )

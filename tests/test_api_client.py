@@ -76,9 +76,12 @@ def test_client_budget_keeps_under_the_server_limit(make_sandbox, make_client):
     assert client.stats.budget_wait_seconds > 1.0  # 61 requests at 25 per 1.5 s must wait
 
 
-def test_recovers_from_429_with_retry_after_without_losing_records(make_sandbox, make_client):
-    sandbox = make_sandbox(clients=60, rate_limit_per_minute=30, rate_window_seconds=1.0)
-    client = make_client(sandbox)  # a budget far above what the server allows
+@pytest.mark.parametrize("send_retry_after", [True, False])
+def test_recovers_from_429_without_losing_records(make_sandbox, make_client, send_retry_after):
+    sandbox = make_sandbox(clients=60, rate_limit_per_minute=30, rate_window_seconds=1.0, send_retry_after=send_retry_after)
+    # A budget far above what the server allows. Without Retry-After only backoff spaces the
+    # retries, so it must be able to outgrow the server's window (1 s here; 30 s cap by default).
+    client = make_client(sandbox, max_attempts=10, backoff_max=1.0)
     clients, goals = asyncio.run(sweep(client))
     assert len(clients) == 60
     assert len(goals) == sum(len(g) for g in sandbox.firm.goals_by_client.values())
@@ -129,10 +132,7 @@ def test_wrong_token_is_an_authentication_error_without_the_token(make_sandbox, 
 
 def test_client_account_is_forbidden(make_sandbox, make_client):
     sandbox = make_sandbox(clients=3)
-    client = make_client(sandbox)
-    client.settings = PlannrSettings(
-        base_url=sandbox.url, token=sandbox.options.token, account_uuid=sandbox.firm.clients[0]["uuid"]
-    )
+    client = make_client(sandbox, account_uuid=sandbox.firm.clients[0]["uuid"])
     with pytest.raises(PermissionDeniedError) as caught:
         asyncio.run(_get(client, "/api/v1/task"))
     assert "PLANNR_ACCOUNT_UUID" in str(caught.value)
@@ -161,6 +161,12 @@ def test_unknown_filter_is_a_bad_request_not_retried(make_sandbox, make_client):
         asyncio.run(_get(client, "/api/v1/task", {"filter[updated_after]": "2024-01-01"}))
     assert "updated_after" in str(caught.value)
     assert client.stats.retries == 0
+
+
+def test_staff_account_is_allowed(make_sandbox, make_client):
+    sandbox = make_sandbox(clients=3)
+    client = make_client(sandbox, account_uuid=sandbox.firm.staff[0]["uuid"])
+    assert asyncio.run(_get(client, "/api/v1/task"))["meta"]["total"] > 0
 
 
 def test_single_records_come_bare(make_sandbox, make_client):

@@ -233,3 +233,10 @@ def test_sync_against_the_embedded_sandbox_says_so(tmp_path):
     done = run_cli({"PLANNR_SANDBOX_CLIENTS": "20"}, tmp_path / "data")
     assert done.returncode == 0, done.stderr
     assert "embedded sandbox" in done.stdout and "sync finished" in done.stdout
+
+
+@pytest.mark.parametrize("variable, value", [("PLANNR_START_DATE", "last year"), ("PLANNR_MAX_CONCURRENCY", "many")])
+def test_sync_with_a_malformed_setting_names_it(tmp_path, variable, value):
+    done = run_cli({variable: value}, tmp_path / "data")
+    assert done.returncode == 2
+    assert variable in done.stderr and "Traceback" not in done.stderr

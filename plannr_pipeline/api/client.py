@@ -196,7 +196,8 @@ class PlannrClient:
         if status == 429:
             retry_after = _retry_after_seconds(response)
             self.budget.pause_for(retry_after if retry_after is not None else self.budget.window_seconds / self.budget.limit)
-            raise TransientHTTPError("429 Too Many Requests", retry_after=retry_after or 0.0, status=429)
+            # Without Retry-After, this caller falls back to exponential backoff.
+            raise TransientHTTPError("429 Too Many Requests", retry_after=retry_after, status=429)
         if status >= 500:
             raise TransientHTTPError(f"{status} server error", status=status)
         if status >= 400:
@@ -248,17 +249,19 @@ class PlannrClient:
         first = await self._get_page(path, params, 1)
         seen: set[str] = set()
         yield self._dedupe(first, seen)
+        reported_total = first.total
         last_page, fetched_up_to = first.last_page, 1
         while fetched_up_to < last_page:
             numbers = range(fetched_up_to + 1, last_page + 1)
             fetched_up_to = last_page
             jobs = (self._get_page(path, params, n) for n in numbers)
             async for page in bounded_as_completed(jobs, self.settings.max_concurrency):
-                if page.total is not None and first.total is not None and page.total != first.total:
+                if page.total is not None and reported_total is not None and page.total != reported_total:
                     self._warn(
-                        f"GET {endpoint_of(path)}: total changed from {first.total} to "
+                        f"GET {endpoint_of(path)}: total changed from {reported_total} to "
                         f"{page.total} during the listing (records were added or removed)"
                     )
+                    reported_total = page.total
                 last_page = max(last_page, page.last_page)
                 yield self._dedupe(page, seen)
 

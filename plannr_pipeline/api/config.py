@@ -15,7 +15,8 @@ DEFAULT_RATE_LIMIT_PER_MINUTE = 450
 DEFAULT_MAX_CONCURRENCY = 16
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    """An environment variable that must be a whole number above zero, or its default."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -70,10 +71,13 @@ class PlannrSettings:
             token=env.get("PLANNR_API_TOKEN", ""),
             account_uuid=env.get("PLANNR_ACCOUNT_UUID") or None,
             rate_limit_per_minute=budget_from_env(env),
-            max_concurrency=_positive_int(env, "PLANNR_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY),
+            max_concurrency=concurrency_from_env(env),
         )
 
 
-def budget_from_env(env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
-    return _positive_int(env, "PLANNR_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE)
+def budget_from_env(env: Mapping[str, str]) -> int:
+    return positive_int(env, "PLANNR_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE)
+
+
+def concurrency_from_env(env: Mapping[str, str]) -> int:
+    return positive_int(env, "PLANNR_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY)

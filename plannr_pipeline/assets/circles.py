@@ -3,7 +3,7 @@
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient
-from plannr_pipeline.assets.common import API_POOL, call_api, report_drift, result, table_spec
+from plannr_pipeline.assets.common import API_POOL, call_api, land_pages, report_drift, result, table_spec
 from plannr_pipeline.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
 from plannr_pipeline.storage.tables import CIRCLE_ACCOUNTS, CIRCLE_GROUPS, CIRCLES
@@ -20,19 +20,12 @@ CIRCLE_TABLES = (CIRCLES, CIRCLE_ACCOUNTS, CIRCLE_GROUPS)
 def circles(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrStorage):
     warehouse = storage.warehouse()
     drift = normalise.Drift()
-    counts = dict.fromkeys((t.name for t in CIRCLE_TABLES), 0)
+    counts: dict[str, int] = {}
 
     async def fetch(api: PlannrClient) -> None:
         with warehouse.store.staged() as write:
-            for table in CIRCLE_TABLES:
-                write.write(table, normalise.arrow(table, []))
-            async for page in api.iter_pages(CIRCLES_PATH, {"include": "accounts,groups"}):
-                rows_by_table = normalise.circles(page.records, drift)
-                for table in CIRCLE_TABLES:
-                    rows = rows_by_table[table.name]
-                    write.write(table, normalise.arrow(table, rows))
-                    counts[table.name] += len(rows)
-                context.log.info(f"circles: page {page.number}/{page.last_page}, {counts['circles']} circles so far")
+            pages = api.iter_pages(CIRCLES_PATH, {"include": "accounts,groups"})
+            counts.update(await land_pages(context, write, pages, CIRCLE_TABLES, lambda records: normalise.circles(records, drift)))
 
     stats = call_api(context, plannr, fetch)
     warehouse.refresh_views(CIRCLE_TABLES)

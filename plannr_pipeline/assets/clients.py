@@ -3,7 +3,7 @@
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient
-from plannr_pipeline.assets.common import API_POOL, call_api, report_drift, result, table_spec
+from plannr_pipeline.assets.common import API_POOL, call_api, land_pages, report_drift, result, table_spec
 from plannr_pipeline.partitions import client_months, created_filters, partition_key_of
 from plannr_pipeline.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
@@ -32,20 +32,15 @@ def clients(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: Plann
     params = {"filter[type]": "client", **filters}
     warehouse = storage.warehouse()
     drift = normalise.Drift()
-    written = 0
+    counts: dict[str, int] = {}
 
     async def fetch(api: PlannrClient) -> None:
-        nonlocal written
         with warehouse.store.staged() as write:
-            write.write(CLIENTS, normalise.arrow(CLIENTS, []), keys)  # every partition in range is replaced
-            async for page in api.iter_pages(ACCOUNTS_PATH, params):
-                rows = [row for row in normalise.clients(page.records, drift, client_month) if row["created_month"] in keys]
-                write.write(CLIENTS, normalise.arrow(CLIENTS, rows), keys)
-                written += len(rows)
-                context.log.info(f"clients: page {page.number}/{page.last_page}, {written} rows so far")
+            pages = api.iter_pages(ACCOUNTS_PATH, params)
+            counts.update(await land_pages(context, write, pages, (CLIENTS,), lambda records: normalise.clients(records, drift, client_month), keys))
 
     context.log.info(f"clients: {len(keys)} partition(s) from {plannr.source()} with {filters or 'no date filter'}")
     stats = call_api(context, plannr, fetch)
     warehouse.refresh_views((CLIENTS,))
     report_drift(context, drift)
-    yield result(CLIENTS, written, stats, plannr.source(), drift, partitions=len(keys))
+    yield result(CLIENTS, counts["clients"], stats, plannr.source(), drift, partitions=len(keys))

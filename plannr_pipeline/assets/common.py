@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import dagster as dg
 
-from plannr_pipeline.api import PlannrClient, RequestStats, RetriesExhaustedError
+from plannr_pipeline.api import Page, PlannrClient, RequestStats, RetriesExhaustedError
 from plannr_pipeline.resources import PlannrApi
-from plannr_pipeline.storage.normalise import Drift
+from plannr_pipeline.storage.normalise import Drift, arrow
+from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.tables import Table
 
 GROUP = "plannr"
@@ -27,10 +28,10 @@ def column_schema(table: Table) -> dg.TableSchema:
     )
 
 
-def table_spec(table: Table, deps: Sequence[str] = (), description: str | None = None) -> dg.AssetSpec:
+def table_spec(table: Table, deps: Sequence[str] = ()) -> dg.AssetSpec:
     return dg.AssetSpec(
         key=table.name,
-        description=description or table.description,
+        description=table.description,
         group_name=GROUP,
         owners=OWNERS,
         kinds=KINDS,
@@ -62,6 +63,36 @@ def result(
     if stats.warnings:
         metadata["api_warnings"] = dg.MetadataValue.json(stats.warnings[:50])
     return dg.MaterializeResult(asset_key=table.name, metadata=metadata)
+
+
+async def land_pages(
+    context: dg.AssetExecutionContext,
+    write: StagedWrite,
+    pages: AsyncIterator[Page],
+    tables: Sequence[Table],
+    rows_of: Callable[[list[dict]], dict[str, list[dict]]],
+    partitions: Collection[str] = (),
+) -> dict[str, int]:
+    """Normalise each page into rows per table and stage them, page by page (flat memory).
+
+    Every named partition is replaced, even one that receives no rows, and rows outside the
+    named partitions are left alone (the listing's date filter is deliberately a little wide).
+    Returns the rows staged per table.
+    """
+    counts = dict.fromkeys((table.name for table in tables), 0)
+    for table in tables:
+        write.write(table, arrow(table, []), partitions)
+    async for page in pages:
+        rows_by_table = rows_of(page.records)
+        for table in tables:
+            rows = rows_by_table[table.name]
+            if table.partition_column:
+                rows = [row for row in rows if row[table.partition_column] in partitions]
+            write.write(table, arrow(table, rows), partitions)
+            counts[table.name] += len(rows)
+        first = tables[0].name
+        context.log.info(f"{first}: page {page.number}/{page.last_page}, {counts[first]} rows so far")
+    return counts
 
 
 def call_api(

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient
-from plannr_pipeline.assets.common import API_POOL, call_api, report_drift, result, table_spec
+from plannr_pipeline.assets.common import API_POOL, call_api, land_pages, report_drift, result, table_spec
 from plannr_pipeline.partitions import created_filters, import_days, partition_key_of
 from plannr_pipeline.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
@@ -34,19 +34,12 @@ def imports(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: Plann
     filters = created_filters(context.partition_time_window, import_days, "filter[date_from]", "filter[date_to]")
     warehouse = storage.warehouse()
     drift = normalise.Drift()
-    counts = dict.fromkeys((t.name for t in IMPORT_TABLES), 0)
+    counts: dict[str, int] = {}
 
     async def fetch(api: PlannrClient) -> None:
         with warehouse.store.staged() as write:
-            for table in IMPORT_TABLES:
-                write.write(table, normalise.arrow(table, []), keys)
-            async for page in api.iter_pages(IMPORTS_PATH, filters):
-                rows_by_table = normalise.imports(page.records, drift, import_day)
-                for table in IMPORT_TABLES:
-                    rows = [row for row in rows_by_table[table.name] if row["created_day"] in keys]
-                    write.write(table, normalise.arrow(table, rows), keys)
-                    counts[table.name] += len(rows)
-                context.log.info(f"imports: page {page.number}/{page.last_page}, {counts['imports']} imports so far")
+            pages = api.iter_pages(IMPORTS_PATH, filters)
+            counts.update(await land_pages(context, write, pages, IMPORT_TABLES, lambda records: normalise.imports(records, drift, import_day), keys))
 
     context.log.info(f"imports: {len(keys)} day(s) from {plannr.source()} with {filters}")
     stats = call_api(context, plannr, fetch)

@@ -39,8 +39,9 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
     store = warehouse.store
     drift = normalise.Drift()
     fetched: dict[str, list[dict]] = {t.name: [] for t in TASK_TABLES}
-    watermark = store.read(TASKS, columns=["updated_at"]).column("updated_at")
-    watermark = pc.max(watermark).as_py() if config.incremental and len(watermark) else None
+    # The watermark is derived from the stored data, so there is no separate state to lose.
+    stored_updated_at = store.read(TASKS, columns=["updated_at"]).column("updated_at")
+    watermark = pc.max(stored_updated_at).as_py() if config.incremental and len(stored_updated_at) else None
     mode = f"incremental from {watermark.isoformat()}" if watermark else "full sweep"
 
     async def fetch(api: PlannrClient) -> None:
@@ -49,12 +50,13 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
         else:
             pages = api.walk_pages(TASKS_PATH, {**WITH_SUBTASKS, "sort": "-updated_at"})
         async for page in pages:
-            for name, rows in normalise.tasks(page.records, drift).items():
+            rows_by_table = normalise.tasks(page.records, drift)
+            for name, rows in rows_by_table.items():
                 fetched[name].extend(rows)
             context.log.info(f"tasks ({mode}): page {page.number}/{page.last_page}, {len(fetched['tasks'])} tasks so far")
-            oldest = min((row["updated_at"] for row in fetched["tasks"] if row["updated_at"]), default=None)
-            if watermark is not None and oldest is not None and oldest < watermark - WATERMARK_OVERLAP:
-                break
+            page_oldest = min((row["updated_at"] for row in rows_by_table["tasks"] if row["updated_at"]), default=None)
+            if watermark is not None and page_oldest is not None and page_oldest < watermark - WATERMARK_OVERLAP:
+                break  # newest first: everything after this page is older still
 
     stats = call_api(context, plannr, fetch)
     stored_rows: dict[str, int] = {}

@@ -42,6 +42,7 @@ class SandboxOptions:
     reference: datetime | None = None
     rate_limit_per_minute: int = 500  # the documented Plannr limit
     rate_window_seconds: float = 60.0  # tests shorten the window to exercise 429s quickly
+    send_retry_after: bool = True  # Plannr does not document Retry-After; clients must cope without
     latency_ms: float = 0.0
     error_rate: float = 0.0  # share of requests answered 500
     drop_rate: float = 0.0  # share of connections closed without an answer
@@ -160,9 +161,10 @@ class SandboxServer:
         left, frees_in = self._rate_window(token)
         limit = str(self.options.rate_limit_per_minute)
         if left <= 0:
-            retry_after = str(max(1, int(frees_in + 0.999)))
-            return _json(429, {"message": "Too Many Attempts."},
-                         {"Retry-After": retry_after, "X-RateLimit-Limit": limit, "X-Ratelimit-Remaining": "0"})
+            headers = {"X-RateLimit-Limit": limit, "X-Ratelimit-Remaining": "0"}
+            if self.options.send_retry_after:
+                headers["Retry-After"] = str(max(1, int(frees_in + 0.999)))
+            return _json(429, {"message": "Too Many Attempts."}, headers)
         self._windows[token].append(time.monotonic())
         if self.options.drop_rate and self._faults.random() < self.options.drop_rate:
             assert request.transport is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,8 +81,8 @@ def arrow(table: t.Table, rows: list[dict[str, Any]]) -> pa.Table:
 
 # -- per collection --------------------------------------------------------------------------
 
-def clients(records: Iterable[dict], drift: Drift, partition_of) -> list[dict]:
-    return [to_row(t.CLIENTS, r, drift, created_month=partition_of(r)) for r in records]
+def clients(records: Iterable[dict], drift: Drift, partition_of: Callable[[dict], str]) -> dict[str, list[dict]]:
+    return {"clients": [to_row(t.CLIENTS, r, drift, created_month=partition_of(r)) for r in records]}
 
 
 def goals(client_uuid: str, records: Iterable[dict], drift: Drift, created_month: str) -> list[dict]:
@@ -120,7 +120,7 @@ def tasks(records: Iterable[dict], drift: Drift) -> dict[str, list[dict]]:
     return out
 
 
-def imports(records: Iterable[dict], drift: Drift, partition_of) -> dict[str, list[dict]]:
+def imports(records: Iterable[dict], drift: Drift, partition_of: Callable[[dict], str]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {"imports": [], "import_errors": []}
     for record in records:
         day = partition_of(record)
