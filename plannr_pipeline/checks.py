@@ -1,14 +1,16 @@
-"""Blocking asset checks on what landed: keys unique and present, goals point at real clients.
+"""Blocking asset checks on what landed: keys unique and present, goals point at real clients,
+and as many rows stored as the API says it has.
 
 They query the Parquet of record with an in-memory DuckDB, so they never need the shared
 database file.
 """
 
-import duckdb
+import asyncio
 
 import dagster as dg
+import duckdb
 
-from plannr_pipeline.resources import PlannrStorage
+from plannr_pipeline.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage.tables import CIRCLES, CLIENTS, GOALS, IMPORTS, TASKS, Table
 from plannr_pipeline.storage.warehouse import Warehouse
 
@@ -43,4 +45,35 @@ def goals_reference_clients(storage: PlannrStorage) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=orphans == 0, metadata={"orphan_goals": orphans})
 
 
-CHECKS = [*(key_check(table) for table in KEYED_TABLES), goals_reference_clients]
+# The listing each table is a full copy of. Goals have no firm-wide total (one listing per
+# client), so goals_reference_clients stands in for them.
+API_LISTINGS = {
+    CLIENTS: ("/api/v1/account", {"filter[type]": "client"}),
+    CIRCLES: ("/api/v1/circles", {}),
+    TASKS: ("/api/v1/task", {"filter[show_child_tasks]": "true"}),
+    IMPORTS: ("/api/v1/import", {}),
+}
+
+
+async def _api_total(plannr: PlannrApi, path: str, params: dict[str, str]) -> int:
+    async with plannr.client() as api:
+        body = await api.get(path, {**params, "per_page": 1})  # one request: only meta.total is read
+    return int(body["meta"]["total"])
+
+
+def completeness_check(table: Table, path: str, params: dict[str, str]) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=table.name, name=f"{table.name}_complete", blocking=True,
+                    description=f"Rows stored in {table.name} equal the API's meta.total for GET {path} (one request).")
+    def check(plannr: PlannrApi, storage: PlannrStorage) -> dg.AssetCheckResult:
+        api_total = asyncio.run(_api_total(plannr, path, params))
+        stored = _count(storage.warehouse(), f"select count(*) from {{{table.name}}}", table)
+        return dg.AssetCheckResult(passed=stored == api_total, metadata={"rows_stored": stored, "api_total": api_total, "requests": 1})
+
+    return check
+
+
+CHECKS = [
+    *(key_check(table) for table in KEYED_TABLES),
+    goals_reference_clients,
+    *(completeness_check(table, path, params) for table, (path, params) in API_LISTINGS.items()),
+]

@@ -53,7 +53,7 @@ def _print_summary(report, data_dir: str) -> None:
     failed_checks = [name for name, passed in report.checks.items() if not passed]
     print(f"\n{len(report.checks) - len(failed_checks)}/{len(report.checks)} checks passed"
           + (f"; FAILED: {', '.join(failed_checks)}" if failed_checks else ""))
-    print(f"{report.requests} API requests in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}")
+    print(f"{report.requests} API requests (+{report.check_requests} for completeness checks) in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}")
 
 
 def _sandbox(args: argparse.Namespace) -> int:

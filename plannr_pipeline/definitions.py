@@ -9,14 +9,25 @@ from plannr_pipeline.assets.clients import clients
 from plannr_pipeline.assets.goals import goals
 from plannr_pipeline.assets.imports import imports
 from plannr_pipeline.assets.tasks import tasks
+from plannr_pipeline.alerts import AlertWebhook
 from plannr_pipeline.checks import CHECKS
+from plannr_pipeline.jobs import JOBS
 from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.schedules import SCHEDULES
+from plannr_pipeline.sensors import SENSORS
 
 ASSETS = [clients, goals, circles, tasks, imports]
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:
-    return {"plannr": PlannrApi.from_env(), "storage": PlannrStorage.from_env()}
+    return {"plannr": PlannrApi.from_env(), "storage": PlannrStorage.from_env(), "alert_webhook": AlertWebhook.from_env()}
 
 
-defs = dg.Definitions(assets=ASSETS, asset_checks=CHECKS, resources=resources())
+defs = dg.Definitions(
+    assets=ASSETS,
+    asset_checks=CHECKS,
+    jobs=JOBS,
+    schedules=SCHEDULES,
+    sensors=SENSORS,
+    resources=resources(),
+)

@@ -46,6 +46,7 @@ class SyncReport:
     requests: int = 0
     failures: list[str] = field(default_factory=list)
     checks: dict[str, bool] = field(default_factory=dict)
+    check_requests: int = 0
     seconds: float = 0.0
 
 
@@ -89,6 +90,8 @@ def run_sync(
         report.requests += sum(requests_by_step.values())
         for evaluation in run.get_asset_check_evaluations():
             report.checks[f"{evaluation.asset_key.to_user_string()}: {evaluation.check_name}"] = evaluation.passed
+            if "requests" in evaluation.metadata:
+                report.check_requests += int(evaluation.metadata["requests"].value)
         if name_failures := [e.message for e in run.all_events if e.is_step_failure]:
             report.ok = False
             report.failures.extend(name_failures)

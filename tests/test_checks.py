@@ -27,7 +27,7 @@ def test_checks_pass_on_synced_data_and_fail_on_broken_data(make_sandbox, tmp_pa
                  "storage": PlannrStorage(data_dir=str(data_dir))}
     assert run_sync(resources_by_key=resources, echo=lambda _: None).ok
     outcomes = run_checks(sandbox, data_dir)
-    assert len(outcomes) == 6 and all(outcomes.values()), outcomes
+    assert len(outcomes) == 10 and all(outcomes.values()), outcomes
 
     goals_file = next(f for f in (data_dir / "parquet" / "goals").glob("*/data.parquet") if pq.read_metadata(f).num_rows)
     goals = pq.read_table(goals_file)

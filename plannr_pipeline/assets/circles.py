@@ -3,7 +3,15 @@
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient
-from plannr_pipeline.assets.common import API_POOL, call_api, land_pages, report_drift, result, table_spec
+from plannr_pipeline.assets.common import (
+    API_POOL,
+    NIGHTLY_FRESHNESS,
+    call_api,
+    land_pages,
+    report_drift,
+    result,
+    table_spec,
+)
 from plannr_pipeline.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
 from plannr_pipeline.storage.tables import CIRCLE_ACCOUNTS, CIRCLE_GROUPS, CIRCLES
@@ -14,7 +22,7 @@ CIRCLE_TABLES = (CIRCLES, CIRCLE_ACCOUNTS, CIRCLE_GROUPS)
 
 @dg.multi_asset(
     name="circles_asset",
-    specs=[table_spec(CIRCLES), table_spec(CIRCLE_ACCOUNTS, deps=["circles"]), table_spec(CIRCLE_GROUPS, deps=["circles"])],
+    specs=[table_spec(CIRCLES, NIGHTLY_FRESHNESS), table_spec(CIRCLE_ACCOUNTS, NIGHTLY_FRESHNESS, deps=["circles"]), table_spec(CIRCLE_GROUPS, NIGHTLY_FRESHNESS, deps=["circles"])],
     pool=API_POOL,
 )
 def circles(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrStorage):

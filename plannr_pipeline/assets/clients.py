@@ -3,7 +3,15 @@
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient
-from plannr_pipeline.assets.common import API_POOL, call_api, land_pages, report_drift, result, table_spec
+from plannr_pipeline.assets.common import (
+    API_POOL,
+    HOURLY_FRESHNESS,
+    call_api,
+    land_pages,
+    report_drift,
+    result,
+    table_spec,
+)
 from plannr_pipeline.partitions import client_months, created_filters, partition_key_of
 from plannr_pipeline.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
@@ -19,7 +27,7 @@ def client_month(record: dict) -> str:
 
 @dg.multi_asset(
     name="clients_asset",
-    specs=[table_spec(CLIENTS)],
+    specs=[table_spec(CLIENTS, HOURLY_FRESHNESS)],
     partitions_def=client_months,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool=API_POOL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from datetime import timedelta
 from typing import Any
 
 import dagster as dg
@@ -21,6 +22,11 @@ KINDS = {"python", "parquet", "duckdb"}
 # over the same 500 requests a minute (the limiter in the API client is shared too).
 API_POOL = "plannr_api"
 
+# Matching the schedules (schedules.py): what the hourly refresh touches should be at most an
+# hour and a bit old; what only the nightly refresh touches should have run since 02:00.
+HOURLY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=3), warn_window=timedelta(minutes=90))
+NIGHTLY_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 4 * * *", lower_bound_delta=timedelta(hours=2), timezone="Europe/London")
+
 
 def column_schema(table: Table) -> dg.TableSchema:
     return dg.TableSchema(
@@ -28,10 +34,11 @@ def column_schema(table: Table) -> dg.TableSchema:
     )
 
 
-def table_spec(table: Table, deps: Sequence[str] = ()) -> dg.AssetSpec:
+def table_spec(table: Table, freshness: dg.FreshnessPolicy, deps: Sequence[str] = ()) -> dg.AssetSpec:
     return dg.AssetSpec(
         key=table.name,
         description=table.description,
+        freshness_policy=freshness,
         group_name=GROUP,
         owners=OWNERS,
         kinds=KINDS,

@@ -4,7 +4,14 @@ request per client, concurrently under the shared budget."""
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient
-from plannr_pipeline.assets.common import API_POOL, call_api, report_drift, result, table_spec
+from plannr_pipeline.assets.common import (
+    API_POOL,
+    HOURLY_FRESHNESS,
+    call_api,
+    report_drift,
+    result,
+    table_spec,
+)
 from plannr_pipeline.partitions import client_months
 from plannr_pipeline.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
@@ -17,7 +24,7 @@ def goals_path(client_uuid: str) -> str:
 
 @dg.multi_asset(
     name="goals_asset",
-    specs=[table_spec(GOALS, deps=["clients"])],
+    specs=[table_spec(GOALS, HOURLY_FRESHNESS, deps=["clients"])],
     partitions_def=client_months,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool=API_POOL,

@@ -3,7 +3,15 @@
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient
-from plannr_pipeline.assets.common import API_POOL, call_api, land_pages, report_drift, result, table_spec
+from plannr_pipeline.assets.common import (
+    API_POOL,
+    HOURLY_FRESHNESS,
+    call_api,
+    land_pages,
+    report_drift,
+    result,
+    table_spec,
+)
 from plannr_pipeline.partitions import created_filters, import_days, partition_key_of
 from plannr_pipeline.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
@@ -21,8 +29,8 @@ def import_day(record: dict) -> str:
 @dg.multi_asset(
     name="imports_asset",
     specs=[
-        table_spec(IMPORTS),
-        table_spec(IMPORT_ERRORS, deps=["imports"]),
+        table_spec(IMPORTS, HOURLY_FRESHNESS),
+        table_spec(IMPORT_ERRORS, HOURLY_FRESHNESS, deps=["imports"]),
     ],
     partitions_def=import_days,
     backfill_policy=dg.BackfillPolicy.single_run(),

@@ -12,7 +12,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from plannr_pipeline.api import PlannrClient
-from plannr_pipeline.assets.common import API_POOL, call_api, report_drift, result, table_spec
+from plannr_pipeline.assets.common import (
+    API_POOL,
+    HOURLY_FRESHNESS,
+    call_api,
+    report_drift,
+    result,
+    table_spec,
+)
 from plannr_pipeline.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
 from plannr_pipeline.storage.tables import TASK_ASSIGNEES, TASK_CUSTOM_FIELDS, TASKS
@@ -31,7 +38,7 @@ class TasksConfig(dg.Config):
 
 @dg.multi_asset(
     name="tasks_asset",
-    specs=[table_spec(TASKS), table_spec(TASK_CUSTOM_FIELDS, deps=["tasks"]), table_spec(TASK_ASSIGNEES, deps=["tasks"])],
+    specs=[table_spec(TASKS, HOURLY_FRESHNESS), table_spec(TASK_CUSTOM_FIELDS, HOURLY_FRESHNESS, deps=["tasks"]), table_spec(TASK_ASSIGNEES, HOURLY_FRESHNESS, deps=["tasks"])],
     pool=API_POOL,
 )
 def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: PlannrApi, storage: PlannrStorage):

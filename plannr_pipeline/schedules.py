@@ -1,0 +1,68 @@
+"""Schedules, in UK time: a nightly full refresh and an hourly refresh of recent data.
+
+Nightly (02:00): every partition of clients/goals and of imports, each as one run over the
+whole range (one filtered listing per collection), and full sweeps of circles and tasks,
+which also catch deletions. Hourly (:15): the current month of clients and goals, today's
+imports, and tasks changed since the stored watermark.
+"""
+
+import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from plannr_pipeline.jobs import clients_job, imports_job, sweeps_job, tasks_incremental_job
+from plannr_pipeline.partitions import client_months, import_days
+
+TIMEZONE = "Europe/London"
+NIGHTLY = "0 2 * * *"
+HOURLY = "15 * * * *"
+
+
+def whole_range(partitions_def: dg.TimeWindowPartitionsDefinition, context: dg.ScheduleEvaluationContext, name: str) -> dg.RunRequest:
+    keys = partitions_def.get_partition_keys(current_time=context.scheduled_execution_time)
+    return dg.RunRequest(
+        run_key=f"{name}:{context.scheduled_execution_time.isoformat()}",
+        tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+    )
+
+
+def current_partition(partitions_def: dg.TimeWindowPartitionsDefinition, context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    key = partitions_def.get_last_partition_key(current_time=context.scheduled_execution_time)
+    return dg.RunRequest(run_key=f"{key}:{context.scheduled_execution_time.isoformat()}", partition_key=key)
+
+
+@dg.schedule(default_status=dg.DefaultScheduleStatus.RUNNING, job=clients_job, cron_schedule=NIGHTLY, execution_timezone=TIMEZONE,
+             description="Nightly: every month of clients and their goals, in one run.")
+def nightly_clients(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    return whole_range(client_months, context, "nightly-clients")
+
+
+@dg.schedule(default_status=dg.DefaultScheduleStatus.RUNNING, job=imports_job, cron_schedule=NIGHTLY, execution_timezone=TIMEZONE,
+             description="Nightly: every day of imports and their row errors, in one run.")
+def nightly_imports(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    return whole_range(import_days, context, "nightly-imports")
+
+
+nightly_sweeps = dg.ScheduleDefinition(
+    name="nightly_sweeps", job=sweeps_job, default_status=dg.DefaultScheduleStatus.RUNNING, cron_schedule=NIGHTLY, execution_timezone=TIMEZONE,
+    description="Nightly: full sweeps of circles and tasks (these also drop deleted records).",
+)
+
+
+@dg.schedule(default_status=dg.DefaultScheduleStatus.RUNNING, job=clients_job, cron_schedule=HOURLY, execution_timezone=TIMEZONE,
+             description="Hourly: this month's clients and their goals.")
+def hourly_current_clients(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    return current_partition(client_months, context)
+
+
+@dg.schedule(default_status=dg.DefaultScheduleStatus.RUNNING, job=imports_job, cron_schedule=HOURLY, execution_timezone=TIMEZONE,
+             description="Hourly: today's imports and their row errors.")
+def hourly_todays_imports(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    return current_partition(import_days, context)
+
+
+hourly_tasks = dg.ScheduleDefinition(
+    name="hourly_tasks", job=tasks_incremental_job, default_status=dg.DefaultScheduleStatus.RUNNING, cron_schedule=HOURLY, execution_timezone=TIMEZONE,
+    description="Hourly: tasks changed since the stored watermark (incremental, usually one request).",
+)
+
+SCHEDULES = [nightly_clients, nightly_imports, nightly_sweeps, hourly_current_clients, hourly_todays_imports, hourly_tasks]

@@ -1,0 +1,70 @@
+"""`changed_clients_sensor`: re-syncs only the months that hold changed or new clients.
+
+Plannr has no updated-since filter, so the sensor reads clients newest-updated first
+(`sort=-updated_at`) and stops at the page that reaches its watermark: usually one request.
+"""
+
+import asyncio
+import json
+from datetime import datetime
+
+import dagster as dg
+
+from plannr_pipeline.api import PlannrError
+from plannr_pipeline.jobs import clients_job
+from plannr_pipeline.partitions import client_months, partition_key_of
+from plannr_pipeline.resources import PlannrApi
+from plannr_pipeline.storage.convert import to_utc
+
+ACCOUNTS_PATH = "/api/v1/account"
+
+
+async def _changed_since(plannr: PlannrApi, watermark: datetime | None) -> tuple[list[dict], int]:
+    """Clients updated at or after the watermark (all of page 1 when there is none yet)."""
+    changed: list[dict] = []
+    api = plannr.client()
+    async with api:
+        async for page in api.walk_pages(ACCOUNTS_PATH, {"filter[type]": "client", "sort": "-updated_at"}):
+            fresh = [c for c in page.records if watermark is None or to_utc(c["updated_at"]) >= watermark]
+            changed.extend(fresh)
+            if watermark is None or len(fresh) < len(page.records):
+                break
+    return changed, api.stats.requests
+
+
+@dg.sensor(
+    name="changed_clients_sensor",
+    jobs=[clients_job],
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Polls Plannr clients by most recent update (sort=-updated_at), usually one request, and runs "
+        "`clients_job` (clients and their goals) only for the created months that hold changed or new clients."
+    ),
+)
+def changed_clients_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi):
+    state = json.loads(context.cursor) if context.cursor else None
+    watermark = datetime.fromisoformat(state["watermark"]) if state else None
+    try:
+        changed, requests = asyncio.run(_changed_since(plannr, watermark))
+    except PlannrError as error:
+        return dg.SkipReason(f"Plannr API error; state kept, will retry next tick: {error}")
+    # Clients updated exactly at the watermark were seen last tick unless their uuid is new.
+    seen_at_watermark = set(state["uuids_at_watermark"]) if state else set()
+    news = [c for c in changed if not (to_utc(c["updated_at"]) == watermark and c["uuid"] in seen_at_watermark)]
+    if not changed:
+        return dg.SkipReason("no clients yet" if state is None else "no changed clients")
+    newest = max(to_utc(c["updated_at"]) for c in changed)
+    cursor = json.dumps({
+        "watermark": newest.isoformat(),
+        "uuids_at_watermark": sorted(c["uuid"] for c in changed if to_utc(c["updated_at"]) == newest),
+    })
+    if state is None:  # first tick: a baseline, not a replay of every client
+        return dg.SensorResult(cursor=cursor, skip_reason=f"baseline at {newest.isoformat()}")
+    if not news:
+        return dg.SensorResult(cursor=cursor, skip_reason="no changed clients")
+    months = sorted({partition_key_of(to_utc(c["created_at"]), client_months) for c in news})
+    context.log.info(f"{len(news)} changed clients in {len(months)} month(s), {requests} request(s)")
+    runs = [dg.RunRequest(job_name=clients_job.name, partition_key=month, run_key=f"clients-changed:{month}:{newest.isoformat()}")
+            for month in months]
+    return dg.SensorResult(run_requests=runs, cursor=cursor)

@@ -1,0 +1,91 @@
+"""Fetching the imports a sensor watches, and what counts as finished.
+
+Plannr has no import webhooks, so imports are polled: everything created since yesterday
+(`filter[date_from]`), plus, by uuid, any import still tracked as unfinished that is older.
+Plannr does not document its status values; an import is taken as finished when its status is
+a terminal one we know, or when no jobs remain (plannr-api.md section 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from plannr_pipeline.api import PlannrClient
+from plannr_pipeline.partitions import LONDON, import_days, partition_key_of
+from plannr_pipeline.resources import PlannrApi
+from plannr_pipeline.storage.convert import to_int, to_utc
+
+IMPORTS_PATH = "/api/v1/import"
+TERMINAL_STATUSES = {"completed", "complete", "finished", "failed", "cancelled", "canceled"}
+RECENT_DAYS = 1
+
+
+@dataclass(frozen=True)
+class ImportSnapshot:
+    uuid: str
+    type: str | None
+    status: str | None
+    progress: int | None
+    total_jobs: int | None
+    jobs_remaining: int | None
+    failed_jobs: int
+    created_day: str
+    updated_at: datetime | None
+    error_report_url: str | None
+    first_errors: list[Any]
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> ImportSnapshot:
+        report = record.get("error_report")
+        errors = record.get("errors")
+        return cls(
+            uuid=record["uuid"],
+            type=record.get("type"),
+            status=record.get("status"),
+            progress=to_int(record.get("progress")),
+            total_jobs=to_int(record.get("total_jobs")),
+            jobs_remaining=to_int(record.get("jobs_remaining")),
+            failed_jobs=to_int(record.get("failed_jobs")) or 0,
+            created_day=partition_key_of(to_utc(record["created_at"]), import_days),
+            updated_at=to_utc(record.get("updated_at")),
+            error_report_url=report.get("download_url") if isinstance(report, dict) else None,
+            first_errors=(list(errors.values()) if isinstance(errors, dict) else list(errors or []))[:5],
+        )
+
+    @property
+    def finished(self) -> bool:
+        return (self.status or "").lower() in TERMINAL_STATUSES or self.jobs_remaining == 0
+
+    @property
+    def failed(self) -> bool:
+        return (self.status or "").lower() == "failed"
+
+    @property
+    def progress_signature(self) -> list[Any]:
+        """What the progress sensor compares between ticks."""
+        return [self.status, self.progress, self.jobs_remaining, self.failed_jobs]
+
+
+async def _fetch(api: PlannrClient, since: str, older_uuids: list[str]) -> list[dict[str, Any]]:
+    records = await api.list_all(IMPORTS_PATH, {"filter[date_from]": since})
+    listed = {r["uuid"] for r in records}
+    missing = [uuid for uuid in older_uuids if uuid not in listed]
+    if missing:
+        records += await api.list_all(IMPORTS_PATH, {"filter[uuid]": ",".join(missing)})
+    return records
+
+
+def poll_imports(plannr: PlannrApi, now: datetime, still_unfinished: list[str]) -> tuple[list[ImportSnapshot], int]:
+    """Recent imports and the older ones still tracked; also the number of requests made."""
+    since = (now.astimezone(LONDON) - timedelta(days=RECENT_DAYS)).date().isoformat()
+    api = plannr.client()
+
+    async def run() -> list[dict[str, Any]]:
+        async with api:
+            return await _fetch(api, since, still_unfinished)
+
+    records = asyncio.run(run())
+    return [ImportSnapshot.of(record) for record in records], api.stats.requests

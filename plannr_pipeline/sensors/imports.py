@@ -1,0 +1,149 @@
+"""Two sensors over the same polled imports.
+
+`import_progress_sensor` records each import's progress in Dagster (an observation of the
+`imports` partition per change) and, when an import finishes, requests a run of its day's
+`imports` partition, plus, for a clients import, the month its new clients were created in.
+`import_failures_sensor` notices failed jobs as they appear, requests a run that lands the
+row errors in `import_errors`, and raises one alert per new failure.
+
+State lives in each sensor's cursor (JSON), written only by a tick that succeeded: an API error
+skips the tick and leaves the cursor as it was. The first tick of a sensor records what it sees
+as its baseline and requests nothing, so turning a sensor on does not replay history.
+"""
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+
+from plannr_pipeline.alerts import AlertWebhook
+from plannr_pipeline.api import PlannrError
+from plannr_pipeline.jobs import clients_job, imports_job
+from plannr_pipeline.partitions import client_months, partition_key_of
+from plannr_pipeline.resources import PlannrApi
+from plannr_pipeline.sensors.import_polling import ImportSnapshot, poll_imports
+
+POLL_SECONDS = 60
+
+
+def _load(cursor: str | None) -> dict[str, dict[str, Any]] | None:
+    return json.loads(cursor)["imports"] if cursor else None
+
+
+def _dump(imports: dict[str, dict[str, Any]]) -> str:
+    return json.dumps({"imports": imports}, sort_keys=True)
+
+
+def _poll(context: dg.SensorEvaluationContext, plannr: PlannrApi, tracked: dict[str, dict[str, Any]]):
+    still_unfinished = [uuid for uuid, state in tracked.items() if not state["finished"]]
+    snapshots, requests = poll_imports(plannr, datetime.now(UTC), still_unfinished)
+    context.log.info(f"{len(snapshots)} imports polled with {requests} requests from {plannr.source()}")
+    return snapshots
+
+
+def _progress_metadata(snapshot: ImportSnapshot) -> dict[str, Any]:
+    return {
+        "import_uuid": snapshot.uuid,
+        "type": snapshot.type or "",
+        "status": snapshot.status or "",
+        "progress": snapshot.progress if snapshot.progress is not None else -1,
+        "jobs_remaining": snapshot.jobs_remaining if snapshot.jobs_remaining is not None else -1,
+        "failed_jobs": snapshot.failed_jobs,
+        "total_jobs": snapshot.total_jobs if snapshot.total_jobs is not None else -1,
+    }
+
+
+def _finished_runs(snapshot: ImportSnapshot) -> list[dg.RunRequest]:
+    runs = [dg.RunRequest(job_name=imports_job.name, partition_key=snapshot.created_day, run_key=f"import-finished:{snapshot.uuid}")]
+    if snapshot.type == "clients" and snapshot.updated_at is not None:
+        # New clients are created as the import runs; updates to existing clients reach their
+        # own months through changed_clients_sensor, which watches updated_at.
+        month = partition_key_of(snapshot.updated_at, client_months)
+        runs.append(dg.RunRequest(job_name=clients_job.name, partition_key=month, run_key=f"clients-import-finished:{snapshot.uuid}"))
+    return runs
+
+
+@dg.sensor(
+    name="import_progress_sensor",
+    jobs=[imports_job, clients_job],
+    minimum_interval_seconds=POLL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Polls Plannr imports created since yesterday and any still running. Records each change of "
+        "status, progress, jobs remaining or failed jobs as an observation of `imports`; when an "
+        "import finishes, runs `imports_job` for its day (and `clients_job` for a clients import)."
+    ),
+)
+def import_progress_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi):
+    tracked = _load(context.cursor)
+    try:
+        snapshots = _poll(context, plannr, tracked or {})
+    except PlannrError as error:
+        return dg.SkipReason(f"Plannr API error; state kept, will retry next tick: {error}")
+    events, runs, now_tracked = [], [], {}
+    for snapshot in snapshots:
+        before = (tracked or {}).get(snapshot.uuid)
+        if before is None or before["signature"] != snapshot.progress_signature:
+            events.append(dg.AssetObservation(asset_key="imports", partition=snapshot.created_day, metadata=_progress_metadata(snapshot)))
+        if tracked is not None and snapshot.finished and not (before and before["finished"]):
+            runs.extend(_finished_runs(snapshot))
+        now_tracked[snapshot.uuid] = {"signature": snapshot.progress_signature, "finished": snapshot.finished}
+    return dg.SensorResult(run_requests=runs, asset_events=events, cursor=_dump(now_tracked))
+
+
+def failure_alert(snapshot: ImportSnapshot, new_failed_jobs: int, source: str) -> dict[str, Any]:
+    return {
+        "event": "plannr.import.failed" if snapshot.failed else "plannr.import.jobs_failed",
+        "source": source,
+        "import_uuid": snapshot.uuid,
+        "type": snapshot.type,
+        "status": snapshot.status,
+        "failed_jobs": snapshot.failed_jobs,
+        "new_failed_jobs": new_failed_jobs,
+        "total_jobs": snapshot.total_jobs,
+        "created_day": snapshot.created_day,
+        "error_report_url": snapshot.error_report_url,
+        "first_errors": snapshot.first_errors,
+    }
+
+
+@dg.sensor(
+    name="import_failures_sensor",
+    jobs=[imports_job],
+    minimum_interval_seconds=POLL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Watches Plannr imports for failed jobs. When an import's failed job count rises or it ends "
+        "failed, runs `imports_job` for its day (landing the row errors in `import_errors`) and raises "
+        "one alert: an observation on `import_errors` and, if PLANNR_ALERT_WEBHOOK_URL is set, a JSON POST."
+    ),
+)
+def import_failures_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi, alert_webhook: AlertWebhook):
+    tracked = _load(context.cursor)
+    try:
+        snapshots = _poll(context, plannr, tracked or {})
+    except PlannrError as error:
+        return dg.SkipReason(f"Plannr API error; state kept, will retry next tick: {error}")
+    events, runs, now_tracked = [], [], {}
+    for snapshot in snapshots:
+        before = (tracked or {}).get(snapshot.uuid, {"failed_jobs": 0, "failed": False})
+        current = {"failed_jobs": snapshot.failed_jobs, "failed": snapshot.failed, "finished": snapshot.finished}
+        new_failed_jobs = snapshot.failed_jobs - before["failed_jobs"]
+        if tracked is not None and (new_failed_jobs > 0 or (snapshot.failed and not before["failed"])):
+            alert = failure_alert(snapshot, max(new_failed_jobs, 0), plannr.source())
+            problem = alert_webhook.send(alert)
+            if problem:
+                context.log.warning(f"import {snapshot.uuid}: {problem}; the alert will be retried next tick")
+                current = {**before, "finished": snapshot.finished}  # not alerted yet: keep the old count
+            else:
+                context.log.warning(f"import {snapshot.uuid} ({snapshot.type}): {snapshot.failed_jobs} failed jobs, status {snapshot.status}")
+                events.append(dg.AssetObservation(
+                    asset_key="import_errors", partition=snapshot.created_day,
+                    description=f"Import {snapshot.uuid} has {snapshot.failed_jobs} failed jobs ({snapshot.status}).",
+                    metadata={"alert": dg.MetadataValue.json(alert), "webhook": alert_webhook.configured},
+                ))
+            runs.append(dg.RunRequest(job_name=imports_job.name, partition_key=snapshot.created_day,
+                                      run_key=f"import-errors:{snapshot.uuid}:{snapshot.failed_jobs}:{snapshot.status}"))
+        now_tracked[snapshot.uuid] = current
+    return dg.SensorResult(run_requests=runs, asset_events=events, cursor=_dump(now_tracked))
