@@ -26,7 +26,7 @@ def whole_range(partitions_def: dg.TimeWindowPartitionsDefinition, context: dg.S
 
 
 def current_partition(partitions_def: dg.TimeWindowPartitionsDefinition, context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    key = partitions_def.get_last_partition_key(current_time=context.scheduled_execution_time)
+    key = partitions_def.get_partition_keys(current_time=context.scheduled_execution_time)[-1]
     return dg.RunRequest(run_key=f"{key}:{context.scheduled_execution_time.isoformat()}", partition_key=key)
 
 

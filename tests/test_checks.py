@@ -35,7 +35,11 @@ def test_checks_pass_on_synced_data_and_fail_on_broken_data(make_sandbox, tmp_pa
     broken = broken.set_column(broken.schema.get_field_index("client_uuid"), "client_uuid",
                                pa.array(["no-such-client"] * broken.num_rows, pa.string()))  # orphans
     pq.write_table(broken, goals_file)
+    clients_file = next(f for f in (data_dir / "parquet" / "clients").glob("*/data.parquet") if pq.read_metadata(f).num_rows)
+    pq.write_table(pq.read_table(clients_file).slice(1), clients_file)  # one client lost
     outcomes = run_checks(sandbox, data_dir)
     assert outcomes["goals_uuid_unique_and_present"] is False
     assert outcomes["goals_reference_clients"] is False
+    assert outcomes["clients_complete"] is False
     assert outcomes["clients_uuid_unique_and_present"] is True
+    assert outcomes["circles_complete"] is True

@@ -1,0 +1,45 @@
+"""Schedules produce the intended run requests (evaluated at fixed UK times)."""
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from plannr_pipeline.definitions import defs
+from plannr_pipeline.partitions import client_months, import_days
+from plannr_pipeline.schedules import (
+    hourly_current_clients,
+    hourly_tasks,
+    hourly_todays_imports,
+    nightly_clients,
+    nightly_imports,
+    nightly_sweeps,
+)
+
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+NIGHT = datetime(2026, 7, 15, 2, 0, tzinfo=ZoneInfo("Europe/London"))
+HOUR = datetime(2026, 7, 15, 14, 15, tzinfo=ZoneInfo("Europe/London"))
+
+
+def evaluate(schedule, when):
+    context = dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def())
+    return schedule.evaluate_tick(context).run_requests
+
+
+def test_nightly_refreshes_every_partition_in_one_run_per_job():
+    [clients] = evaluate(nightly_clients, NIGHT)
+    assert (clients.tags[RANGE_START], clients.tags[RANGE_END]) == (client_months.get_first_partition_key(), "2026-07")
+    [imports] = evaluate(nightly_imports, NIGHT)
+    assert (imports.tags[RANGE_START], imports.tags[RANGE_END]) == (import_days.get_first_partition_key(), "2026-07-15")
+    assert len(evaluate(nightly_sweeps, NIGHT)) == 1
+    assert all(s.execution_timezone == "Europe/London" and s.cron_schedule == "0 2 * * *"
+               for s in (nightly_clients, nightly_imports, nightly_sweeps))
+
+
+def test_hourly_refreshes_only_recent_data():
+    [clients] = evaluate(hourly_current_clients, HOUR)
+    assert clients.partition_key == "2026-07"
+    [imports] = evaluate(hourly_todays_imports, HOUR)
+    assert imports.partition_key == "2026-07-15"
+    assert hourly_tasks.job_name == "tasks_incremental_job"
+    assert hourly_tasks.job.config["ops"]["tasks_asset"]["config"]["incremental"] is True
