@@ -78,3 +78,54 @@ def test_dev_script_starts_dagster_on_the_prepared_instance(tmp_path, existing):
     assert (home / "dagster.yaml").read_text() == (CUSTOM_CONFIG if existing else PROJECT_CONFIG)
     assert f"dagster.yaml: {home / 'dagster.yaml'}" in result.stdout
     assert f"dagster stub: DAGSTER_HOME={home} args=dev -w workspace.yaml -p 3001" in result.stdout
+
+
+# -- 2. the sandbox serves its own import error reports -----------------------------------------
+
+
+def _all_imports(http, sandbox) -> list[dict]:
+    records, url = [], f"{sandbox.url}/api/v1/import?per_page=500"
+    while url:
+        page = http.get(url).raise_for_status().json()
+        records += page["data"]
+        url = page["links"]["next"]
+    return records
+
+
+def test_sandbox_error_reports_are_served_by_the_sandbox(make_sandbox):
+    import csv
+    import io
+
+    import httpx
+
+    sandbox = make_sandbox()
+    auth = {"Authorization": f"Bearer {sandbox.options.token}"}
+    with httpx.Client(headers=auth, timeout=30) as http:
+        imports = _all_imports(http, sandbox)
+        with_report = [i for i in imports if i["error_report"] is not None]
+        assert with_report, "the sandbox's history should hold finished imports with failed rows"
+        for record in with_report:
+            report = record["error_report"]
+            assert report["download_url"] == f"{sandbox.url}/file/{report['uuid']}/download"
+            answer = http.get(report["download_url"])
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["content-type"].startswith("text/csv")
+            assert int(report["size"]) == len(answer.content)
+            rows = list(csv.DictReader(io.StringIO(answer.text)))
+            assert len(rows) == record["failed_jobs"]  # one error per failed row in this sandbox
+            assert len({row["row"] for row in rows}) == record["failed_jobs"]
+            shown = [  # the API lists the first 25 failed rows; the report starts with the same ones
+                {"row": str(e["client"]["row"]), "first_name": e["client"]["first_name"], "last_name": e["client"]["last_name"],
+                 "field": field, "error": message}
+                for e in record["errors"] for field, messages in e["errors"].items() for message in messages
+            ]
+            assert rows[: len(shown)] == shown
+        detail = http.get(f"{sandbox.url}/api/v1/import/{with_report[0]['uuid']}").json()
+        assert detail["error_report"]["download_url"] == with_report[0]["error_report"]["download_url"]
+
+        assert all(i["error_report"] is None for i in imports if i["failed_jobs"] == 0)
+        url = with_report[0]["error_report"]["download_url"]
+        assert httpx.get(url, timeout=30).status_code == 401  # same Bearer auth as every route
+        unknown = http.get(f"{sandbox.url}/file/00000000-0000-4000-8000-000000000000/download")
+        assert unknown.status_code == 404
+        assert unknown.json() == {"message": "No query results for model [App\\Models\\File] 00000000-0000-4000-8000-000000000000"}

@@ -8,6 +8,8 @@ Besides a month of finished history, a new "live" import is created every
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 import uuid
 from collections.abc import Callable
@@ -44,8 +46,12 @@ class ImportPlan:
     report_uuid: str
     client_names: tuple[str, ...]
 
-    def state_at(self, now: datetime, detail: bool = False) -> dict[str, Any] | None:
-        """The import as GET /api/v1/import shows it at `now`; None before it was created."""
+    def state_at(self, now: datetime, detail: bool = False, *, base_url: str) -> dict[str, Any] | None:
+        """The import as GET /api/v1/import shows it at `now`; None before it was created.
+
+        `base_url` is the serving sandbox's own root: the error report's `download_url` points
+        there (GET /file/{uuid}/download), never at the real API host.
+        """
         elapsed = (now - self.created).total_seconds()
         if elapsed < 0:
             return None
@@ -71,7 +77,7 @@ class ImportPlan:
             "failed_jobs": len(failed),
             "progress": int(100 * done / self.total_jobs),
             "errors": [self._error_row(job) for job in failed[:ERRORS_SHOWN]],
-            "error_report": self._error_report(updated) if finished and failed else None,
+            "error_report": self._error_report(updated, base_url) if finished and failed else None,
             "account": self.account,
         }
         if detail:  # headers and mapping are "not visible on index route"
@@ -85,17 +91,34 @@ class ImportPlan:
         first, _, last = name.partition(" ")
         return {"client": {"row": job + 2, "first_name": first, "last_name": last}, "errors": {field: [FIELD_ERRORS[field]]}}
 
-    def _error_report(self, uploaded: datetime) -> dict[str, Any]:
+    def has_error_report(self, now: datetime) -> bool:
+        """Whether the report exists at `now`: once the import has finished with failed rows."""
+        return bool(self.failing_jobs) and (now - self.created).total_seconds() >= self.pending_seconds + self.run_seconds
+
+    def error_report_csv(self) -> str:
+        """The error report file: every failed row (not only the 25 the API lists), one line per error."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["row", "first_name", "last_name", "field", "error"])
+        for job in self.failing_jobs:
+            row = self._error_row(job)
+            client = row["client"]
+            for field, messages in row["errors"].items():
+                for message in messages:
+                    writer.writerow([client["row"], client["first_name"], client["last_name"], field, message])
+        return out.getvalue()
+
+    def _error_report(self, uploaded: datetime, base_url: str) -> dict[str, Any]:
         return {
             "uuid": self.report_uuid,
             "name": f"Import errors {self.uuid[:8]}",
             "filename": f"import-errors-{self.uuid}.csv",
             "extension": "csv",
-            "size": str(120 + 80 * len(self.failing_jobs)),
+            "size": str(len(self.error_report_csv().encode())),
             "path": f"Imports/import-errors-{self.uuid}.csv",
             "status": "uploaded",
             "progress": "100",
-            "download_url": f"https://api.plannrcrm.com/file/{self.report_uuid}/download",
+            "download_url": f"{base_url}/file/{self.report_uuid}/download",
             "navigator": {"model_type": "import", "model_uuid": self.uuid},
             "uploaded_at": iso_london(uploaded),
             "created_at": iso_london(uploaded),

@@ -111,6 +111,7 @@ class SandboxServer:
         app.router.add_get("/api/v1/task/{uuid}", self._task)
         app.router.add_get("/api/v1/import", self._imports)
         app.router.add_get("/api/v1/import/{uuid}", self._import)
+        app.router.add_get("/file/{uuid}/download", self._error_report)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=512)
@@ -228,15 +229,29 @@ class SandboxServer:
 
     async def _imports(self, request: web.Request) -> web.Response:
         now = self.options.clock()
-        states = [state for plan in self.import_plans(now) if (state := plan.state_at(now)) is not None]
+        states = [state for plan in self.import_plans(now) if (state := plan.state_at(now, base_url=self.url)) is not None]
         return self._page(request, states, routes.IMPORTS)
 
     async def _import(self, request: web.Request) -> web.Response:
         now = self.options.clock()
         for plan in self.import_plans(now):
-            if plan.uuid == request.match_info["uuid"] and (state := plan.state_at(now, detail=True)):
+            if plan.uuid == request.match_info["uuid"] and (state := plan.state_at(now, detail=True, base_url=self.url)):
                 return _json(200, state)
         return self._not_found("Import", request.match_info["uuid"])
+
+    async def _error_report(self, request: web.Request) -> web.Response:
+        """An import's error report, the file its `error_report.download_url` names."""
+        now = self.options.clock()
+        for plan in self.import_plans(now):
+            if plan.report_uuid == request.match_info["uuid"] and plan.has_error_report(now):
+                return web.Response(
+                    status=200,
+                    text=plan.error_report_csv(),
+                    content_type="text/csv",
+                    charset="utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="import-errors-{plan.uuid}.csv"'},
+                )
+        return self._not_found("File", request.match_info["uuid"])
 
 
 _embedded: SandboxServer | None = None
