@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -129,3 +130,81 @@ def test_sandbox_error_reports_are_served_by_the_sandbox(make_sandbox):
         unknown = http.get(f"{sandbox.url}/file/00000000-0000-4000-8000-000000000000/download")
         assert unknown.status_code == 404
         assert unknown.json() == {"message": "No query results for model [App\\Models\\File] 00000000-0000-4000-8000-000000000000"}
+
+
+# -- 3. every citation points at something in this repository -----------------------------------
+
+CITING_FILES = sorted(
+    {REPO / "README.md", REPO / "pyproject.toml"}
+    | set((REPO / "docs").glob("*.md"))
+    | set((REPO / "scripts").glob("*.sh"))
+    | set((REPO / "plannr_pipeline").rglob("*.py"))
+    | set((REPO / "tests").rglob("*.py"))
+)
+API_NOTES = REPO / "docs/plannr-api.md"
+# Not citations of files here: web addresses, and the API notes' "AD:" sources, which name pages of
+# the public API docs site (the notes' "Source keys" say so), some of them ending in .md.
+NOT_LOCAL = re.compile(r"https?://\S+|AD:[^)|\n]*")
+PATH = re.compile(r"(?<![\w/.-])((?:\.\.?/)*[\w-]+(?:[./][\w-]+)*\.md|(?:\.\.?/)*docs/[\w./-]*[\w/]|\.\./[\w./-]*[\w/])")
+SECTION = re.compile(r"([\w./-]*plannr-api\.md)`?\)?,?\s+(?:section|§)\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+OWN_SECTION = re.compile(r"§\s*(\d+(?:\.\d+)?)")  # inside the API notes: one of their own sections
+HEADING = re.compile(r"\b(README(?:\.md)?|[\w./-]+\.md)`?,?\s+\"([^\"\n]+)\"")
+
+
+def _headings(path: Path) -> set[str]:
+    return {m.group(1).strip() for m in re.finditer(r"^#+\s+(.+?)\s*$", path.read_text(), re.MULTILINE)}
+
+
+def _section_exists(number: str) -> bool:
+    return any(re.match(rf"{re.escape(number)}(\.|\s)", heading) for heading in _headings(API_NOTES))
+
+
+def _target(citing: Path, cited: str) -> Path | None:
+    """The file a path citation names (from the repository root or the citing file's folder)."""
+    for base in (REPO, citing.parent):
+        path = (base / cited).resolve()
+        if path.is_relative_to(REPO) and path.exists():
+            return path
+    return None
+
+
+def _citation_problems(citing: Path, raw: str | None = None) -> list[str]:
+    raw = citing.read_text() if raw is None else raw
+    text = NOT_LOCAL.sub(lambda m: " " * len(m.group()), raw)
+    where = lambda offset: f"{citing.relative_to(REPO)}:{raw.count(chr(10), 0, offset) + 1}"  # noqa: E731
+    problems = []
+    for m in PATH.finditer(text):
+        if _target(citing, m.group(1)) is None:
+            problems.append(f"{where(m.start())}: {m.group(1)!r} is not a file in the repository")
+    for m in SECTION.finditer(text):
+        if _target(citing, m.group(1)) != API_NOTES or not _section_exists(m.group(2)):
+            problems.append(f"{where(m.start())}: {m.group()!r} does not name a section of docs/plannr-api.md")
+    if citing == API_NOTES:
+        for m in OWN_SECTION.finditer(text):
+            if not _section_exists(m.group(1)):
+                problems.append(f"{where(m.start())}: {m.group()!r} is not a section of this file")
+    for m in HEADING.finditer(text):
+        name = m.group(1) if m.group(1).endswith(".md") else "README.md"
+        target = _target(citing, name)
+        if target is None or m.group(2) not in _headings(target):
+            problems.append(f"{where(m.start())}: {m.group()!r}: no such heading")
+    return problems
+
+
+def test_citations_point_at_files_and_sections_in_the_repository():
+    assert API_NOTES.exists() and (REPO / "docs/design.md").exists()
+    problems = [problem for path in CITING_FILES for problem in _citation_problems(path)]
+    assert not problems, "citations that lead nowhere:\n" + "\n".join(problems)
+
+
+def test_the_citation_scan_catches_what_it_should():
+    """The scanner itself: good citations pass, each kind of broken one is reported.
+
+    The broken samples are split in two so that the scan of this very file does not see them.
+    """
+    citing = REPO / "tests" / "sample.py"
+    good = 'docs/plannr-api.md section 4.7, docs/design.md, README.md, README, "Quick start", (see docs/asset-graph.png)'
+    assert _citation_problems(citing, good) == []
+    for bad in ["..", "/shared/seeds"], ["DESIGN", ".md"], ["plannr-api", ".md section 7"], ["docs/plannr-api.md sec", "tion 12"], \
+            ["READ", 'ME, "Nope"'], ["do", "cs/missing.png"], ["docs/design.md", ', "Nothing"']:
+        assert _citation_problems(citing, "".join(bad)), bad

@@ -2,7 +2,7 @@
 
 Speed comes from three things: pages of 500, the remaining pages of a listing fetched
 concurrently once page 1 tells `meta.last_page`, and aiohttp under httpx (httpx's own pool was
-4x slower at high concurrency, DESIGN.md). Politeness comes from the shared request budget.
+4x slower at high concurrency, docs/design.md). Politeness comes from the shared request budget.
 """
 
 from __future__ import annotations

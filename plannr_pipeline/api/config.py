@@ -1,4 +1,4 @@
-"""Connection settings, read from the environment variables that DESIGN.md fixes."""
+"""Connection settings, read from the environment variables that docs/design.md fixes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A deterministic generated firm: same seed and reference date, same data.
 
-Volumes are knobs (`FirmSize`); shapes follow the seed pages in ../shared/seeds: money objects
+Volumes are knobs (`FirmSize`); shapes follow the docs' examples (docs/plannr-api.md section 5): money objects
 with pennies as strings, London-offset ISO timestamps, naive task dates, numbers as strings
 where the docs show them, and unexpanded relationships as resource class names.
 """

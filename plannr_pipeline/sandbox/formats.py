@@ -1,4 +1,4 @@
-"""Plannr's wire formats, as the docs show them (plannr-api.md section 5)."""
+"""Plannr's wire formats, as the docs show them (docs/plannr-api.md section 5)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What each sandbox route lists and which filters and sorts it accepts.
 
-Only the parameters the Plannr docs show are accepted (plannr-api.md section 4); in
+Only the parameters the Plannr docs show are accepted (docs/plannr-api.md section 4); in
 particular there is no updated-since filter, because the real API has none.
 """
 

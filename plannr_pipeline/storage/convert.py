@@ -1,4 +1,4 @@
-"""Casts from Plannr's wire formats to the types an analyst can trust (plannr-api.md section 5).
+"""Casts from Plannr's wire formats to the types an analyst can trust (docs/plannr-api.md section 5).
 
 Every converter returns None for a missing value and raises ValueError for one it cannot read;
 the normaliser keeps such a value in the row's `extra_json` rather than losing it.
