@@ -1,4 +1,4 @@
-"""`plannr-pipeline sync | sandbox`."""
+"""`plannr-pipeline sync | sandbox | instance`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 
 from plannr_pipeline.api import PlannrError, PlannrSettings
 from plannr_pipeline.api.config import DEFAULT_BASE_URL
+from plannr_pipeline.instance import prepare_instance
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -33,16 +34,50 @@ def _sync(args: argparse.Namespace) -> int:
         source = "the embedded sandbox (no PLANNR_API_TOKEN or PLANNR_BASE_URL set)"
     else:
         source = os.environ.get("PLANNR_BASE_URL") or DEFAULT_BASE_URL
+    try:
+        for line in prepare_instance():
+            print(line)
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"plannr-pipeline sync: from {source} into {data_dir}")
     report = run_sync(selected)
-    Warehouse(data_dir).refresh_views()
+    if problem := Warehouse(data_dir).refresh_views():
+        report.views_problems.append(problem)
     _print_summary(report, data_dir)
     if not report.ok:
         print("\nsync FAILED:", file=sys.stderr)
         for failure in report.failures:
             print(f"  - {failure}", file=sys.stderr)
         return 1
+    if report.views_problems:
+        print(f"\nsync landed every asset in Parquet, but the DuckDB views were NOT refreshed: {report.views_problems[-1]}.\n"
+              "Close the other program holding the database, then run `plannr-pipeline views`.", file=sys.stderr)
+        return 3
     print("sync finished: all assets landed.")
+    return 0
+
+
+def _views(args: argparse.Namespace) -> int:
+    from plannr_pipeline.storage.warehouse import Warehouse
+
+    data_dir = os.path.abspath(os.environ.get("PLANNR_DATA_DIR") or "data")
+    if problem := Warehouse(data_dir).refresh_views():
+        print(f"error: {problem}. Close the other program holding it and run this again.", file=sys.stderr)
+        return 3
+    print(f"views refreshed in {os.path.join(data_dir, 'plannr.duckdb')}")
+    return 0
+
+
+def _instance(args: argparse.Namespace) -> int:
+    try:
+        said = prepare_instance()
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for line in said:
+        print(line, file=sys.stderr)
+    print(os.environ["DAGSTER_HOME"])
     return 0
 
 
@@ -53,7 +88,9 @@ def _print_summary(report, data_dir: str) -> None:
     failed_checks = [name for name, passed in report.checks.items() if not passed]
     print(f"\n{len(report.checks) - len(failed_checks)}/{len(report.checks)} checks passed"
           + (f"; FAILED: {', '.join(failed_checks)}" if failed_checks else ""))
-    print(f"{report.requests} API requests (+{report.check_requests} for completeness checks) in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}")
+    if report.rejected:
+        print(f"{report.rejected} record(s) could not be stored and were quarantined: select * from rejected_records")
+    print(f"{report.requests} API requests in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}")
 
 
 def _sandbox(args: argparse.Namespace) -> int:
@@ -87,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     sync = commands.add_parser("sync", help="materialise every asset, all partitions, in one process")
     sync.add_argument("--select", help="comma-separated asset names (default: all)")
     sync.set_defaults(run=_sync)
+
+    views = commands.add_parser("views", help="(re)create the DuckDB views over the stored Parquet")
+    views.set_defaults(run=_views)
+
+    instance = commands.add_parser("instance", help="prepare the Dagster instance (DAGSTER_HOME) sync and the UI share; print its path")
+    instance.set_defaults(run=_instance)
 
     sandbox = commands.add_parser("sandbox", help="serve the imitation Plannr API on 127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8765)

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import dagster as dg
 
-from plannr_pipeline.assets.circles import circles
-from plannr_pipeline.assets.clients import clients
-from plannr_pipeline.assets.goals import goals
-from plannr_pipeline.assets.imports import imports
-from plannr_pipeline.assets.tasks import tasks
 from plannr_pipeline.alerts import AlertWebhook
+from plannr_pipeline.assets import COLLECTION_ASSETS
 from plannr_pipeline.checks import CHECKS
 from plannr_pipeline.jobs import JOBS
 from plannr_pipeline.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.schedules import SCHEDULES
 from plannr_pipeline.sensors import SENSORS
 
-ASSETS = [clients, goals, circles, tasks, imports]
+ASSETS = [*COLLECTION_ASSETS]
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:

@@ -1,30 +1,34 @@
-"""Asset jobs that sensors and schedules launch. Assets with different partitions need
-different jobs: clients and goals by month, imports by day, the full sweeps unpartitioned."""
+"""Asset jobs that sensors and schedules launch, derived from the asset definitions.
+
+Assets with different partitions need different jobs: the monthly client assets together,
+and the full sweeps (everything unpartitioned) together.
+"""
 
 import dagster as dg
 
-from plannr_pipeline.partitions import client_months, import_days
+from plannr_pipeline.assets import COLLECTION_ASSETS
+from plannr_pipeline.assets.imports import imports
+from plannr_pipeline.assets.tasks import TasksConfig, tasks
+from plannr_pipeline.partitions import client_months
 
-CLIENT_ASSETS = ["clients", "goals"]
-IMPORT_ASSETS = ["imports", "import_errors"]
-SWEEP_ASSETS = ["circles", "circle_accounts", "circle_groups", "tasks", "task_custom_fields", "task_assignees"]
-TASK_ASSETS = ["tasks", "task_custom_fields", "task_assignees"]
+MONTHLY_ASSETS = [a for a in COLLECTION_ASSETS if a.partitions_def == client_months]
+SWEPT_ASSETS = [a for a in COLLECTION_ASSETS if a.partitions_def is None]
 
 clients_job = dg.define_asset_job(
-    "clients_job", selection=CLIENT_ASSETS, partitions_def=client_months,
+    "clients_job", selection=dg.AssetSelection.assets(*MONTHLY_ASSETS), partitions_def=client_months,
     description="Clients and their goals for the requested months.",
 )
 imports_job = dg.define_asset_job(
-    "imports_job", selection=IMPORT_ASSETS, partitions_def=import_days,
-    description="Imports and their row errors for the requested days.",
+    "imports_job", selection=dg.AssetSelection.assets(imports),
+    description="Every import and its row errors (a request or two).",
 )
 sweeps_job = dg.define_asset_job(
-    "sweeps_job", selection=SWEEP_ASSETS,
-    description="Full sweeps of circles and tasks (and their child tables).",
+    "sweeps_job", selection=dg.AssetSelection.assets(*SWEPT_ASSETS),
+    description="Full sweeps of the unpartitioned collections: " + ", ".join(a.key.to_user_string() for a in SWEPT_ASSETS) + ".",
 )
 tasks_incremental_job = dg.define_asset_job(
-    "tasks_incremental_job", selection=TASK_ASSETS,
-    config={"ops": {"tasks_asset": {"config": {"incremental": True}}}},
+    "tasks_incremental_job", selection=dg.AssetSelection.assets(tasks),
+    config=dg.RunConfig(ops={tasks.op.name: TasksConfig(incremental=True)}),
     description="Tasks changed since the stored updated_at watermark (sort=-updated_at, early stop).",
 )
 

@@ -1,41 +1,38 @@
 """Partitions defined by API filters, so a backfill of a partition fetches exactly that slice.
 
-Clients (and their goals) are partitioned by the client's created month (from
-PLANNR_START_DATE), imports by created day (from PLANNR_IMPORTS_START_DATE), in UK time. The
-first partition has no lower bound, so older records are still fetched (into the first
-partition) instead of silently missed.
+Clients (and their goals) are partitioned by the client's created month from PLANNR_START_DATE,
+in UK time. The first partition has no lower bound, so older records are still fetched (into
+the first partition) instead of silently missed. The other collections are small enough, or
+lack a date filter, to be swept whole (see each asset's module).
 """
 
 from __future__ import annotations
 
 import os
 from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 
 from plannr_pipeline.api.errors import ConfigurationError
-
-LONDON = ZoneInfo("Europe/London")
+from plannr_pipeline.storage.convert import LONDON
 
 
 def start_date(variable: str, default: str) -> date:
     raw = os.getenv(variable) or default
     try:
-        return date.fromisoformat(raw)
+        value = date.fromisoformat(raw)
     except ValueError:
         raise ConfigurationError(f"{variable} must be a date like {default}, got {raw!r}.") from None
+    if value > date.today():
+        raise ConfigurationError(f"{variable} is {raw}, in the future: set a past date (the firm's first client, say), or unset it for {default}.")
+    return value
 
 
 START = start_date("PLANNR_START_DATE", "2023-01-01")
-# Imports are few and Dagster records an event per partition, so daily partitions over years
-# would cost seconds of bookkeeping per sync; older imports fall into the first day.
-IMPORTS_START = start_date("PLANNR_IMPORTS_START_DATE", "2026-01-01")
 # end_offset=1: the current month/day is a partition too, since data arrives in it all the time.
 client_months = dg.MonthlyPartitionsDefinition(
     start_date=START.strftime("%Y-%m"), fmt="%Y-%m", timezone="Europe/London", end_offset=1
 )
-import_days = dg.DailyPartitionsDefinition(start_date=IMPORTS_START.isoformat(), timezone="Europe/London", end_offset=1)
 
 
 def created_filters(window: dg.TimeWindow, partitions_def: dg.TimeWindowPartitionsDefinition, after: str, before: str) -> dict[str, str]:

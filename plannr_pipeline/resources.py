@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import dagster as dg
 
-from plannr_pipeline.api import PlannrClient, PlannrSettings
+from plannr_pipeline.api import PlannrClient, PlannrSettings, RequestStats
 from plannr_pipeline.api.config import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_CONCURRENCY,
@@ -19,6 +21,8 @@ from plannr_pipeline.api.config import (
 )
 from plannr_pipeline.sandbox import embedded_sandbox
 from plannr_pipeline.storage.warehouse import Warehouse
+
+T = TypeVar("T")
 
 
 class PlannrApi(dg.ConfigurableResource):
@@ -73,8 +77,27 @@ class PlannrApi(dg.ConfigurableResource):
             return f"embedded sandbox (seed {self.sandbox_seed}, {self.sandbox_clients} clients)"
         return urlparse(self.base_url or DEFAULT_BASE_URL).netloc
 
-    def client(self, on_warning: Callable[[str], None] | None = None) -> PlannrClient:
-        return PlannrClient(self.settings(), on_warning=on_warning)
+    def client(self, on_warning: Callable[[str], None] | None = None, stats: RequestStats | None = None) -> PlannrClient:
+        return PlannrClient(self.settings(), on_warning=on_warning, stats=stats)
+
+    def run(
+        self,
+        work: Callable[[PlannrClient], Awaitable[T]],
+        on_warning: Callable[[str], None] | None = None,
+        stats: RequestStats | None = None,
+    ) -> T:
+        """The one bridge from Dagster's synchronous code to the async client.
+
+        Assets, sensors and checks all come through here, so each gets the same connection
+        setup, retries, budget and counters; pass `stats` to read the counts even on failure.
+        """
+        api = self.client(on_warning, stats)
+
+        async def main() -> T:
+            async with api:
+                return await work(api)
+
+        return asyncio.run(main())
 
 
 class PlannrStorage(dg.ConfigurableResource):

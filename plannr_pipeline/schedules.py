@@ -1,16 +1,16 @@
 """Schedules, in UK time: a nightly full refresh and an hourly refresh of recent data.
 
-Nightly (02:00): every partition of clients/goals and of imports, each as one run over the
-whole range (one filtered listing per collection), and full sweeps of circles and tasks,
-which also catch deletions. Hourly (:15): the current month of clients and goals, today's
-imports, and tasks changed since the stored watermark.
+Nightly (02:00): every month of clients and goals as one run over the whole range (one
+filtered listing), and full sweeps of the unpartitioned collections, which also catch
+deletions. Hourly (:15): the current month of clients and goals, every import (a request or
+two), and tasks changed since the stored watermark.
 """
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from plannr_pipeline.jobs import clients_job, imports_job, sweeps_job, tasks_incremental_job
-from plannr_pipeline.partitions import client_months, import_days
+from plannr_pipeline.partitions import client_months
 
 TIMEZONE = "Europe/London"
 NIGHTLY = "0 2 * * *"
@@ -36,15 +36,9 @@ def nightly_clients(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     return whole_range(client_months, context, "nightly-clients")
 
 
-@dg.schedule(default_status=dg.DefaultScheduleStatus.RUNNING, job=imports_job, cron_schedule=NIGHTLY, execution_timezone=TIMEZONE,
-             description="Nightly: every day of imports and their row errors, in one run.")
-def nightly_imports(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    return whole_range(import_days, context, "nightly-imports")
-
-
 nightly_sweeps = dg.ScheduleDefinition(
     name="nightly_sweeps", job=sweeps_job, default_status=dg.DefaultScheduleStatus.RUNNING, cron_schedule=NIGHTLY, execution_timezone=TIMEZONE,
-    description="Nightly: full sweeps of circles and tasks (these also drop deleted records).",
+    description="Nightly: full sweeps of the unpartitioned collections (these also drop deleted records).",
 )
 
 
@@ -54,10 +48,10 @@ def hourly_current_clients(context: dg.ScheduleEvaluationContext) -> dg.RunReque
     return current_partition(client_months, context)
 
 
-@dg.schedule(default_status=dg.DefaultScheduleStatus.RUNNING, job=imports_job, cron_schedule=HOURLY, execution_timezone=TIMEZONE,
-             description="Hourly: today's imports and their row errors.")
-def hourly_todays_imports(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    return current_partition(import_days, context)
+hourly_imports = dg.ScheduleDefinition(
+    name="hourly_imports", job=imports_job, default_status=dg.DefaultScheduleStatus.RUNNING, cron_schedule=HOURLY, execution_timezone=TIMEZONE,
+    description="Hourly: every import and its row errors (a request or two).",
+)
 
 
 hourly_tasks = dg.ScheduleDefinition(
@@ -65,4 +59,4 @@ hourly_tasks = dg.ScheduleDefinition(
     description="Hourly: tasks changed since the stored watermark (incremental, usually one request).",
 )
 
-SCHEDULES = [nightly_clients, nightly_imports, nightly_sweeps, hourly_current_clients, hourly_todays_imports, hourly_tasks]
+SCHEDULES = [nightly_clients, nightly_sweeps, hourly_current_clients, hourly_imports, hourly_tasks]

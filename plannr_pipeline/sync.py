@@ -1,13 +1,12 @@
 """`plannr-pipeline sync`: every asset, every partition, in one process, through Dagster.
 
-Assets with different partitions cannot share one run, so the sync is a few runs in
-dependency order: each partitioned group is one run over its whole partition range (one
-filtered listing per collection, BackfillPolicy.single_run), then the full sweeps.
+Assets with different partitions cannot share one run, so the sync is one run per
+partitioning, derived from the asset definitions: the monthly assets over their whole range
+(one filtered listing per collection, BackfillPolicy.single_run), then the full sweeps.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -16,27 +15,36 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from plannr_pipeline.checks import CHECKS
 from plannr_pipeline.definitions import ASSETS, resources
-from plannr_pipeline.partitions import client_months, import_days
 
 
 @dataclass(frozen=True)
 class Step:
-    name: str
-    # Each inner list is one Dagster op: a collection and its child tables land together.
-    units: list[list[str]]
-    partitions_def: dg.PartitionsDefinition | None = None
+    assets: list[dg.AssetsDefinition]
+    partitions_def: dg.PartitionsDefinition | None
 
-    def selection(self, selected: set[str] | None) -> list[str]:
-        return [key for unit in self.units if selected is None or selected & set(unit) for key in unit]
+    @property
+    def names(self) -> list[str]:
+        return [a.key.to_user_string() for a in self.assets]
+
+    @property
+    def name(self) -> str:
+        return ", ".join(self.names)
 
 
-STEPS = [
-    Step("clients and goals", [["clients"], ["goals"]], client_months),
-    Step("imports", [["imports", "import_errors"]], import_days),
-    Step("circles", [["circles", "circle_accounts", "circle_groups"]]),
-    Step("tasks", [["tasks", "task_custom_fields", "task_assignees"]]),
-]
-ASSET_NAMES = {key for step in STEPS for unit in step.units for key in unit}
+def _steps() -> list[Step]:
+    """One step per partitioning, in the order the assets are listed (dependencies first)."""
+    steps: list[Step] = []
+    for asset in ASSETS:
+        same = next((s for s in steps if s.partitions_def == asset.partitions_def), None)
+        if same is None:
+            steps.append(Step([asset], asset.partitions_def))
+        else:
+            same.assets.append(asset)
+    return steps
+
+
+STEPS = _steps()
+ASSET_NAMES = {name for step in STEPS for name in step.names}
 
 
 @dataclass
@@ -46,7 +54,8 @@ class SyncReport:
     requests: int = 0
     failures: list[str] = field(default_factory=list)
     checks: dict[str, bool] = field(default_factory=dict)
-    check_requests: int = 0
+    views_problems: list[str] = field(default_factory=list)
+    rejected: int = 0
     seconds: float = 0.0
 
 
@@ -57,6 +66,21 @@ def _range_tags(partitions_def: dg.PartitionsDefinition | None) -> dict[str, str
     return {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
 
 
+def _failure_line(event: dg.DagsterEvent) -> str:
+    """The cause of a failed step in one line (the API's advice, a validation's numbers)."""
+    data = event.step_failure_data
+    error = data.error if data else None
+    while error is not None and error.cause is not None and "dagster" in (error.cls_name or "").lower():
+        error = error.cause
+    if data and data.user_failure_data and data.user_failure_data.description:
+        message = data.user_failure_data.description
+    elif error is not None:
+        message = error.message.strip().splitlines()[-1] if error.message.strip() else error.cls_name or "error"
+    else:
+        message = event.message or "step failed"
+    return f"{event.step_key}: {message}"
+
+
 def run_sync(
     selected: set[str] | None = None,
     instance: dg.DagsterInstance | None = None,
@@ -65,12 +89,12 @@ def run_sync(
 ) -> SyncReport:
     report = SyncReport()
     started = time.monotonic()
-    instance = instance or (dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral())
+    instance = instance or dg.DagsterInstance.get()
     for step in STEPS:
-        selection = step.selection(selected)
+        selection = [name for name in step.names if selected is None or name in selected]
         if not selection:
             continue
-        echo(f"==> {step.name}")
+        echo(f"==> {', '.join(selection)}")
         run = dg.materialize(
             [*ASSETS, *CHECKS],  # the blocking checks of the selected assets run too
             selection=selection,
@@ -81,21 +105,24 @@ def run_sync(
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
             raise_on_error=False,
         )
-        requests_by_step: dict[str, int] = {}  # a multi-asset's tables repeat its step's count
+        counted_steps = set()
         for event in run.get_asset_materialization_events():
             materialization = event.materialization
             metadata = materialization.metadata
-            report.rows[materialization.asset_key.to_user_string()] = int(metadata["dagster/row_count"].value)
-            requests_by_step[str(event.step_key)] = int(metadata["requests"].value)
-        report.requests += sum(requests_by_step.values())
+            if event.step_key in counted_steps:
+                continue  # a range run records one materialisation per partition; the first has the totals
+            counted_steps.add(event.step_key)
+            report.rows.update({name: int(rows) for name, rows in metadata["tables_written"].value.items()})
+            report.requests += int(metadata["requests"].value)
+            report.rejected += int(metadata["rejected_records"].value)
+            if "views_problem" in metadata:
+                report.views_problems.append(str(metadata["views_problem"].value))
         for evaluation in run.get_asset_check_evaluations():
             report.checks[f"{evaluation.asset_key.to_user_string()}: {evaluation.check_name}"] = evaluation.passed
-            if "requests" in evaluation.metadata:
-                report.check_requests += int(evaluation.metadata["requests"].value)
-        if name_failures := [e.message for e in run.all_events if e.is_step_failure]:
+        if failures := [_failure_line(e) for e in run.all_events if e.is_step_failure]:
             report.ok = False
-            report.failures.extend(name_failures)
-        if not run.success and not name_failures:
+            report.failures.extend(failures)
+        if not run.success and not failures:
             report.ok = False
             report.failures.append(f"{step.name}: run did not succeed")
     report.seconds = time.monotonic() - started

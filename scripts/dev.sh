@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Set everything up, then open the Dagster UI (webserver and daemon) with run history kept in
-# $DAGSTER_HOME (default ./.dagster_home; see scripts/instance.sh: an existing dagster.yaml there
-# is kept). Extra arguments go to `dagster dev` (e.g. -p 3001).
+# Set everything up, then open the Dagster UI (webserver and daemon) on the instance that
+# `plannr-pipeline sync` uses too: $DAGSTER_HOME, default ./.dagster_home. An existing
+# dagster.yaml there is kept; a new instance gets the project's. Extra arguments go to
+# `dagster dev` (e.g. -p 3001).
 set -euo pipefail
-. "$(dirname "$0")/instance.sh"
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+DAGSTER_HOME=$(.venv/bin/plannr-pipeline instance)
+export DAGSTER_HOME
 exec .venv/bin/dagster dev -w workspace.yaml "$@"

@@ -20,8 +20,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from plannr_pipeline.api.budget import RequestBudget, budget_for
 from plannr_pipeline.api.config import PlannrSettings
+from plannr_pipeline.api.endpoints import PAGE_SIZE
 from plannr_pipeline.api.errors import (
     ERRORS_BY_STATUS,
+    MalformedResponseError,
+    NotFoundError,
     PlannrHTTPError,
     RetriesExhaustedError,
     TransientHTTPError,
@@ -29,7 +32,6 @@ from plannr_pipeline.api.errors import (
 )
 from plannr_pipeline.api.stats import RequestStats, endpoint_of
 
-PAGE_SIZE = 500  # the documented maximum
 USER_AGENT = "plannr-pipeline/0.1"
 
 
@@ -37,20 +39,47 @@ USER_AGENT = "plannr-pipeline/0.1"
 class Page:
     records: list[dict[str, Any]]
     number: int
-    last_page: int
+    last_page: int | None  # None when the API did not say and it cannot be worked out
     total: int | None
+    has_next: bool | None = None  # from links.next, when the API sent links
 
 
-def _records_of(body: Any) -> list[dict[str, Any]]:
-    data = body.get("data", []) if isinstance(body, dict) else body
+def _page_of(body: Any, endpoint: str, number: int, per_page: int) -> Page:
+    """Read one page of a Laravel listing, trusting no single field.
+
+    `data` must be a list (a null or an object is an error, not an empty page); the last page
+    comes from `meta.last_page`, else from `meta.total`/`per_page`, else from `links.next`.
+    """
+    if not isinstance(body, dict) or ("data" not in body and "meta" not in body):
+        raise MalformedResponseError(endpoint, number, "the body has neither `data` nor `meta`")
+    data = body.get("data")
+    if not isinstance(data, list):
+        raise MalformedResponseError(endpoint, number, f"`data` is {type(data).__name__}, not a list")
     # One doc snapshot shows `data` as an array of arrays; flatten rather than choke.
-    flat: list[dict[str, Any]] = []
-    for item in data or []:
+    records: list[dict[str, Any]] = []
+    for item in data:
         if isinstance(item, list):
-            flat.extend(x for x in item if isinstance(x, dict))
+            records.extend(x for x in item if isinstance(x, dict))
         elif isinstance(item, dict):
-            flat.append(item)
-    return flat
+            records.append(item)
+    meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+    total = _whole(meta.get("total"))
+    last_page = _whole(meta.get("last_page"))
+    if last_page is None and total is not None:
+        last_page = max(1, -(-total // per_page))
+    links = body.get("links")
+    has_next = bool(links.get("next")) if isinstance(links, dict) and "next" in links else None
+    return Page(records, number, last_page, total, has_next)
+
+
+def _whole(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
@@ -230,62 +259,52 @@ class PlannrClient:
 
     async def _get_page(self, path: str, params: dict[str, Any], number: int) -> Page:
         body = await self.get(path, {**params, "page": number})
-        meta = body.get("meta", {}) if isinstance(body, dict) else {}
-        return Page(
-            records=_records_of(body),
-            number=number,
-            last_page=int(meta.get("last_page") or number),
-            total=int(meta["total"]) if meta.get("total") is not None else None,
-        )
+        return _page_of(body, endpoint_of(path), number, int(params.get("per_page", PAGE_SIZE)))
 
     async def iter_pages(self, path: str, params: dict[str, Any] | None = None) -> AsyncIterator[Page]:
-        """Every page of a listing, in completion order, each record once.
+        """Every page of a listing, each record once; the last page yielded carries the final total.
 
-        Records are deduplicated on `uuid`, because page-number paging over a list that changes
-        while we read it can show a record twice. A total that changes mid-listing is reported
-        as a warning, and pages that appear because the list grew are fetched too.
+        Once the page count is known the rest are fetched concurrently. Page-number paging over
+        a list that changes while it is read can skip a record even when the total stays the
+        same, so a sign of a shift (a uuid seen twice, a total that moved, a short page before
+        the last, fewer records than the total) triggers one sequential re-read that yields
+        whatever the first pass missed.
         """
         params = {**(params or {}), "per_page": PAGE_SIZE}
+        listing = _ListingPass(endpoint_of(path))
         first = await self._get_page(path, params, 1)
-        seen: set[str] = set()
-        yield self._dedupe(first, seen)
-        reported_total = first.total
-        last_page, fetched_up_to = first.last_page, 1
-        while fetched_up_to < last_page:
-            numbers = range(fetched_up_to + 1, last_page + 1)
-            fetched_up_to = last_page
-            jobs = (self._get_page(path, params, n) for n in numbers)
-            async for page in bounded_as_completed(jobs, self.settings.max_concurrency):
-                if page.total is not None and reported_total is not None and page.total != reported_total:
-                    self._warn(
-                        f"GET {endpoint_of(path)}: total changed from {reported_total} to "
-                        f"{page.total} during the listing (records were added or removed)"
-                    )
-                    reported_total = page.total
-                last_page = max(last_page, page.last_page)
-                yield self._dedupe(page, seen)
+        yield listing.take(first)
+        if first.last_page is None:  # no meta: follow links.next one page at a time
+            async for page in self._follow_next(path, params, first):
+                yield listing.take(page)
+        else:
+            last_page, fetched_up_to = first.last_page, 1
+            while fetched_up_to < last_page:
+                numbers = range(fetched_up_to + 1, last_page + 1)
+                fetched_up_to = last_page
+                jobs = (self._get_page(path, params, n) for n in numbers)
+                async for page in bounded_as_completed(jobs, self.settings.max_concurrency):
+                    last_page = max(last_page, page.last_page or last_page)
+                    yield listing.take(page)
+        if listing.shifted():
+            self._warn(f"GET {listing.endpoint}: {listing.shift_reason()}; reading the listing again to catch skipped records")
+            async for page in self._follow_next(path, params, None):
+                yield listing.take(page)
+
+    async def _follow_next(self, path: str, params: dict[str, Any], after: Page | None) -> AsyncIterator[Page]:
+        """Pages after `after` (from page 1 when None), one at a time, until the listing ends."""
+        page = after
+        # An empty page ends the walk even if the API claims there is more (no endless loop).
+        while page is None or (page.records and (page.has_next or (page.has_next is None and len(page.records) >= PAGE_SIZE))):
+            page = await self._get_page(path, params, 1 if page is None else page.number + 1)
+            yield page
 
     async def walk_pages(self, path: str, params: dict[str, Any] | None = None) -> AsyncIterator[Page]:
         """Pages one after another, for walks that stop early (newest first, down to a watermark)."""
         params = {**(params or {}), "per_page": PAGE_SIZE}
-        seen: set[str] = set()
-        number, last_page = 1, 1
-        while number <= last_page:
-            page = await self._get_page(path, params, number)
-            last_page = page.last_page
-            yield self._dedupe(page, seen)
-            number += 1
-
-    def _dedupe(self, page: Page, seen: set[str]) -> Page:
-        fresh = []
-        for record in page.records:
-            uuid = record.get("uuid")
-            if uuid is not None and uuid in seen:
-                continue
-            if uuid is not None:
-                seen.add(uuid)
-            fresh.append(record)
-        return page if len(fresh) == len(page.records) else Page(fresh, page.number, page.last_page, page.total)
+        listing = _ListingPass(endpoint_of(path))
+        async for page in self._follow_next(path, params, None):
+            yield listing.take(page)
 
     async def list_all(self, path: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return [record async for page in self.iter_pages(path, params) for record in page.records]
@@ -295,12 +314,66 @@ class PlannrClient:
         parent_uuids: Iterable[str],
         path_for: Callable[[str], str],
         params: dict[str, Any] | None = None,
-    ) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-        """For per-parent endpoints (goals of each client): each parent's records, concurrently."""
+    ) -> AsyncIterator[tuple[str, list[dict[str, Any]], int | None]]:
+        """For per-parent endpoints (goals of each client): each parent's records and the
+        listing's total, concurrently. A parent deleted since it was listed (404) has none."""
 
-        async def one(parent_uuid: str) -> tuple[str, list[dict[str, Any]]]:
-            return parent_uuid, await self.list_all(path_for(parent_uuid), params)
+        async def one(parent_uuid: str) -> tuple[str, list[dict[str, Any]], int | None]:
+            records: list[dict[str, Any]] = []
+            total: int | None = None
+            try:
+                async for page in self.iter_pages(path_for(parent_uuid), params):
+                    records.extend(page.records)
+                    total = page.total if page.total is not None else total
+            except NotFoundError:
+                self._warn(f"{endpoint_of(path_for(parent_uuid))}: 404 for {parent_uuid}; deleted since it was listed, so it has none")
+                return parent_uuid, [], 0
+            return parent_uuid, records, total
 
         jobs = (one(uuid) for uuid in parent_uuids)
         async for result in bounded_as_completed(jobs, self.settings.max_concurrency):
             yield result
+
+
+class _ListingPass:
+    """What one listing has shown so far: seen uuids, the total, and signs that it shifted."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.seen: set[str] = set()
+        self.first_total: int | None = None
+        self.total: int | None = None
+        self.duplicates = 0
+        self.short_pages = 0
+
+    def take(self, page: Page) -> Page:
+        if page.total is not None:
+            self.first_total = page.total if self.first_total is None else self.first_total
+            self.total = page.total
+        if page.last_page is not None and page.number < page.last_page and len(page.records) < PAGE_SIZE:
+            self.short_pages += 1
+        fresh = []
+        for record in page.records:
+            uuid = record.get("uuid")
+            if uuid is not None and uuid in self.seen:
+                self.duplicates += 1
+                continue
+            if uuid is not None:
+                self.seen.add(uuid)
+            fresh.append(record)
+        if len(fresh) == len(page.records) and page.total == self.total:
+            return page
+        return Page(fresh, page.number, page.last_page, self.total, page.has_next)
+
+    def shifted(self) -> bool:
+        return bool(self.duplicates or self.short_pages or self.total != self.first_total
+                    or (self.total is not None and len(self.seen) < self.total))
+
+    def shift_reason(self) -> str:
+        if self.total != self.first_total:
+            return f"total changed from {self.first_total} to {self.total} during the listing"
+        if self.duplicates:
+            return f"{self.duplicates} record(s) appeared on two pages"
+        if self.short_pages:
+            return f"{self.short_pages} page(s) before the last were short"
+        return f"{len(self.seen)} records received but the API reported {self.total}"

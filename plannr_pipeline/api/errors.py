@@ -101,3 +101,14 @@ ERRORS_BY_STATUS: dict[int, type[PlannrHTTPError]] = {
 
 def redact(text: str, secret: str) -> str:
     return text.replace(secret, "[redacted]") if secret else text
+
+
+class MalformedResponseError(PlannrError):
+    """A 2xx whose body is not a listing page: an API that lies is an error, never an empty page."""
+
+    def __init__(self, endpoint: str, page: int, problem: str) -> None:
+        self.endpoint = endpoint
+        super().__init__(
+            f"GET {endpoint} page {page}: {problem}. Nothing was stored from this listing; "
+            "if it persists, the API has changed or a proxy is answering for it."
+        )

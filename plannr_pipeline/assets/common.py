@@ -1,18 +1,18 @@
-"""What every Plannr asset shares: specs built from the table definitions, and results."""
+"""What every Plannr asset declares alike: group, owners, kinds, pool, freshness, schema, checks,
+and how API trouble becomes a step outcome."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 import dagster as dg
 
-from plannr_pipeline.api import Page, PlannrClient, RequestStats, RetriesExhaustedError
+from plannr_pipeline.api import PlannrClient, RequestStats, RetriesExhaustedError, endpoints
+from plannr_pipeline.assets.landing import Landing, check_specs, column_schema
+from plannr_pipeline.storage.normalise import Drift
 from plannr_pipeline.resources import PlannrApi
-from plannr_pipeline.storage.normalise import Drift, arrow
-from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.tables import Table
 
 GROUP = "plannr"
@@ -28,102 +28,65 @@ HOURLY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=3)
 NIGHTLY_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 4 * * *", lower_bound_delta=timedelta(hours=2), timezone="Europe/London")
 
 
-def column_schema(table: Table) -> dg.TableSchema:
-    return dg.TableSchema(
-        columns=[dg.TableColumn(c.name, str(c.type), description=c.description) for c in table.columns]
-    )
-
-
-def table_spec(table: Table, freshness: dg.FreshnessPolicy, deps: Sequence[str] = ()) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        key=table.name,
-        description=table.description,
-        freshness_policy=freshness,
+def collection_asset(
+    tables: Sequence[Table], listing: str, freshness: dg.FreshnessPolicy, deps: Sequence[str] = (), **asset_args: Any
+) -> Callable:
+    """`@dg.asset` for one Plannr collection: its first table names the asset, the others are
+    child tables written in the same validated commit."""
+    root, children = tables[0], tables[1:]
+    description = root.description
+    if children:
+        description += " Also writes " + ", ".join(f"`{t.name}`" for t in children) + " in the same commit."
+    return dg.asset(
+        name=root.name,
+        description=description,
         group_name=GROUP,
         owners=OWNERS,
         kinds=KINDS,
         deps=list(deps),
-        metadata={"dagster/column_schema": column_schema(table), "dagster/table_name": table.name},
+        pool=API_POOL,
+        freshness_policy=freshness,
+        check_specs=check_specs(root, listing),
+        metadata={
+            "dagster/column_schema": column_schema(root),
+            "dagster/table_name": root.name,
+            "tables": dg.MetadataValue.json([t.name for t in tables]),
+        },
+        **asset_args,
     )
 
 
-def result(
-    table: Table,
-    rows: int,
-    stats: RequestStats,
-    source: str,
-    drift: Drift,
-    partitions: int | None = None,
-    **extra: Any,
-) -> dg.MaterializeResult:
-    metadata: dict[str, Any] = {
-        "dagster/row_count": rows,
-        "dagster/column_schema": column_schema(table),
-        "source": source,
-        "requests": stats.requests,
-        "request_stats": dg.MetadataValue.json(stats.as_metadata()),
-        "schema_drift": dg.MetadataValue.json(drift.summary()),
-        **extra,
-    }
-    if partitions is not None:
-        metadata["partitions_in_run"] = partitions
-    if stats.warnings:
-        metadata["api_warnings"] = dg.MetadataValue.json(stats.warnings[:50])
-    return dg.MaterializeResult(asset_key=table.name, metadata=metadata)
-
-
-async def land_pages(
-    context: dg.AssetExecutionContext,
-    write: StagedWrite,
-    pages: AsyncIterator[Page],
-    tables: Sequence[Table],
-    rows_of: Callable[[list[dict]], dict[str, list[dict]]],
-    partitions: Collection[str] = (),
-) -> dict[str, int]:
-    """Normalise each page into rows per table and stage them, page by page (flat memory).
-
-    Every named partition is replaced, even one that receives no rows, and rows outside the
-    named partitions are left alone (the listing's date filter is deliberately a little wide).
-    Returns the rows staged per table.
-    """
-    counts = dict.fromkeys((table.name for table in tables), 0)
-    for table in tables:
-        write.write(table, arrow(table, []), partitions)
-    async for page in pages:
-        rows_by_table = rows_of(page.records)
-        for table in tables:
-            rows = rows_by_table[table.name]
-            if table.partition_column:
-                rows = [row for row in rows if row[table.partition_column] in partitions]
-            write.write(table, arrow(table, rows), partitions)
-            counts[table.name] += len(rows)
-        first = tables[0].name
-        context.log.info(f"{first}: page {page.number}/{page.last_page}, {counts[first]} rows so far")
-    return counts
-
-
-def call_api(
-    context: dg.AssetExecutionContext, plannr: PlannrApi, work: Callable[[PlannrClient], Awaitable[None]]
-) -> RequestStats:
-    """Run `work` with a connected client; return the request counts.
+def fetch(context: dg.AssetExecutionContext, plannr: PlannrApi, work: Callable[[PlannrClient], Awaitable[None]]) -> RequestStats:
+    """Run `work` through the API bridge; return the request counts.
 
     Transient trouble that outlasted the client's own retries asks Dagster to retry the step
-    later; errors that retrying cannot fix (401, 403, 404, 422) fail the step as they are.
+    later; errors that retrying cannot fix (401, 403, 404, 422, a malformed body) fail it as they are.
     """
-    api = plannr.client(context.log.warning)
-
-    async def main() -> None:
-        async with api:
-            await work(api)
-
+    stats = RequestStats()
     try:
-        asyncio.run(main())
+        plannr.run(work, on_warning=context.log.warning, stats=stats)
     except RetriesExhaustedError as error:
         raise dg.RetryRequested(max_retries=2, seconds_to_wait=60) from error
-    context.log.info(f"{api.stats.requests} requests, {api.stats.retries} retries, {api.stats.budget_wait_seconds:.1f}s waiting on the budget")
-    return api.stats
+    context.log.info(f"{stats.requests} requests, {stats.retries} retries, {stats.budget_wait_seconds:.1f}s waiting on the budget")
+    return stats
 
 
-def report_drift(context: dg.AssetExecutionContext, drift: Drift) -> None:
-    for line in drift.summary():
-        context.log.warning(f"schema drift: {line} (kept in extra_json)")
+async def land_listing(
+    api: PlannrClient,
+    landing: Landing,
+    endpoint: endpoints.Endpoint,
+    rows_of: Callable[[list[dict], Drift], dict[str, list[dict]]],
+) -> None:
+    """A whole listing, page by page (flat memory), counted against its meta.total.
+
+    Asks for a stable order (oldest created first), so records added while we read land on
+    later pages instead of shifting earlier ones.
+    """
+    listing = endpoint.with_params(**endpoints.OLDEST_CREATED_FIRST)
+    received, total = 0, None
+    async for page in api.iter_pages(listing.path, listing.params):
+        received += len(page.records)
+        total = page.total
+        landing.stage(rows_of(landing.accept(page.records), landing.drift))
+        landing.log_progress(f"page {page.number}/{page.last_page}, {received} records so far")
+    landing.count_listing(listing.path, total, received)

@@ -4,32 +4,29 @@ Plannr has no updated-since filter, so the sensor reads clients newest-updated f
 (`sort=-updated_at`) and stops at the page that reaches its watermark: usually one request.
 """
 
-import asyncio
 import json
 from datetime import datetime
 
 import dagster as dg
 
-from plannr_pipeline.api import PlannrError
+from plannr_pipeline.api import PlannrClient, PlannrError, RequestStats, endpoints
 from plannr_pipeline.jobs import clients_job
 from plannr_pipeline.partitions import client_months, partition_key_of
 from plannr_pipeline.resources import PlannrApi
 from plannr_pipeline.storage.convert import to_utc
 
-ACCOUNTS_PATH = "/api/v1/account"
 
 
-async def _changed_since(plannr: PlannrApi, watermark: datetime | None) -> tuple[list[dict], int]:
+async def _changed_since(api: PlannrClient, watermark: datetime | None) -> list[dict]:
     """Clients updated at or after the watermark (all of page 1 when there is none yet)."""
     changed: list[dict] = []
-    api = plannr.client()
-    async with api:
-        async for page in api.walk_pages(ACCOUNTS_PATH, {"filter[type]": "client", "sort": "-updated_at"}):
-            fresh = [c for c in page.records if watermark is None or to_utc(c["updated_at"]) >= watermark]
-            changed.extend(fresh)
-            if watermark is None or len(fresh) < len(page.records):
-                break
-    return changed, api.stats.requests
+    listing = endpoints.CLIENTS.with_params(**endpoints.NEWEST_UPDATED_FIRST)
+    async for page in api.walk_pages(listing.path, listing.params):
+        fresh = [c for c in page.records if watermark is None or to_utc(c["updated_at"]) >= watermark]
+        changed.extend(fresh)
+        if watermark is None or len(fresh) < len(page.records):
+            break
+    return changed
 
 
 @dg.sensor(
@@ -45,8 +42,10 @@ async def _changed_since(plannr: PlannrApi, watermark: datetime | None) -> tuple
 def changed_clients_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi):
     state = json.loads(context.cursor) if context.cursor else None
     watermark = datetime.fromisoformat(state["watermark"]) if state else None
+    stats = RequestStats()
     try:
-        changed, requests = asyncio.run(_changed_since(plannr, watermark))
+        changed = plannr.run(lambda api: _changed_since(api, watermark), stats=stats)
+        requests = stats.requests
     except PlannrError as error:
         return dg.SkipReason(f"Plannr API error; state kept, will retry next tick: {error}")
     # Clients updated exactly at the watermark were seen last tick unless their uuid is new.

@@ -3,22 +3,19 @@
 Plannr has no import webhooks, so imports are polled: everything created since yesterday
 (`filter[date_from]`), plus, by uuid, any import still tracked as unfinished that is older.
 Plannr does not document its status values; an import is taken as finished when its status is
-a terminal one we know, or when no jobs remain (plannr-api.md section 7).
+a terminal one we know, or when no jobs remain (docs/plannr-api.md section 7).
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from plannr_pipeline.api import PlannrClient
-from plannr_pipeline.partitions import LONDON, import_days, partition_key_of
+from plannr_pipeline.api import PlannrClient, RequestStats, endpoints
 from plannr_pipeline.resources import PlannrApi
-from plannr_pipeline.storage.convert import to_int, to_utc
+from plannr_pipeline.storage.convert import LONDON, to_int, to_utc, uk_day
 
-IMPORTS_PATH = "/api/v1/import"
 TERMINAL_STATUSES = {"completed", "complete", "finished", "failed", "cancelled", "canceled"}
 RECENT_DAYS = 1
 
@@ -49,7 +46,7 @@ class ImportSnapshot:
             total_jobs=to_int(record.get("total_jobs")),
             jobs_remaining=to_int(record.get("jobs_remaining")),
             failed_jobs=to_int(record.get("failed_jobs")) or 0,
-            created_day=partition_key_of(to_utc(record["created_at"]), import_days),
+            created_day=uk_day(to_utc(record["created_at"])),
             updated_at=to_utc(record.get("updated_at")),
             error_report_url=report.get("download_url") if isinstance(report, dict) else None,
             first_errors=(list(errors.values()) if isinstance(errors, dict) else list(errors or []))[:5],
@@ -70,22 +67,18 @@ class ImportSnapshot:
 
 
 async def _fetch(api: PlannrClient, since: str, older_uuids: list[str]) -> list[dict[str, Any]]:
-    records = await api.list_all(IMPORTS_PATH, {"filter[date_from]": since})
+    path = endpoints.IMPORTS.path
+    records = await api.list_all(path, {**endpoints.IMPORTS.params, endpoints.IMPORTS_CREATED_FROM: since})
     listed = {r["uuid"] for r in records}
     missing = [uuid for uuid in older_uuids if uuid not in listed]
     if missing:
-        records += await api.list_all(IMPORTS_PATH, {"filter[uuid]": ",".join(missing)})
+        records += await api.list_all(path, {**endpoints.IMPORTS.params, "filter[uuid]": ",".join(missing)})
     return records
 
 
 def poll_imports(plannr: PlannrApi, now: datetime, still_unfinished: list[str]) -> tuple[list[ImportSnapshot], int]:
     """Recent imports and the older ones still tracked; also the number of requests made."""
     since = (now.astimezone(LONDON) - timedelta(days=RECENT_DAYS)).date().isoformat()
-    api = plannr.client()
-
-    async def run() -> list[dict[str, Any]]:
-        async with api:
-            return await _fetch(api, since, still_unfinished)
-
-    records = asyncio.run(run())
-    return [ImportSnapshot.of(record) for record in records], api.stats.requests
+    stats = RequestStats()
+    records = plannr.run(lambda api: _fetch(api, since, still_unfinished), stats=stats)
+    return [ImportSnapshot.of(record) for record in records], stats.requests

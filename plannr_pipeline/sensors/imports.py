@@ -1,10 +1,10 @@
 """Two sensors over the same polled imports.
 
-`import_progress_sensor` records each import's progress in Dagster (an observation of the
-`imports` partition per change) and, when an import finishes, requests a run of its day's
-`imports` partition, plus, for a clients import, the month its new clients were created in.
+`import_progress_sensor` records each import's progress in Dagster (an observation of
+`imports` per change) and, when an import finishes, requests a run of `imports`, plus, for a
+clients import, of the month its new clients were created in.
 `import_failures_sensor` notices failed jobs as they appear, requests a run that lands the
-row errors in `import_errors`, and raises one alert per new failure.
+row errors in `import_errors` (written by the `imports` asset), and raises one alert per new failure.
 
 State lives in each sensor's cursor (JSON), written only by a tick that succeeded: an API error
 skips the tick and leaves the cursor as it was. The first tick of a sensor records what it sees
@@ -55,7 +55,7 @@ def _progress_metadata(snapshot: ImportSnapshot) -> dict[str, Any]:
 
 
 def _finished_runs(snapshot: ImportSnapshot) -> list[dg.RunRequest]:
-    runs = [dg.RunRequest(job_name=imports_job.name, partition_key=snapshot.created_day, run_key=f"import-finished:{snapshot.uuid}")]
+    runs = [dg.RunRequest(job_name=imports_job.name, run_key=f"import-finished:{snapshot.uuid}")]
     if snapshot.type == "clients" and snapshot.updated_at is not None:
         # New clients are created as the import runs; updates to existing clients reach their
         # own months through changed_clients_sensor, which watches updated_at.
@@ -85,11 +85,19 @@ def import_progress_sensor(context: dg.SensorEvaluationContext, plannr: PlannrAp
     for snapshot in snapshots:
         before = (tracked or {}).get(snapshot.uuid)
         if before is None or before["signature"] != snapshot.progress_signature:
-            events.append(dg.AssetObservation(asset_key="imports", partition=snapshot.created_day, metadata=_progress_metadata(snapshot)))
+            events.append(dg.AssetObservation(asset_key="imports", metadata=_progress_metadata(snapshot)))
         if tracked is not None and snapshot.finished and not (before and before["finished"]):
             runs.extend(_finished_runs(snapshot))
         now_tracked[snapshot.uuid] = {"signature": snapshot.progress_signature, "finished": snapshot.finished}
-    return dg.SensorResult(run_requests=runs, asset_events=events, cursor=_dump(now_tracked))
+    return _result(runs, events, now_tracked)
+
+
+def _result(runs: list[dg.RunRequest], events: list[dg.AssetObservation], tracked: dict[str, dict[str, Any]]) -> dg.SensorResult:
+    """A tick that only recorded observations says so, instead of "returned an empty result"."""
+    if runs:
+        return dg.SensorResult(run_requests=runs, asset_events=events, cursor=_dump(tracked))
+    said = f"recorded {len(events)} import observation(s); no run needed" if events else "no import changed"
+    return dg.SensorResult(asset_events=events, cursor=_dump(tracked), skip_reason=said)
 
 
 def failure_alert(snapshot: ImportSnapshot, new_failed_jobs: int, source: str) -> dict[str, Any]:
@@ -115,8 +123,8 @@ def failure_alert(snapshot: ImportSnapshot, new_failed_jobs: int, source: str) -
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Watches Plannr imports for failed jobs. When an import's failed job count rises or it ends "
-        "failed, runs `imports_job` for its day (landing the row errors in `import_errors`) and raises "
-        "one alert: an observation on `import_errors` and, if PLANNR_ALERT_WEBHOOK_URL is set, a JSON POST."
+        "failed, runs `imports_job` (landing the row errors in `import_errors`) and raises one alert: "
+        "an observation on `imports` and, if PLANNR_ALERT_WEBHOOK_URL is set, a JSON POST."
     ),
 )
 def import_failures_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi, alert_webhook: AlertWebhook):
@@ -139,11 +147,11 @@ def import_failures_sensor(context: dg.SensorEvaluationContext, plannr: PlannrAp
             else:
                 context.log.warning(f"import {snapshot.uuid} ({snapshot.type}): {snapshot.failed_jobs} failed jobs, status {snapshot.status}")
                 events.append(dg.AssetObservation(
-                    asset_key="import_errors", partition=snapshot.created_day,
+                    asset_key="imports",
                     description=f"Import {snapshot.uuid} has {snapshot.failed_jobs} failed jobs ({snapshot.status}).",
                     metadata={"alert": dg.MetadataValue.json(alert), "webhook": alert_webhook.configured},
                 ))
-            runs.append(dg.RunRequest(job_name=imports_job.name, partition_key=snapshot.created_day,
+            runs.append(dg.RunRequest(job_name=imports_job.name,
                                       run_key=f"import-errors:{snapshot.uuid}:{snapshot.failed_jobs}:{snapshot.status}"))
         now_tracked[snapshot.uuid] = current
-    return dg.SensorResult(run_requests=runs, asset_events=events, cursor=_dump(now_tracked))
+    return _result(runs, events, now_tracked)

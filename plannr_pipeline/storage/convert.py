@@ -40,6 +40,11 @@ def to_utc(value: Any) -> datetime | None:
     return moment.astimezone(UTC)
 
 
+def uk_day(moment: datetime) -> str:
+    """The UK calendar day of an instant, `YYYY-MM-DD`."""
+    return moment.astimezone(LONDON).date().isoformat()
+
+
 def to_date(value: Any) -> date | None:
     if _missing(value):
         return None

@@ -2,13 +2,16 @@
 
 Layout: `parquet/<table>/<partition_column>=<value>/data.parquet` (hive-style) for partitioned
 tables, `parquet/<table>/data.parquet` for the rest. A write stages every file of a
-materialisation first (`.data.parquet.<id>.tmp` beside its target) and only then renames
-them into place, so a failed or killed run leaves the previous files intact and readable,
-and re-running a partition replaces exactly that slice.
+materialisation first (`.data.parquet.<pid>-<id>.tmp` beside its target) and only then commits
+them as a set: a journal naming every rename (and every file to remove) is written and synced
+first, so a run killed half-way through the renames is rolled forward by the next writer or
+reader-facing refresh (`recover`). Readers therefore never stay on a mix of old and new files,
+and staged files of runs that died before committing are removed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator
@@ -23,6 +26,22 @@ from filelock import FileLock
 from plannr_pipeline.storage.tables import Table
 
 FILE_NAME = "data.parquet"
+JOURNAL_GLOB = ".commit-*.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 class StagedWrite:
@@ -30,9 +49,10 @@ class StagedWrite:
 
     def __init__(self, store: ParquetStore) -> None:
         self._store = store
-        self._id = uuid.uuid4().hex[:12]
+        self._id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._writers: dict[Path, pq.ParquetWriter] = {}
         self._staged: dict[Path, Path] = {}  # target -> temp file
+        self._removals: set[Path] = set()
 
     def _writer(self, target: Path, schema: pa.Schema) -> pq.ParquetWriter:
         if target not in self._writers:
@@ -59,15 +79,35 @@ class StagedWrite:
                 raise ValueError(f"{table.name}: row for partition {partition!r}, which this write does not replace")
             self._writers[target].write_table(rows.filter(pc.equal(values, partition)))
 
+    @property
+    def id(self) -> str:
+        return self._id
+
+    def remove(self, target: Path) -> None:
+        """Remove a stored file in the same commit (a partition no longer configured)."""
+        self._removals.add(target)
+
+    def targets(self) -> list[Path]:
+        return list(self._staged)
+
+    def staged_file(self, target: Path) -> Path:
+        """The staged (not yet committed) file for `target`, closed and readable."""
+        self._writers[target].close()
+        return self._staged[target]
+
     def commit(self) -> list[Path]:
         for writer in self._writers.values():
-            writer.close()
+            writer.close()  # closing twice is harmless
         for temp in self._staged.values():
-            with open(temp, "rb") as handle:
-                os.fsync(handle.fileno())
+            _fsync(temp)
         with self._store.lock():
-            for target, temp in self._staged.items():
-                os.replace(temp, target)
+            journal = self._store.root / f".commit-{self._id}.json"
+            journal.write_text(json.dumps({
+                "renames": [[str(temp), str(target)] for target, temp in self._staged.items()],
+                "removals": [str(path) for path in sorted(self._removals)],
+            }))
+            _fsync(journal)
+            self._store.apply_journal(journal)
         return list(self._staged)
 
     def abort(self) -> None:
@@ -98,6 +138,52 @@ class ParquetStore:
     def files_of(self, table: Table) -> list[Path]:
         folder = self.root / table.name
         return sorted(folder.glob("*/" + FILE_NAME if table.partition_column else FILE_NAME))
+
+    def apply_journal(self, journal: Path) -> None:
+        """Carry out a commit's renames and removals; safe to repeat after a crash."""
+        plan = json.loads(journal.read_text())
+        for temp, target in plan["renames"]:
+            if Path(temp).exists():
+                os.replace(temp, target)
+        for path in plan["removals"]:
+            Path(path).unlink(missing_ok=True)
+            try:
+                Path(path).parent.rmdir()  # the partition folder, once empty
+            except OSError:
+                pass
+        journal.unlink()
+
+    def recover(self) -> list[str]:
+        """Roll forward commits a killed run left half-done; remove staged files of dead runs.
+
+        Returns what was done, for the caller to log.
+        """
+        if not self.root.exists():
+            return []
+        done = []
+        with self.lock():
+            for journal in sorted(self.root.glob(JOURNAL_GLOB)):
+                try:
+                    self.apply_journal(journal)
+                    done.append(f"rolled forward an interrupted commit ({journal.name})")
+                except (ValueError, KeyError):  # a journal cut short was never acted on
+                    journal.unlink()
+                    done.append(f"discarded an incomplete commit journal ({journal.name})")
+            for temp in self.root.glob("**/.data.parquet.*.tmp"):
+                pid = temp.name.split(".")[-2].split("-")[0]
+                if pid.isdigit() and not _alive(int(pid)):
+                    temp.unlink(missing_ok=True)
+                    done.append(f"removed a staged file of a run that died ({temp.relative_to(self.root)})")
+        return done
+
+    def partitions_of(self, table: Table) -> list[str]:
+        """The partition values stored for a partitioned table."""
+        prefix = f"{table.partition_column}="
+        return sorted(path.parent.name.removeprefix(prefix) for path in self.files_of(table))
+
+    @staticmethod
+    def rows_in(path: Path) -> int:
+        return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
 
     @contextmanager
     def lock(self) -> Iterator[None]:

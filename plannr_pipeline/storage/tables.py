@@ -16,6 +16,12 @@ from plannr_pipeline.storage import convert as c
 TS = pa.timestamp("us", tz="UTC")
 
 
+DUCKDB_TYPES = {
+    pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT", pa.date32(): "DATE", TS: "TIMESTAMPTZ",
+}
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -23,6 +29,11 @@ class Column:
     path: tuple[str, ...] | None  # where in the API record; None = filled by the normaliser
     convert: Callable[[Any], Any] | None
     description: str
+
+    @property
+    def duckdb_type(self) -> str:
+        """The type an analyst meets in DuckDB (the README, the UI and COMMENTs all say this one)."""
+        return DUCKDB_TYPES[self.type]
 
 
 def col(name: str, type_: pa.DataType, path: str | None, convert: Callable[[Any], Any] | None, description: str) -> Column:
@@ -276,10 +287,9 @@ IMPORTS = Table(
         whole("error_report_size", "Error report size in bytes (sent as a string).", path="error_report.size", type_=pa.int64()),
         stamp("created_at", "Created (UTC)."),
         stamp("updated_at", "Updated (UTC)."),
-        filled("created_day", "Partition: day the import was created, `YYYY-MM-DD` in UK time."),
+        filled("created_day", "Day the import was created, `YYYY-MM-DD` in UK time."),
         EXTRA,
     ),
-    partition_column="created_day",
     handled=frozenset({"headers", "mapping"}),
     children=frozenset({"errors"}),
 )
@@ -293,11 +303,26 @@ IMPORT_ERRORS = Table(
         filled("field", "Field that failed validation."),
         filled("message", "The validation message."),
         filled("client_json", "The failed row's client data, as JSON."),
-        filled("created_day", "Partition: the import's created day."),
+        filled("created_day", "The import's created day, `YYYY-MM-DD` in UK time."),
     ),
     key=("import_uuid", "error_index", "field", "message"),
-    partition_column="created_day",
 )
 
-ALL_TABLES = (CLIENTS, GOALS, CIRCLES, CIRCLE_ACCOUNTS, CIRCLE_GROUPS, TASKS, TASK_CUSTOM_FIELDS, TASK_ASSIGNEES, IMPORTS, IMPORT_ERRORS)
+REJECTED_RECORDS = Table(
+    "rejected_records",
+    "Records the API sent that could not be stored (no uuid, no or malformed created_at, ...): kept here "
+    "with the reason, so one bad record never sinks its table. Each run that rejects something adds a batch.",
+    (
+        filled("table_name", "The table the record was meant for."),
+        filled("uuid", "The record's uuid, if it had one."),
+        filled("reason", "Why it could not be stored."),
+        filled("raw_json", "The record exactly as the API sent it, as JSON."),
+        filled("rejected_at", "When it was rejected (UTC).", TS),
+        filled("batch", "The write that rejected it (one per materialisation)."),
+    ),
+    key=("batch", "table_name", "uuid"),
+    partition_column="batch",
+)
+
+ALL_TABLES = (CLIENTS, GOALS, CIRCLES, CIRCLE_ACCOUNTS, CIRCLE_GROUPS, TASKS, TASK_CUSTOM_FIELDS, TASK_ASSIGNEES, IMPORTS, IMPORT_ERRORS, REJECTED_RECORDS)
 TABLES = {table.name: table for table in ALL_TABLES}

@@ -12,22 +12,12 @@ import logging
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 from filelock import FileLock, Timeout
 
 from plannr_pipeline.storage.parquet_store import ParquetStore
 from plannr_pipeline.storage.tables import ALL_TABLES, Table
 
 log = logging.getLogger(__name__)
-
-
-def _duckdb_type(arrow_type: pa.DataType) -> str:
-    if pa.types.is_timestamp(arrow_type):
-        return "TIMESTAMPTZ"
-    return {
-        pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
-        pa.int64(): "BIGINT", pa.date32(): "DATE",
-    }[arrow_type]
 
 
 def _quote(text: str) -> str:
@@ -40,7 +30,7 @@ def view_sql(table: Table, store: ParquetStore) -> str:
         columns = ", ".join(f'"{c.name}"' for c in table.columns)
         return f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT {columns} FROM {source}'
     # Not materialised yet: an empty view of the right shape, so queries and joins still work.
-    columns = ", ".join(f'CAST(NULL AS {_duckdb_type(c.type)}) AS "{c.name}"' for c in table.columns)
+    columns = ", ".join(f'CAST(NULL AS {c.duckdb_type}) AS "{c.name}"' for c in table.columns)
     return f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT {columns} WHERE false'
 
 

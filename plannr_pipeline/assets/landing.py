@@ -1,0 +1,286 @@
+"""One materialisation's write, the part every Plannr asset shares: stage, validate, commit, report.
+
+An asset fetches pages and hands their records to a `Landing`; the landing quarantines records
+that cannot be stored, stages typed rows for the asset's tables (Parquet beside the targets),
+and at `finish` validates what it staged before anything is replaced:
+
+- each listing delivered as many records as its `meta.total` said (per client for goals);
+- keys are present and unique across the whole table, stored partitions included;
+- every row sits in a partition this write replaces (the staged write enforces it).
+
+Only then are the files committed as one set, the DuckDB views refreshed, and the asset's
+checks reported from the same numbers, so a check never spends a request of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from plannr_pipeline.api import RequestStats
+from plannr_pipeline.resources import PlannrStorage
+from plannr_pipeline.storage.convert import to_utc
+from plannr_pipeline.storage.normalise import Drift, arrow
+from plannr_pipeline.storage.parquet_store import StagedWrite
+from plannr_pipeline.storage.tables import REJECTED_RECORDS, Table
+
+
+def complete_check_name(table: Table) -> str:
+    return f"{table.name}_complete"
+
+
+def keys_check_name(table: Table) -> str:
+    return f"{table.name}_uuid_unique_and_present"
+
+
+def check_specs(table: Table, listing: str) -> list[dg.AssetCheckSpec]:
+    """The checks every collection asset reports from its own write (no extra request)."""
+    return [
+        dg.AssetCheckSpec(complete_check_name(table), asset=table.name, blocking=True,
+                          description=f"Every record {listing} reported (meta.total) was received and staged before commit."),
+        dg.AssetCheckSpec(keys_check_name(table), asset=table.name, blocking=True,
+                          description=f"Every {table.name} row has a uuid, and no uuid appears twice in the whole table."),
+    ]
+
+
+def column_schema(table: Table) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(c.name, c.duckdb_type, description=c.description) for c in table.columns])
+
+
+def rejection(table: Table, record: Any) -> str | None:
+    """Why a record cannot be stored in `table`, or None if it can."""
+    if not isinstance(record, dict):
+        return f"not an object ({type(record).__name__})"
+    uuid = record.get("uuid")
+    if not isinstance(uuid, str) or not uuid.strip():
+        return "no uuid"
+    if table.partition_column or "created_at" in {c.name for c in table.columns}:
+        try:
+            if to_utc(record.get("created_at")) is None:
+                return "no created_at"
+        except (ValueError, TypeError):
+            return f"malformed created_at {str(record.get('created_at'))[:40]!r}"
+    return None
+
+
+class ValidationFailed(dg.Failure):
+    """Staged data did not pass validation; nothing was replaced."""
+
+
+class Landing:
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext,
+        storage: PlannrStorage,
+        tables: Sequence[Table],
+        partitions: Collection[str] = (),
+        configured_partitions: Collection[str] | None = None,
+    ) -> None:
+        self.context = context
+        self.warehouse = storage.warehouse()
+        self.store = self.warehouse.store
+        for line in self.store.recover():
+            context.log.warning(line)
+        self.tables = tuple(tables)
+        self.root = self.tables[0]
+        self.partitions = set(partitions)
+        self.configured_partitions = set(configured_partitions) if configured_partitions is not None else None
+        self.drift = Drift()
+        self.write = StagedWrite(self.store)
+        self.rows: Counter[str] = Counter()
+        self.rows_by_partition: Counter[str] = Counter()
+        self.listings: list[tuple[str, int | None, int]] = []
+        self.rejected: list[dict[str, Any]] = []
+        self._keys: set[str] = set()
+        self._duplicate_keys = 0
+        # Every named partition (or unpartitioned table) is replaced, even one that gets no rows.
+        for table in self.tables:
+            self.write.write(table, arrow(table, []), self.partitions)
+
+    # -- staging ------------------------------------------------------------------------------
+
+    def accept(self, records: Iterable[Any]) -> list[dict[str, Any]]:
+        """The records that can be stored; the rest are quarantined in `rejected_records`."""
+        good = []
+        now = datetime.now(UTC)
+        for record in records:
+            reason = rejection(self.root, record)
+            if reason is None:
+                good.append(record)
+                continue
+            uuid = record.get("uuid") if isinstance(record, dict) else None
+            self.rejected.append({
+                "table_name": self.root.name, "uuid": uuid if isinstance(uuid, str) else None, "reason": reason,
+                "raw_json": json.dumps(record, sort_keys=True, default=str), "rejected_at": now,
+            })
+        return good
+
+    def stage(self, rows_by_table: dict[str, list[dict[str, Any]]]) -> None:
+        """Stage normalised rows; rows of a partitioned table outside this write's partitions are
+        left alone (the listing's date filter is deliberately a little wide)."""
+        for table in self.tables:
+            rows = rows_by_table.get(table.name, [])
+            if table.partition_column:
+                rows = [row for row in rows if row[table.partition_column] in self.partitions]
+            if table is self.root:
+                self._track_keys(rows)
+            self.write.write(table, arrow(table, rows), self.partitions)
+            self.rows[table.name] += len(rows)
+
+    def _track_keys(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            if row["uuid"] in self._keys:
+                self._duplicate_keys += 1
+            self._keys.add(row["uuid"])
+            if self.root.partition_column:
+                self.rows_by_partition[row[self.root.partition_column]] += 1
+
+    def count_listing(self, label: str, api_total: int | None, received: int) -> None:
+        """What one listing promised (`meta.total`) and what arrived, for validation."""
+        self.listings.append((label, api_total, received))
+
+    def log_progress(self, message: str) -> None:
+        self.context.log.info(f"{self.root.name}: {message}")
+
+    # -- validate, commit, report ------------------------------------------------------------
+
+    def _stored_elsewhere(self) -> tuple[int, list[str]]:
+        """Staged uuids already stored in partitions this write does not replace."""
+        if not self.root.partition_column or not self._keys:
+            return 0, []
+        kept = [p for p in self.store.partitions_of(self.root) if p not in self.partitions and p not in self._stale_partitions()]
+        if not kept:
+            return 0, []
+        stored = self.store.read(self.root, partitions=kept, columns=["uuid", self.root.partition_column])
+        staged = pa.array(list(self._keys), pa.string())
+        clashes = stored.filter(pc.is_in(stored.column("uuid"), value_set=staged))
+        return clashes.num_rows, sorted(set(clashes.column(self.root.partition_column).to_pylist()))
+
+    def _stale_partitions(self) -> list[str]:
+        """Stored partitions outside the configured range (the start date moved), removed in the
+        same commit once this write replaces the first partition, where their records now land."""
+        if not self.root.partition_column or self.configured_partitions is None:
+            return []
+        first = min(self.configured_partitions) if self.configured_partitions else None
+        if first not in self.partitions:
+            return []
+        return [p for p in self.store.partitions_of(self.root) if p not in self.configured_partitions]
+
+    def problems(self) -> tuple[list[str], list[str]]:
+        """(completeness problems, key problems), each a phrase with the numbers."""
+        complete = [
+            f"{received:,} records received from {label} but the API reported {api_total:,}"
+            for label, api_total, received in self.listings
+            if api_total is not None and received != api_total
+        ]
+        keys = []
+        if self._duplicate_keys:
+            keys.append(f"{self._duplicate_keys:,} uuid(s) staged twice")
+        clashes, where = self._stored_elsewhere()
+        if clashes:
+            keys.append(
+                f"{clashes:,} uuid(s) of this run are already stored in partition(s) {', '.join(where[:5])}: the stored "
+                "partitions no longer match the settings (PLANNR_START_DATE?). Run every partition once "
+                f"(plannr-pipeline sync --select {self.root.name}) or start afresh by deleting "
+                f"{self.store.root / self.root.name}"
+            )
+        return complete, keys
+
+    def _check_results(self, complete: list[str], keys: list[str]) -> list[dg.AssetCheckResult]:
+        totals = [total for _, total, _ in self.listings if total is not None]
+        received = sum(r for _, _, r in self.listings)
+        return [
+            dg.AssetCheckResult(
+                asset_key=self.root.name, check_name=complete_check_name(self.root), passed=not complete,
+                metadata={"api_total": sum(totals), "records_received": received, "listings": len(self.listings),
+                          "rows_staged": self.rows[self.root.name], "rejected": len(self.rejected),
+                          "problems": dg.MetadataValue.json(complete[:20]), "requests": 0},
+            ),
+            dg.AssetCheckResult(
+                asset_key=self.root.name, check_name=keys_check_name(self.root), passed=not keys,
+                metadata={"duplicate_uuids": self._duplicate_keys, "problems": dg.MetadataValue.json(keys)},
+            ),
+        ]
+
+    def finish(self, stats: RequestStats, source: str, **extra: Any) -> Iterator[Any]:
+        """Validate; on success commit and yield the materialisation with its check results."""
+        complete, keys = self.problems()
+        checks = self._check_results(complete, keys)
+        if complete or keys:
+            self.write.abort()
+            for result in checks:
+                yield result
+            first = (complete + keys)[0]
+            more = f" (and {len(complete + keys) - 1} more problem(s))" if len(complete + keys) > 1 else ""
+            raise ValidationFailed(description=f"{self.root.name}: {first}{more}; nothing replaced.")
+        replaced = self._commit()
+        problem = self.warehouse.refresh_views((*self.tables, REJECTED_RECORDS))
+        for line in self.drift.summary():
+            self.context.log.warning(f"schema drift: {line} (kept in extra_json)")
+        if self.rejected:
+            self.context.log.warning(f"{self.root.name}: {len(self.rejected)} record(s) could not be stored and are in rejected_records")
+        if problem:
+            self.context.log.warning(problem)
+        self._partition_metadata(replaced)
+        yield dg.MaterializeResult(
+            asset_key=self.root.name,
+            metadata=self._metadata(stats, source, replaced, problem, extra),
+            check_results=checks,
+        )
+
+    def _commit(self) -> dict[str, int]:
+        """Commit the staged set; return the rows each replaced root partition held before."""
+        replaced = {}
+        for partition in self.partitions or [None]:
+            replaced[partition or ""] = self.store.rows_in(self.store.path_of(self.root, partition))
+        for partition in self._stale_partitions():
+            self.context.log.warning(f"{self.root.name}: removing partition {partition}, outside the configured range")
+            for table in self.tables:
+                if table.partition_column:
+                    self.write.remove(self.store.path_of(table, partition))
+        if self.rejected:
+            batch = self.write.id
+            self.write.write(REJECTED_RECORDS, arrow(REJECTED_RECORDS, [{**r, "batch": batch} for r in self.rejected]), [batch])
+        self.write.commit()
+        return replaced
+
+    def _partition_metadata(self, replaced: dict[str, int]) -> None:
+        """Each partition's own row count: a range run would otherwise stamp the whole run's."""
+        if not self.root.partition_column:
+            return
+        for partition in self.partitions:
+            self.context.add_asset_metadata(
+                {"dagster/row_count": self.rows_by_partition[partition], "rows_replaced": replaced.get(partition, 0)},
+                asset_key=self.root.name, partition_key=partition,
+            )
+
+    def _metadata(self, stats: RequestStats, source: str, replaced: dict[str, int], views_problem: str | None,
+                  extra: dict[str, Any]) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "dagster/row_count": self.rows[self.root.name],
+            "dagster/column_schema": column_schema(self.root),
+            "tables_written": dg.MetadataValue.json({t.name: self.rows[t.name] for t in self.tables}),
+            **{f"schema {t.name}": column_schema(t) for t in self.tables[1:]},
+            "rows_replaced": sum(replaced.values()),
+            "rejected_records": len(self.rejected),
+            "source": source,
+            "requests": stats.requests,
+            "request_stats": dg.MetadataValue.json(stats.as_metadata()),
+            "schema_drift": dg.MetadataValue.json(self.drift.summary()),
+            "views_refreshed": views_problem is None,
+            **extra,
+        }
+        if self.partitions:
+            metadata["partitions_in_run"] = len(self.partitions)
+        if views_problem:
+            metadata["views_problem"] = views_problem
+        if stats.warnings:
+            metadata["api_warnings"] = dg.MetadataValue.json(stats.warnings[:50])
+        return metadata
