@@ -61,7 +61,7 @@ async def sweep(url: str, concurrency: int) -> tuple[int, PlannrClient]:
     async with client:
         clients = await client.list_all("/api/v1/account", {"filter[type]": "client"})
         records += len(clients)
-        async for _, goals in client.fan_out([c["uuid"] for c in clients], lambda u: f"/api/v1/client/{u}/goal"):
+        async for _, goals, _ in client.fan_out([c["uuid"] for c in clients], lambda u: f"/api/v1/client/{u}/goal"):
             records += len(goals)
         for path, params in (("/api/v1/circles", None), ("/api/v1/task", {"filter[show_child_tasks]": "true"}), ("/api/v1/import", None)):
             async for page in client.iter_pages(path, params):

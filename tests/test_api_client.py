@@ -29,7 +29,7 @@ def goals_path(uuid: str) -> str:
 async def sweep(client: PlannrClient) -> tuple[list[dict], list[dict]]:
     async with client:
         clients = await client.list_all("/api/v1/account", CLIENTS)
-        goals = [g async for _, batch in client.fan_out([c["uuid"] for c in clients], goals_path) for g in batch]
+        goals = [g async for _, batch, _ in client.fan_out([c["uuid"] for c in clients], goals_path) for g in batch]
     return clients, goals
 
 
