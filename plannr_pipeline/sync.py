@@ -7,6 +7,7 @@ partitioning, derived from the asset definitions: the monthly assets over their 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -59,7 +60,7 @@ class SyncReport:
     seconds: float = 0.0
 
 
-def _range_tags(partitions_def: dg.PartitionsDefinition | None) -> dict[str, str]:
+def range_tags(partitions_def: dg.PartitionsDefinition | None) -> dict[str, str]:
     if partitions_def is None:
         return {}
     keys = partitions_def.get_partition_keys()
@@ -89,7 +90,8 @@ def run_sync(
 ) -> SyncReport:
     report = SyncReport()
     started = time.monotonic()
-    instance = instance or dg.DagsterInstance.get()
+    # The CLI has set DAGSTER_HOME (plannr_pipeline.instance); a library caller may not have.
+    instance = instance or (dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral())
     for step in STEPS:
         selection = [name for name in step.names if selected is None or name in selected]
         if not selection:
@@ -100,7 +102,7 @@ def run_sync(
             selection=selection,
             resources=resources_by_key or resources(),
             instance=instance,
-            tags=_range_tags(step.partitions_def),
+            tags=range_tags(step.partitions_def),
             # INFO shows each asset's progress lines; DEBUG would add an event per partition.
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
             raise_on_error=False,

@@ -288,6 +288,7 @@ class PlannrClient:
                     yield listing.take(page)
         if listing.shifted():
             self._warn(f"GET {listing.endpoint}: {listing.shift_reason()}; reading the listing again to catch skipped records")
+            listing.rereading = True
             async for page in self._follow_next(path, params, None):
                 yield listing.take(page)
 
@@ -345,6 +346,8 @@ class _ListingPass:
         self.total: int | None = None
         self.duplicates = 0
         self.short_pages = 0
+        self.without_uuid = 0
+        self.rereading = False  # a second pass yields only records the first did not show
 
     def take(self, page: Page) -> Page:
         if page.total is not None:
@@ -355,10 +358,15 @@ class _ListingPass:
         fresh = []
         for record in page.records:
             uuid = record.get("uuid")
-            if uuid is not None and uuid in self.seen:
-                self.duplicates += 1
+            if uuid is None:
+                if self.rereading:
+                    continue  # no way to tell it from the one the first pass showed
+                self.without_uuid += 1
+            elif uuid in self.seen:
+                if not self.rereading:
+                    self.duplicates += 1
                 continue
-            if uuid is not None:
+            else:
                 self.seen.add(uuid)
             fresh.append(record)
         if len(fresh) == len(page.records) and page.total == self.total:
@@ -367,7 +375,11 @@ class _ListingPass:
 
     def shifted(self) -> bool:
         return bool(self.duplicates or self.short_pages or self.total != self.first_total
-                    or (self.total is not None and len(self.seen) < self.total))
+                    or (self.total is not None and self.received < self.total))
+
+    @property
+    def received(self) -> int:
+        return len(self.seen) + self.without_uuid
 
     def shift_reason(self) -> str:
         if self.total != self.first_total:
@@ -376,4 +388,4 @@ class _ListingPass:
             return f"{self.duplicates} record(s) appeared on two pages"
         if self.short_pages:
             return f"{self.short_pages} page(s) before the last were short"
-        return f"{len(self.seen)} records received but the API reported {self.total}"
+        return f"{self.received} records received but the API reported {self.total}"

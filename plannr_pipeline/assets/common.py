@@ -9,7 +9,7 @@ from typing import Any
 
 import dagster as dg
 
-from plannr_pipeline.api import PlannrClient, RequestStats, RetriesExhaustedError, endpoints
+from plannr_pipeline.api import PlannrClient, PlannrError, RequestStats, RetriesExhaustedError, endpoints
 from plannr_pipeline.assets.landing import Landing, check_specs, column_schema
 from plannr_pipeline.storage.normalise import Drift
 from plannr_pipeline.resources import PlannrApi
@@ -67,6 +67,8 @@ def fetch(context: dg.AssetExecutionContext, plannr: PlannrApi, work: Callable[[
         plannr.run(work, on_warning=context.log.warning, stats=stats)
     except RetriesExhaustedError as error:
         raise dg.RetryRequested(max_retries=2, seconds_to_wait=60) from error
+    except PlannrError as error:  # the message already says what went wrong and what to do
+        raise dg.Failure(description=f"{context.asset_key.to_user_string()}: {error}") from error
     context.log.info(f"{stats.requests} requests, {stats.retries} retries, {stats.budget_wait_seconds:.1f}s waiting on the budget")
     return stats
 

@@ -1,0 +1,185 @@
+"""Validate, then commit: an API answer that looks wrong never replaces stored data.
+
+A loopback proxy (tests/lying_api.py) sits in front of a sandbox and lies the way APIs do:
+a missing `meta.last_page`, a page one record short of `meta.total`, `data` as an object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from plannr_pipeline.definitions import ASSETS
+from plannr_pipeline.partitions import client_months
+from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.storage.normalise import arrow
+from plannr_pipeline.storage.parquet_store import ParquetStore, StagedWrite
+from plannr_pipeline.storage.tables import CLIENTS
+from plannr_pipeline.sync import range_tags
+from tests.lying_api import LyingApi
+
+ACCOUNTS = "/api/v1/account"
+
+
+def resources_for(url: str, token: str, data_dir: Path) -> dict:
+    return {
+        "plannr": PlannrApi(base_url=url, token=token, rate_limit_per_minute=100_000, max_concurrency=8),
+        "storage": PlannrStorage(data_dir=str(data_dir)),
+    }
+
+
+def stored_clients(data_dir: Path) -> list[tuple]:
+    files = str(data_dir / "parquet" / "clients" / "*" / "data.parquet")
+    with duckdb.connect() as connection:
+        return connection.execute(f"select * from read_parquet('{files}', union_by_name=true, hive_partitioning=false) order by uuid").fetchall()
+
+
+@pytest.fixture
+def lying(make_sandbox, tmp_path):
+    """A sandbox of 1,200 clients (three pages), synced once, behind a proxy with no lies yet."""
+    sandbox = make_sandbox(clients=1200)
+    proxy = LyingApi(sandbox.url)
+    data_dir = tmp_path / "data"
+    resources = resources_for(proxy.url, sandbox.options.token, data_dir)
+    assert materialise_clients(resources).success
+    assert len(stored_clients(data_dir)) == 1200
+    yield sandbox, proxy, data_dir, resources
+    proxy.close()
+
+
+def materialise_clients(resources) -> dg.ExecuteInProcessResult:
+    return dg.materialize(ASSETS, selection=["clients"], resources=resources, raise_on_error=False,
+                          tags=range_tags(client_months))
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    return failure.step_failure_data.user_failure_data.description
+
+
+def without_last_page(path, query, body):
+    body["meta"].pop("last_page")
+    return body
+
+
+def without_last_page_or_total(path, query, body):
+    body.pop("meta")
+    return body
+
+
+@pytest.mark.parametrize("lie", [without_last_page, without_last_page_or_total])
+def test_a_listing_without_last_page_is_still_read_to_the_end(lying, lie):
+    _, proxy, data_dir, resources = lying
+    before = stored_clients(data_dir)
+    proxy.lies[ACCOUNTS] = lie
+    assert materialise_clients(resources).success
+    assert stored_clients(data_dir) == before  # all three pages, not just the first
+
+
+def test_a_listing_one_record_short_replaces_nothing(lying):
+    _, proxy, data_dir, resources = lying
+    before = stored_clients(data_dir)
+
+    def one_short(path, query, body):
+        if query.get("page") == "2":
+            body["data"] = body["data"][:-1]
+        return body
+
+    proxy.lies[ACCOUNTS] = one_short
+    result = materialise_clients(resources)
+    assert not result.success
+    assert failure_message(result) == (
+        "clients: 1,199 records received from /api/v1/account but the API reported 1,200; nothing replaced."
+    )
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"clients_complete": False, "clients_uuid_unique_and_present": True}
+    assert stored_clients(data_dir) == before
+    assert not list((data_dir / "parquet").glob("**/*.tmp"))  # the staged files are gone too
+
+    proxy.lies.clear()  # a clean run afterwards is exact
+    assert materialise_clients(resources).success
+    assert stored_clients(data_dir) == before
+
+
+@pytest.mark.parametrize("data", [{"uuid": "x"}, None, "oops"])
+def test_data_that_is_not_a_list_is_an_error_naming_the_endpoint_and_page(lying, data):
+    _, proxy, data_dir, resources = lying
+    before = stored_clients(data_dir)
+
+    def not_a_list(path, query, body):
+        if query.get("page") == "3":
+            body["data"] = data
+        return body
+
+    proxy.lies[ACCOUNTS] = not_a_list
+    result = materialise_clients(resources)
+    assert not result.success
+    message = failure_message(result)
+    assert "GET /api/v1/account page 3" in message and "not a list" in message
+    assert stored_clients(data_dir) == before
+
+
+def test_a_record_that_cannot_be_stored_is_quarantined_and_the_rest_lands(lying):
+    sandbox, proxy, data_dir, resources = lying
+
+    def two_bad_records(path, query, body):
+        if query.get("page") == "1":
+            body["data"][0].pop("uuid")
+            body["data"][1]["created_at"] = "01/03/2025"
+        return body
+
+    proxy.lies[ACCOUNTS] = two_bad_records
+    result = materialise_clients(resources)
+    assert result.success
+    [materialisation] = {e.step_key: e for e in result.get_asset_materialization_events()}.values()
+    assert materialisation.materialization.metadata["rejected_records"].value == 2
+    assert len(stored_clients(data_dir)) == 1198
+    rejected = pq.read_table(next((data_dir / "parquet" / "rejected_records").glob("*/data.parquet"))).to_pylist()
+    assert sorted(r["reason"] for r in rejected) == ["malformed created_at '01/03/2025'", "no uuid"]
+    assert all(r["table_name"] == "clients" and json.loads(r["raw_json"]) for r in rejected)
+
+
+def test_a_commit_killed_half_way_is_rolled_forward(tmp_path):
+    """A journal whose renames were cut short by a kill is completed by the next writer or reader."""
+    store = ParquetStore(tmp_path / "parquet")
+
+    def client(uuid, month):
+        return {"uuid": uuid, "created_month": month}
+
+    first = StagedWrite(store)
+    first.write(CLIENTS, arrow(CLIENTS, [client("a", "2024-01")]), ["2024-01", "2024-02"])
+    first.commit()
+    second = StagedWrite(store)
+    second.write(CLIENTS, arrow(CLIENTS, [client("b", "2024-01"), client("c", "2024-02")]), ["2024-01", "2024-02"])
+    for writer in second._writers.values():
+        writer.close()
+    # What commit does up to the journal, then one rename of two, then a kill.
+    journal = store.root / f".commit-{second.id}.json"
+    staged = list(second._staged.items())
+    journal.write_text(json.dumps({"renames": [[str(t), str(p)] for p, t in staged], "removals": []}))
+    os.replace(staged[0][1], staged[0][0])
+    done = store.recover()
+    assert done == [f"rolled forward an interrupted commit ({journal.name})"]
+    assert sorted(store.read(CLIENTS).column("uuid").to_pylist()) == ["b", "c"]
+    assert not journal.exists()
+
+
+def test_staged_files_of_a_dead_run_are_removed(tmp_path):
+    store = ParquetStore(tmp_path / "parquet")
+    folder = store.root / "clients" / "created_month=2024-01"
+    folder.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = folder / f".data.parquet.{dead}-abc123.tmp"
+    stale.write_bytes(b"half a file")
+    live = folder / f".data.parquet.{os.getpid()}-def456.tmp"
+    live.write_bytes(b"being written")
+    store.recover()
+    assert not stale.exists() and live.exists()
