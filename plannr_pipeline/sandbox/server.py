@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from plannr_pipeline.sandbox import routes
+from plannr_pipeline.sandbox import people, routes
 from plannr_pipeline.sandbox.firm import FirmSize, generate_firm
 from plannr_pipeline.sandbox.imports import ImportPlan, live_import
 from plannr_pipeline.sandbox.listing import Listing, ListingError, paginate
@@ -64,12 +64,17 @@ class SandboxServer:
         self._faults = random.Random(self.options.seed)
         self._windows: dict[str, deque[float]] = {}
         self._live_imports: dict[int, ImportPlan] = {}
-        self._task_by_uuid = {t["uuid"]: t for t in self.firm.tasks}
-        self._staff_uuids = {s["uuid"] for s in self.firm.staff}
+        self._reindex()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
+
+    def _reindex(self) -> None:
+        """Rebuild the lookups from `self.firm` (after generation and after every change to it)."""
+        self._task_by_uuid = {t["uuid"]: t for t in self.firm.tasks}
+        self._staff_uuids = {s["uuid"] for s in self.firm.staff}
+        self._account_by_uuid = {a["uuid"]: a for a in self.firm.accounts}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -180,8 +185,24 @@ class SandboxServer:
         response.headers["X-Ratelimit-Remaining"] = str(left - 1)
         return response
 
-    def _page(self, request: web.Request, records: list[dict[str, Any]], listing: Listing) -> web.Response:
-        return _json(200, paginate(records, dict(request.query), listing, f"{self.url}{request.path}"))
+    def _page(
+        self,
+        request: web.Request,
+        records: list[dict[str, Any]],
+        listing: Listing,
+        expand: Callable[[dict[str, Any], frozenset[str]], dict[str, Any]] | None = None,
+    ) -> web.Response:
+        body = paginate(records, dict(request.query), listing, f"{self.url}{request.path}")
+        includes = people.requested(request.query)
+        if expand is not None and includes:  # only the page sent is expanded
+            body["data"] = [expand(record, includes) for record in body["data"]]
+        return _json(200, body)
+
+    def _expand_account(self, record: dict[str, Any], includes: frozenset[str]) -> dict[str, Any]:
+        return people.expand_account(record, includes, self.firm.assignments, self._account_by_uuid)
+
+    def _expand_goal(self, goal: dict[str, Any], includes: frozenset[str]) -> dict[str, Any]:
+        return people.expand_goal(goal, includes, self.firm.goal_owners, self._account_by_uuid)
 
     @staticmethod
     def _not_found(model: str, uuid: str) -> web.Response:
@@ -190,17 +211,17 @@ class SandboxServer:
     # -- routes ---------------------------------------------------------------------------
 
     async def _accounts(self, request: web.Request) -> web.Response:
-        return self._page(request, self.firm.accounts, routes.ACCOUNTS)
+        return self._page(request, self.firm.accounts, routes.ACCOUNTS, self._expand_account)
 
     async def _clients(self, request: web.Request) -> web.Response:
-        return self._page(request, self.firm.clients, routes.CLIENTS)
+        return self._page(request, self.firm.clients, routes.CLIENTS, self._expand_account)
 
     async def _goals(self, request: web.Request) -> web.Response:
         client_uuid = request.match_info["client_uuid"]
         goals = self.firm.goals_by_client.get(client_uuid)
         if goals is None:
             return self._not_found("Account", client_uuid)
-        return self._page(request, goals, routes.GOALS)
+        return self._page(request, goals, routes.GOALS, self._expand_goal)
 
     async def _circles(self, request: web.Request) -> web.Response:
         return self._page(request, self.firm.circles, routes.CIRCLES)
