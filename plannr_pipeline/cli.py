@@ -105,8 +105,11 @@ def _sandbox(args: argparse.Namespace) -> int:
         latency_ms=args.latency_ms,
         error_rate=args.error_rate,
     )
-    server = SandboxServer(options).start(port=args.port)
-    print(f"Plannr sandbox (seed {args.seed}, {args.clients} clients) serving at {server.url}", flush=True)
+    server = SandboxServer(options)
+    server.advance(args.advance)
+    server.start(port=args.port)
+    moved = f", advanced {args.advance} step(s) to {server.changes[-1]['moment']}" if args.advance else ""
+    print(f"Plannr sandbox (seed {args.seed}, {args.clients} clients{moved}) serving at {server.url}", flush=True)
     print(f"  export PLANNR_BASE_URL={server.url}", flush=True)
     print("  export PLANNR_API_TOKEN=<the --token you passed>" if args.token_given else f"  export PLANNR_API_TOKEN={args.token}", flush=True)
     try:
@@ -139,10 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     sandbox.add_argument("--rate-limit", type=int, default=500, help="requests per minute per token (default 500, as Plannr)")
     sandbox.add_argument("--latency-ms", type=float, default=0.0)
     sandbox.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500")
+    sandbox.add_argument("--advance", type=int, default=0, metavar="N",
+                         help="apply N steps of change (one hour each after the reference) before serving; "
+                              "POST /__sandbox/advance?steps=N moves it on while it serves")
     sandbox.set_defaults(run=_sandbox)
 
     args = parser.parse_args(argv)
     if args.command == "sandbox":
+        if args.advance < 0:
+            parser.error("--advance takes a number of steps, 0 or more")
         args.token_given = args.token is not None
         args.token = args.token or "sandbox-token"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

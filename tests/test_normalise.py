@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from plannr_pipeline.storage import convert, normalise
-from plannr_pipeline.storage.tables import GOALS
+from plannr_pipeline.storage.tables import GOALS, STAFF
 
 
 def test_timestamps_in_every_plannr_format_become_utc():
@@ -68,3 +68,47 @@ def test_import_errors_as_list_or_map():
     as_map = {"uuid": "i1", "errors": {"0": {"client": {"row": 2}, "errors": {"email": ["bad", "worse"]}}}}
     assert normalise.import_error_rows(as_list, "2026-01-02") == normalise.import_error_rows(as_map, "2026-01-02")
     assert [r["message"] for r in normalise.import_error_rows(as_list, "2026-01-02")] == ["bad", "worse"]
+
+
+def person(uuid, role="member"):
+    return {"uuid": uuid, "name": "Ann Adviser", "first_name": "Ann", "last_name": "Adviser", "email": "ann@example.co.uk",
+            "role": role, "type": "employee", "created_at": "2024-01-02T10:00:00+00:00", "updated_at": "2024-01-02T10:00:00+00:00",
+            "external_references": "App\\Http\\Resources\\ExternalReferenceResource"}
+
+
+def test_expanded_assignments_become_uuid_columns_not_extra_json():
+    record = {
+        "uuid": "c1", "type": "client", "role": "joint", "name": "Bo Client",
+        "assigned_adviser": person("s1"), "assigned_administrator": None,
+        "assigned_paraplanner": "App\\Http\\Resources\\AccountResource",  # not included: a placeholder
+        "tags": [{"uuid": "t1", "name": "VIP"}],  # an unmodelled relationship, expanded: still kept
+    }
+    drift = normalise.Drift()
+    [row] = normalise.clients([record], drift, partition_of=lambda r: "2025-04")["clients"]
+    assert (row["assigned_adviser_uuid"], row["assigned_administrator_uuid"], row["assigned_paraplanner_uuid"]) == ("s1", None, None)
+    assert json.loads(row["extra_json"]) == {"tags": [{"uuid": "t1", "name": "VIP"}]}
+    assert not drift.unknown_fields
+
+
+def test_staff_rows_keep_account_fields_in_extra_json_without_drift():
+    drift = normalise.Drift()
+    record = {**person("s1", role="owner"), "inactive_at": "2025-03-01", "photo_url": "https://example.invalid/a.png",
+              "with_login": True, "firm": "App\\Http\\Resources\\FirmResource"}
+    [row] = normalise.staff([record], drift)["staff"]
+    assert row["uuid"] == "s1" and row["role"] == "owner" and row["inactive_at"] == date(2025, 3, 1)
+    assert row["created_at"] == datetime(2024, 1, 2, 10, 0, tzinfo=UTC)
+    assert json.loads(row["extra_json"]) == {"type": "employee", "photo_url": "https://example.invalid/a.png", "with_login": True}
+    assert not drift.unknown_fields
+    assert normalise.arrow(STAFF, [row]).num_rows == 1
+
+
+def test_goal_owner_and_task_people_are_columns_only():
+    drift = normalise.Drift()
+    [row] = normalise.goals("c1", [goal(shared_owner_type="individual", shared_owner=person("a1"))], drift, "2025-04")
+    assert row["shared_owner_uuid"] == "a1" and row["extra_json"] is None
+    task = {"uuid": "t1", "author": person("s1"), "assigned_to": person("s2"), "completed_by": person("s2"),
+            "created_at": "2025-04-02T13:27:55+01:00"}
+    [task_row] = normalise.tasks([task], drift)["tasks"]
+    assert (task_row["author_uuid"], task_row["assigned_to_uuid"], task_row["completed_by_uuid"]) == ("s1", "s2", "s2")
+    assert task_row["extra_json"] is None
+    assert not drift.unknown_fields

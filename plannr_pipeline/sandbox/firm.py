@@ -17,6 +17,7 @@ from faker import Faker
 
 from plannr_pipeline.sandbox.formats import LONDON, iso_london, money, naive_london, placeholder
 from plannr_pipeline.sandbox.imports import ImportPlan, plan_imports
+from plannr_pipeline.sandbox.people import account_summary, assign
 
 CLIENT_ROLES = ["individual", "individual", "individual", "joint", "trust", "business"]
 STAFF_ROLES = ["owner", "admin", "member", "member"]
@@ -61,6 +62,10 @@ class Firm:
     circles: list[dict[str, Any]]
     tasks: list[dict[str, Any]]
     imports: list[ImportPlan] = field(default_factory=list)
+    # client uuid -> {assigned_adviser|assigned_administrator|assigned_paraplanner: staff uuid or None}
+    assignments: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    # goal uuid -> the account an `individual` goal belongs to (include=shared_owner)
+    goal_owners: dict[str, str] = field(default_factory=dict)
 
     @property
     def accounts(self) -> list[dict[str, Any]]:
@@ -112,6 +117,8 @@ class _Maker:
             "groups": placeholder("Group"),
             "owners": placeholder("Account"),
             "assigned_adviser": placeholder("Account"),
+            "assigned_administrator": placeholder("Account"),
+            "assigned_paraplanner": placeholder("Account"),
             "primary_email": placeholder("ContactDetail"),
             "custom_fields": placeholder("CustomFieldValue"),
             "external_references": placeholder("ExternalReference"),
@@ -135,8 +142,7 @@ class _Maker:
         }
 
     def account_summary(self, account: dict[str, Any]) -> dict[str, Any]:
-        keys = ("uuid", "name", "role", "type", "email", "first_name", "last_name", "photo_url", "created_at", "updated_at")
-        return {**{k: account[k] for k in keys}, "external_references": placeholder("ExternalReference")}
+        return account_summary(account)
 
     def circle(self, members: list[dict[str, Any]], staff: list[dict[str, Any]]) -> dict[str, Any]:
         created = min(datetime.fromisoformat(m["created_at"]) for m in members)
@@ -258,4 +264,18 @@ def generate_firm(seed: int = 42, size: FirmSize | None = None, reference: datet
         tasks.append(make.task(client, staff, parent))
 
     imports = plan_imports(make.rng, make.uuid, reference, staff, clients, size.imports_history_days, size.imports_per_day)
-    return Firm(reference, clients, staff, goals_by_client, circles, tasks, imports)
+    firm = Firm(reference, clients, staff, goals_by_client, circles, tasks, imports)
+
+    # Drawn last, from a Random of their own, so that adding them left every record above as it was.
+    people = random.Random(f"plannr-sandbox-people:{seed}")
+    for client in clients:
+        add_people(firm, people, client)
+    return firm
+
+
+def add_people(firm: Firm, rng: random.Random, client: dict[str, Any]) -> None:
+    """Assign a client's staff, and own its `individual` goals (by the client itself)."""
+    firm.assignments[client["uuid"]] = assign(rng, firm.staff)
+    for goal in firm.goals_by_client.get(client["uuid"], []):
+        if goal["shared_owner_type"] == "individual":
+            firm.goal_owners[goal["uuid"]] = client["uuid"]

@@ -3,11 +3,15 @@
 Auth, a per-token rate limit and optional faults wrap every route, as the real API would:
 401 `{"message":"Unauthenticated."}`, `X-Ratelimit-Remaining` on every answer, and 429 with
 `Retry-After` past the limit.
+
+`advance(steps)` (or `POST /__sandbox/advance?steps=N`, loopback only, no token) moves the firm
+through numbered steps of change (see `timeline`); `changes` lists what each step did.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import random
@@ -21,13 +25,15 @@ from typing import Any
 
 from aiohttp import web
 
-from plannr_pipeline.sandbox import routes
+from plannr_pipeline.sandbox import people, routes, timeline
 from plannr_pipeline.sandbox.firm import FirmSize, generate_firm
 from plannr_pipeline.sandbox.imports import ImportPlan, live_import
 from plannr_pipeline.sandbox.listing import Listing, ListingError, paginate
 
 log = logging.getLogger(__name__)
 DEFAULT_TOKEN = "sandbox-token"
+ADMIN_PREFIX = "/__sandbox/"
+MAX_STEPS_PER_CALL = 1000
 
 
 def _utc_now() -> datetime:
@@ -54,6 +60,13 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.
     return web.Response(status=status, body=json.dumps(body, separators=(",", ":")), content_type="application/json", headers=headers)
 
 
+def _from_loopback(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
 class SandboxServer:
     """`with SandboxServer(options) as sandbox: sandbox.url`"""
 
@@ -61,15 +74,50 @@ class SandboxServer:
         self.options = options or SandboxOptions()
         self.firm = generate_firm(self.options.seed, self.options.size, self.options.reference)
         self.requests: Counter[str] = Counter()  # path -> count, for tests and benchmarks
+        self.step = 0  # steps of change applied so far (see advance)
+        self.changes: list[dict[str, Any]] = []  # what each step changed, in order
+        self._import_clients = list(self.firm.clients[:50])  # live imports name these, whatever steps delete
         self._faults = random.Random(self.options.seed)
         self._windows: dict[str, deque[float]] = {}
         self._live_imports: dict[int, ImportPlan] = {}
-        self._task_by_uuid = {t["uuid"]: t for t in self.firm.tasks}
-        self._staff_uuids = {s["uuid"] for s in self.firm.staff}
+        self._reindex()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
+
+    def _reindex(self) -> None:
+        """Rebuild the lookups from `self.firm` (after generation and after every change to it)."""
+        self._task_by_uuid = {t["uuid"]: t for t in self.firm.tasks}
+        self._staff_uuids = {s["uuid"] for s in self.firm.staff}
+        self._account_by_uuid = {a["uuid"]: a for a in self.firm.accounts}
+
+    # -- time -----------------------------------------------------------------------------
+
+    def advance(self, steps: int = 1) -> list[dict[str, Any]]:
+        """Apply the next `steps` steps of change (step n at `firm.reference + n hours`); return them.
+
+        Safe while serving: the change runs on the server's own loop, between requests.
+        """
+        if steps < 0:
+            raise ValueError("steps must be 0 or more")
+        loop = self._loop
+        if loop is None or not loop.is_running() or threading.current_thread() is self._thread:
+            return self._advance_now(steps)
+
+        async def on_loop() -> list[dict[str, Any]]:
+            return self._advance_now(steps)
+
+        return asyncio.run_coroutine_threadsafe(on_loop(), loop).result(timeout=120)
+
+    def _advance_now(self, steps: int) -> list[dict[str, Any]]:
+        done = []
+        for _ in range(steps):
+            self.step += 1
+            done.append(timeline.apply_step(self.firm, self.options.seed, self.step, self.options.size.max_goals_per_client))
+        self.changes.extend(done)
+        self._reindex()
+        return done
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -112,6 +160,7 @@ class SandboxServer:
         app.router.add_get("/api/v1/import", self._imports)
         app.router.add_get("/api/v1/import/{uuid}", self._import)
         app.router.add_get("/file/{uuid}/download", self._error_report)
+        app.router.add_post("/__sandbox/advance", self._admin_advance)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=512)
@@ -148,6 +197,11 @@ class SandboxServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        if request.path.startswith(ADMIN_PREFIX):
+            # The sandbox's own controls: no token, no budget, but never from off this machine.
+            if not _from_loopback(request):
+                return _json(403, {"message": "Sandbox controls answer on loopback only."})
+            return await handler(request)
         self.requests[request.path] += 1
         if self.options.latency_ms:
             await asyncio.sleep(self.options.latency_ms / 1000)
@@ -181,8 +235,24 @@ class SandboxServer:
         response.headers["X-Ratelimit-Remaining"] = str(left - 1)
         return response
 
-    def _page(self, request: web.Request, records: list[dict[str, Any]], listing: Listing) -> web.Response:
-        return _json(200, paginate(records, dict(request.query), listing, f"{self.url}{request.path}"))
+    def _page(
+        self,
+        request: web.Request,
+        records: list[dict[str, Any]],
+        listing: Listing,
+        expand: Callable[[dict[str, Any], frozenset[str]], dict[str, Any]] | None = None,
+    ) -> web.Response:
+        body = paginate(records, dict(request.query), listing, f"{self.url}{request.path}")
+        includes = people.requested(request.query)
+        if expand is not None and includes:  # only the page sent is expanded
+            body["data"] = [expand(record, includes) for record in body["data"]]
+        return _json(200, body)
+
+    def _expand_account(self, record: dict[str, Any], includes: frozenset[str]) -> dict[str, Any]:
+        return people.expand_account(record, includes, self.firm.assignments, self._account_by_uuid)
+
+    def _expand_goal(self, goal: dict[str, Any], includes: frozenset[str]) -> dict[str, Any]:
+        return people.expand_goal(goal, includes, self.firm.goal_owners, self._account_by_uuid)
 
     @staticmethod
     def _not_found(model: str, uuid: str) -> web.Response:
@@ -191,17 +261,17 @@ class SandboxServer:
     # -- routes ---------------------------------------------------------------------------
 
     async def _accounts(self, request: web.Request) -> web.Response:
-        return self._page(request, self.firm.accounts, routes.ACCOUNTS)
+        return self._page(request, self.firm.accounts, routes.ACCOUNTS, self._expand_account)
 
     async def _clients(self, request: web.Request) -> web.Response:
-        return self._page(request, self.firm.clients, routes.CLIENTS)
+        return self._page(request, self.firm.clients, routes.CLIENTS, self._expand_account)
 
     async def _goals(self, request: web.Request) -> web.Response:
         client_uuid = request.match_info["client_uuid"]
         goals = self.firm.goals_by_client.get(client_uuid)
         if goals is None:
             return self._not_found("Account", client_uuid)
-        return self._page(request, goals, routes.GOALS)
+        return self._page(request, goals, routes.GOALS, self._expand_goal)
 
     async def _circles(self, request: web.Request) -> web.Response:
         return self._page(request, self.firm.circles, routes.CIRCLES)
@@ -215,6 +285,14 @@ class SandboxServer:
             return self._not_found("Task", request.match_info["uuid"])
         return _json(200, {**task, "workflow_task": None})
 
+    async def _admin_advance(self, request: web.Request) -> web.Response:
+        raw = request.query.get("steps", "1")
+        if not raw.isdigit() or not 0 <= int(raw) <= MAX_STEPS_PER_CALL:
+            message = f"steps must be a whole number from 0 to {MAX_STEPS_PER_CALL}."
+            return _json(422, {"message": message, "errors": {"steps": [message]}})
+        done = self._advance_now(int(raw))  # on the loop already: between requests
+        return _json(200, {"step": self.step, "steps": done, "counts": timeline.totals(done)})
+
     def import_plans(self, now: datetime) -> Iterator[ImportPlan]:
         """Finished history, then the live imports created up to `now`."""
         yield from self.firm.imports
@@ -223,7 +301,7 @@ class SandboxServer:
         for index in range(count):
             if index not in self._live_imports:
                 self._live_imports[index] = live_import(
-                    self.options.seed, index, self.firm.reference, interval, self.firm.staff, self.firm.clients
+                    self.options.seed, index, self.firm.reference, interval, self.firm.staff, self._import_clients
                 )
             yield self._live_imports[index]
 

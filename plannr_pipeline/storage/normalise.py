@@ -85,6 +85,10 @@ def clients(records: Iterable[dict], drift: Drift, partition_of: Callable[[dict]
     return {"clients": [to_row(t.CLIENTS, r, drift, created_month=partition_of(r)) for r in records]}
 
 
+def staff(records: Iterable[dict], drift: Drift) -> dict[str, list[dict]]:
+    return {"staff": [to_row(t.STAFF, r, drift) for r in records]}
+
+
 def goals(client_uuid: str, records: Iterable[dict], drift: Drift, created_month: str) -> list[dict]:
     return [to_row(t.GOALS, r, drift, client_uuid=client_uuid, created_month=created_month) for r in records]
 

@@ -90,6 +90,8 @@ ACCOUNT_RELATIONSHIPS = frozenset(
      "introduced_by", "primary_email", "primary_phone_number", "primary_address", "custom_fields",
      "external_references", "current_time_entry", "joint_account_circle", "circles"}
 )
+# Stored as `<name>_uuid` columns (the people are stored once, in `staff`), never in extra_json.
+ASSIGNMENTS = frozenset({"assigned_adviser", "assigned_administrator", "assigned_paraplanner"})
 
 CLIENTS = Table(
     "clients",
@@ -115,11 +117,36 @@ CLIENTS = Table(
         flag("has_joint_account", "Is part of a joint account."),
         flag("can_be_deleted", "Plannr allows deletion (sent as the string \"true\"/\"false\")."),
         whole("ownership_percentage", "Ownership percentage."),
+        text("assigned_adviser_uuid", "The client's adviser (joins to staff.uuid); null unless the listing asks `include=assigned_adviser`.", path="assigned_adviser.uuid"),
+        text("assigned_administrator_uuid", "The client's administrator (joins to staff.uuid); null when none, or unless asked with `include=assigned_administrator`.", path="assigned_administrator.uuid"),
+        text("assigned_paraplanner_uuid", "The client's paraplanner (joins to staff.uuid); null when none, or unless asked with `include=assigned_paraplanner`.", path="assigned_paraplanner.uuid"),
         filled("created_month", "Partition: month the client was created, `YYYY-MM` in UK time; clients older than the first partition are in it."),
         EXTRA,
     ),
     partition_column="created_month",
-    handled=ACCOUNT_RELATIONSHIPS,
+    handled=ACCOUNT_RELATIONSHIPS - ASSIGNMENTS,
+)
+
+STAFF = Table(
+    "staff",
+    "One row per member of the firm's staff (GET /api/v1/account?filter[type]=employee): the advisers, administrators and paraplanners that clients, goals and tasks point at.",
+    (
+        text("uuid", "Staff account UUID (key)."),
+        text("name", "Full display name."),
+        text("first_name", "First name."),
+        text("last_name", "Last name."),
+        text("email", "Email."),
+        text("role", "Staff role as Plannr sends it: owner, admin or member."),
+        stamp("created_at", "When the account was created (UTC)."),
+        stamp("updated_at", "When the account was last updated (UTC)."),
+        col("inactive_at", pa.date32(), "inactive_at", c.to_date, "Date the account became inactive; null while active."),
+        EXTRA,
+    ),
+    # Account fields that mean little for staff: not drift, kept in extra_json.
+    handled=ACCOUNT_RELATIONSHIPS | frozenset(
+        {"type", "photo_url", "first_contact_date", "next_review_date", "previous_review_date", "anniversary_review_date",
+         "last_interaction_at", "with_login", "has_joint_account", "can_be_deleted", "ownership_percentage"}
+    ),
 )
 
 GOALS = Table(
@@ -138,8 +165,8 @@ GOALS = Table(
         stamp("complete_goal_by", "Target completion (UTC)."),
         stamp("created_at", "Created (UTC)."),
         stamp("updated_at", "Updated (UTC)."),
-        text("shared_owner_type", "`individual` when the goal belongs to one owner of a joint/trust/business client."),
-        text("shared_owner_uuid", "That owner's account UUID, when included.", path="shared_owner.uuid"),
+        text("shared_owner_type", "`individual` (the goal belongs to one owner of a joint/trust/business client) or `shared`."),
+        text("shared_owner_uuid", "For an `individual` goal, the owning account's UUID; null unless the listing asks `include=shared_owner`.", path="shared_owner.uuid"),
         filled("created_month", "Partition: the client's created month (goals follow their client)."),
         EXTRA,
     ),
@@ -209,7 +236,7 @@ TASKS = Table(
         text("parent_uuid", "Parent task for a subtask; null for a top-level task.", path="parent.uuid"),
         text("name", "Task name."),
         text("description", "Description."),
-        text("priority", "Priority as Plannr sends it (e.g. high)."),
+        text("priority", "Priority as Plannr sends it, one of the filter values highest, high, medium, low."),
         whole("position", "Position on its board."),
         text("status_uuid", "Status UUID.", path="status.uuid"),
         text("status_name", "Status name.", path="status.name"),
@@ -227,9 +254,9 @@ TASKS = Table(
         text("taskable_name", "That case or plan's name.", path="taskable.name"),
         col("taskable_value_minor", pa.int64(), "taskable.value", c.money_minor, "Case or plan value in minor units."),
         col("taskable_value_currency", pa.string(), "taskable.value", c.money_currency, "Currency of that value."),
-        text("author_uuid", "Account that created the task.", path="author.uuid"),
-        text("assigned_to_uuid", "Account the task is assigned to.", path="assigned_to.uuid"),
-        text("completed_by_uuid", "Account that completed it.", path="completed_by.uuid"),
+        text("author_uuid", "Account that created the task (joins to staff.uuid).", path="author.uuid"),
+        text("assigned_to_uuid", "Account the task is assigned to (joins to staff.uuid).", path="assigned_to.uuid"),
+        text("completed_by_uuid", "Account that completed it (joins to staff.uuid); null while open.", path="completed_by.uuid"),
         stamp("created_at", "Created (UTC)."),
         stamp("updated_at", "Updated (UTC); the incremental refresh's watermark."),
         EXTRA,
@@ -324,5 +351,5 @@ REJECTED_RECORDS = Table(
     partition_column="batch",
 )
 
-ALL_TABLES = (CLIENTS, GOALS, CIRCLES, CIRCLE_ACCOUNTS, CIRCLE_GROUPS, TASKS, TASK_CUSTOM_FIELDS, TASK_ASSIGNEES, IMPORTS, IMPORT_ERRORS, REJECTED_RECORDS)
+ALL_TABLES = (CLIENTS, STAFF, GOALS, CIRCLES, CIRCLE_ACCOUNTS, CIRCLE_GROUPS, TASKS, TASK_CUSTOM_FIELDS, TASK_ASSIGNEES, IMPORTS, IMPORT_ERRORS, REJECTED_RECORDS)
 TABLES = {table.name: table for table in ALL_TABLES}
