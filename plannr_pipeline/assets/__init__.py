@@ -4,9 +4,10 @@ from plannr_pipeline.assets.circles import circles
 from plannr_pipeline.assets.clients import clients
 from plannr_pipeline.assets.goals import goals
 from plannr_pipeline.assets.imports import imports
+from plannr_pipeline.assets.staff import staff
 from plannr_pipeline.assets.tasks import tasks
 
 # In dependency order: sync runs them in this order within each partitioning.
-COLLECTION_ASSETS = [clients, goals, circles, tasks, imports]
+COLLECTION_ASSETS = [clients, goals, staff, circles, tasks, imports]
 
 __all__ = ["COLLECTION_ASSETS"]

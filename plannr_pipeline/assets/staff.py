@@ -1,0 +1,18 @@
+"""`staff`: the firm's employee accounts, the people clients, goals and tasks point at
+(advisers, administrators, paraplanners, task authors and assignees). A few requests."""
+
+import dagster as dg
+
+from plannr_pipeline.api import endpoints
+from plannr_pipeline.assets.common import NIGHTLY_FRESHNESS, collection_asset, fetch, land_listing
+from plannr_pipeline.assets.landing import Landing
+from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.storage import normalise
+from plannr_pipeline.storage.tables import STAFF
+
+
+@collection_asset((STAFF,), "GET /api/v1/account?filter[type]=employee", NIGHTLY_FRESHNESS)
+def staff(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrStorage):
+    landing = Landing(context, storage, (STAFF,))
+    stats = fetch(context, plannr, lambda api: land_listing(api, landing, endpoints.STAFF, normalise.staff))
+    yield from landing.finish(stats, plannr.source())
