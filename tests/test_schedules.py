@@ -6,13 +6,13 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from plannr_pipeline.definitions import defs
-from plannr_pipeline.partitions import client_months, import_days
+from plannr_pipeline.jobs import sweeps_job
+from plannr_pipeline.partitions import client_months
 from plannr_pipeline.schedules import (
     hourly_current_clients,
+    hourly_imports,
     hourly_tasks,
-    hourly_todays_imports,
     nightly_clients,
-    nightly_imports,
     nightly_sweeps,
 )
 
@@ -26,20 +26,18 @@ def evaluate(schedule, when):
     return schedule.evaluate_tick(context).run_requests
 
 
-def test_nightly_refreshes_every_partition_in_one_run_per_job():
+def test_nightly_refreshes_every_partition_in_one_run_and_sweeps_the_rest():
     [clients] = evaluate(nightly_clients, NIGHT)
     assert (clients.tags[RANGE_START], clients.tags[RANGE_END]) == (client_months.get_first_partition_key(), "2026-07")
-    [imports] = evaluate(nightly_imports, NIGHT)
-    assert (imports.tags[RANGE_START], imports.tags[RANGE_END]) == (import_days.get_first_partition_key(), "2026-07-15")
     assert len(evaluate(nightly_sweeps, NIGHT)) == 1
-    assert all(s.execution_timezone == "Europe/London" and s.cron_schedule == "0 2 * * *"
-               for s in (nightly_clients, nightly_imports, nightly_sweeps))
+    swept = {key.to_user_string() for key in sweeps_job.selection.resolve(defs.resolve_asset_graph())}
+    assert swept == {"staff", "circles", "tasks", "imports"}  # derived from the assets: every unpartitioned one
+    assert all(s.execution_timezone == "Europe/London" and s.cron_schedule == "0 2 * * *" for s in (nightly_clients, nightly_sweeps))
 
 
 def test_hourly_refreshes_only_recent_data():
     [clients] = evaluate(hourly_current_clients, HOUR)
     assert clients.partition_key == "2026-07"
-    [imports] = evaluate(hourly_todays_imports, HOUR)
-    assert imports.partition_key == "2026-07-15"
+    assert len(evaluate(hourly_imports, HOUR)) == 1
     assert hourly_tasks.job_name == "tasks_incremental_job"
-    assert hourly_tasks.job.config["ops"]["tasks_asset"]["config"]["incremental"] is True
+    assert hourly_tasks.job.config["ops"]["tasks"]["config"]["incremental"] is True

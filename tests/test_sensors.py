@@ -70,12 +70,25 @@ def test_progress_sensor_records_rising_progress_and_one_run_per_finished_import
         assert progress[uuid] == sorted(progress[uuid]) and progress[uuid][-1] == 100
     assert max(len(set(values)) for values in progress.values()) >= 3  # progress seen rising
     day = sandbox.firm.reference.date().isoformat()
-    assert {r.partition_key for r in runs if r.job_name == "imports_job"} == {day}
+    assert all(r.partition_key is None for r in runs if r.job_name == "imports_job")  # imports are swept whole
     clients_imports = [r for r in runs if r.job_name == "clients_job"]
     assert all(r.partition_key == day[:7] for r in clients_imports)
 
     again, _ = tick(import_progress_sensor, cursor, plannr=plannr)  # nothing moved: nothing new
     assert again.run_requests == [] and again.asset_events == []
+    assert again.skip_reason.skip_message == "no import changed"
+
+
+def test_a_tick_that_only_recorded_observations_says_so(moving_sandbox):
+    sandbox, clock = moving_sandbox
+    plannr = api_for(sandbox)
+    _, cursor = tick(import_progress_sensor, None, plannr=plannr)
+    while True:
+        clock.now += timedelta(seconds=30)
+        result, cursor = tick(import_progress_sensor, cursor, plannr=plannr)
+        if result.asset_events and not result.run_requests:
+            break
+    assert result.skip_reason.skip_message == f"recorded {len(result.asset_events)} import observation(s); no run needed"
 
 
 def test_failure_sensor_alerts_once_per_new_failure_and_lands_the_errors(moving_sandbox, alert_receiver, tmp_path):
@@ -105,8 +118,8 @@ def test_failure_sensor_alerts_once_per_new_failure_and_lands_the_errors(moving_
     assert quiet.run_requests == [] and len(alert_receiver.received) == len(alerts)
 
     data_dir = tmp_path / "data"
-    day = runs[-1].partition_key
-    result = dg.materialize(ASSETS, selection=["imports", "import_errors"], partition_key=day,
+    assert {r.job_name for r in runs} == {"imports_job"}
+    result = dg.materialize(ASSETS, selection=["imports"],
                             resources={"plannr": plannr, "storage": PlannrStorage(data_dir=str(data_dir))})
     assert result.success
     failed = next(iter(by_import))
@@ -171,7 +184,7 @@ def test_run_failure_sensor_posts_an_alert(make_sandbox, alert_receiver, tmp_pat
     sandbox = make_sandbox(clients=3)
     wrong = PlannrApi(base_url=sandbox.url, token="wrong-token-456", rate_limit_per_minute=100_000)
     with dg.DagsterInstance.ephemeral() as instance:
-        result = dg.materialize(ASSETS, selection=["circles", "circle_accounts", "circle_groups"], instance=instance,
+        result = dg.materialize(ASSETS, selection=["circles"], instance=instance,
                                 resources={"plannr": wrong, "storage": PlannrStorage(data_dir=str(tmp_path))}, raise_on_error=False)
         assert not result.success
         failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
