@@ -78,8 +78,8 @@ def test_every_record_lands_exactly_once(synced):
 
 def test_request_count_is_the_minimum(synced):
     sandbox, _, report = synced
-    # one page each for accounts, circles, tasks and imports, plus one goals request per client
-    assert report.requests == 4 + len(sandbox.firm.clients)
+    # one page each for clients, staff, circles, tasks and imports, plus one goals request per client
+    assert report.requests == 5 + len(sandbox.firm.clients)
     assert sum(sandbox.requests.values()) == report.requests  # the checks spend no request of their own
 
 

@@ -30,7 +30,7 @@ def snapshot(client, client_uuids: list[str] | None = None) -> dict[str, dict[st
         async with client:
             clients = await client.list_all("/api/v1/account", {"filter[type]": "client", "include": ",".join(ASSIGNMENTS)})
             uuids = client_uuids if client_uuids is not None else [c["uuid"] for c in clients]
-            goals = [g async for _, batch in client.fan_out(uuids, lambda u: f"/api/v1/client/{u}/goal", {"include": "shared_owner"})
+            goals = [g async for _, batch, _ in client.fan_out(uuids, lambda u: f"/api/v1/client/{u}/goal", {"include": "shared_owner"})
                      for g in batch]
             tasks = await client.list_all("/api/v1/task", {"filter[show_child_tasks]": "true"})
             staff = await client.list_all("/api/v1/account", {"filter[type]": "employee"})

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from plannr_pipeline.api import RequestStats
 from plannr_pipeline.resources import PlannrStorage
 from plannr_pipeline.storage.convert import to_utc
+from plannr_pipeline.storage.history import HISTORY_OF, events_for, history_table
 from plannr_pipeline.storage.normalise import Drift, arrow
 from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.tables import REJECTED_RECORDS, Table
@@ -82,7 +83,10 @@ class Landing:
         tables: Sequence[Table],
         partitions: Collection[str] = (),
         configured_partitions: Collection[str] | None = None,
+        covers_scope: bool = True,
     ) -> None:
+        """`covers_scope`: the write holds every record of its partitions (or of the table), so a
+        record on record but not staged was deleted; an incremental merge passes False."""
         self.context = context
         self.warehouse = storage.warehouse()
         self.store = self.warehouse.store
@@ -92,7 +96,9 @@ class Landing:
         self.root = self.tables[0]
         self.partitions = set(partitions)
         self.configured_partitions = set(configured_partitions) if configured_partitions is not None else None
+        self.covers_scope = covers_scope
         self.drift = Drift()
+        self.history = {"versions": 0, "deletions": 0}
         self.write = StagedWrite(self.store)
         self.rows: Counter[str] = Counter()
         self.rows_by_partition: Counter[str] = Counter()
@@ -220,8 +226,13 @@ class Landing:
             first = (complete + keys)[0]
             more = f" (and {len(complete + keys) - 1} more problem(s))" if len(complete + keys) > 1 else ""
             raise ValidationFailed(description=f"{self.root.name}: {first}{more}; nothing replaced.")
-        replaced = self._commit()
-        problem = self.warehouse.refresh_views((*self.tables, REJECTED_RECORDS))
+        if self.root.name in HISTORY_OF:
+            with self.store.history_lock(self.root):
+                self._stage_history()
+                replaced = self._commit()
+        else:
+            replaced = self._commit()
+        problem = self.warehouse.refresh_views()
         for line in self.drift.summary():
             self.context.log.warning(f"schema drift: {line} (kept in extra_json)")
         if self.rejected:
@@ -251,6 +262,17 @@ class Landing:
         self.write.commit()
         return replaced
 
+    def _stage_history(self) -> None:
+        """Versions for new or changed records, deletions for records gone from this write's scope."""
+        log_table = history_table(self.root)
+        glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
+        scope = (self.partitions if self.root.partition_column else None) if self.covers_scope else ()
+        found = events_for(self.root, self.write.staged_files_of(self.root), glob, scope, datetime.now(UTC), self.write.id)
+        self.history = {"versions": found.versions, "deletions": found.deletions}
+        if found.events.num_rows:
+            self.write.write(log_table, found.events, [self.write.id])
+        self.context.log.info(f"{self.root.name}: history records {found.versions} new version(s) and {found.deletions} deletion(s)")
+
     def _partition_metadata(self, replaced: dict[str, int]) -> None:
         """Each partition's own row count: a range run would otherwise stamp the whole run's."""
         if not self.root.partition_column:
@@ -270,6 +292,7 @@ class Landing:
             **{f"schema {t.name}": column_schema(t) for t in self.tables[1:]},
             "rows_replaced": sum(replaced.values()),
             "rejected_records": len(self.rejected),
+            **({f"history_{k}": v for k, v in self.history.items()} if self.root.name in HISTORY_OF else {}),
             "source": source,
             "requests": stats.requests,
             "request_stats": dg.MetadataValue.json(stats.as_metadata()),

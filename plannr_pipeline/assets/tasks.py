@@ -29,11 +29,12 @@ class TasksConfig(dg.Config):
 
 @collection_asset(TASK_TABLES, "GET /api/v1/task", HOURLY_FRESHNESS)
 def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: PlannrApi, storage: PlannrStorage):
-    landing = Landing(context, storage, TASK_TABLES)
-    store = landing.store
+    store = storage.warehouse().store
     # The watermark is derived from the stored data, so there is no separate state to lose.
     stored_updated_at = store.read(TASKS, columns=["updated_at"]).column("updated_at")
     watermark = pc.max(stored_updated_at).as_py() if config.incremental and len(stored_updated_at) else None
+    # An incremental walk sees only what changed: it can record versions, never deletions.
+    landing = Landing(context, storage, TASK_TABLES, covers_scope=watermark is None)
     if watermark is None:
         stats = fetch(context, plannr, lambda api: land_listing(api, landing, endpoints.TASKS, normalise.tasks))
         yield from landing.finish(stats, plannr.source(), mode="full sweep")

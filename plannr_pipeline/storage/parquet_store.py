@@ -90,10 +90,15 @@ class StagedWrite:
     def targets(self) -> list[Path]:
         return list(self._staged)
 
-    def staged_file(self, target: Path) -> Path:
-        """The staged (not yet committed) file for `target`, closed and readable."""
-        self._writers[target].close()
-        return self._staged[target]
+    def staged_files_of(self, table: Table) -> list[Path]:
+        """The staged (not yet committed) files of a table, closed and readable."""
+        folder = self._store.root / table.name
+        files = []
+        for target, temp in self._staged.items():
+            if folder in target.parents:
+                self._writers[target].close()
+                files.append(temp)
+        return files
 
     def commit(self) -> list[Path]:
         for writer in self._writers.values():
@@ -190,6 +195,14 @@ class ParquetStore:
         """Serialises commits and read-modify-write merges between processes."""
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / ".write.lock"), timeout=300):
+            yield
+
+    @contextmanager
+    def history_lock(self, table: Table) -> Iterator[None]:
+        """Held from reading a table's history to committing its new events, so two writes of
+        the same records cannot both record the same change."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / f".{table.name}.history.lock"), timeout=600):
             yield
 
     @contextmanager

@@ -14,8 +14,9 @@ from pathlib import Path
 import duckdb
 from filelock import FileLock, Timeout
 
+from plannr_pipeline.storage import history
 from plannr_pipeline.storage.parquet_store import ParquetStore
-from plannr_pipeline.storage.tables import ALL_TABLES, Table
+from plannr_pipeline.storage.tables import ALL_TABLES, TABLES, Table
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,25 @@ class Warehouse:
         self.db_path = self.data_dir / "plannr.duckdb"
         self.store = ParquetStore(self.data_dir / "parquet")
 
-    def refresh_views(self, tables: tuple[Table, ...] = ALL_TABLES) -> str | None:
-        """Create or replace the views; return why not, if the database is busy elsewhere."""
+    def view_statements(self) -> list[str]:
+        """Every relation an analyst queries: the tables, their history, in dependency order."""
+        statements = [view_sql(table, self.store) for table in ALL_TABLES]
+        for name in history.HISTORY_OF:
+            log_table = history.history_table(TABLES[name])
+            glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
+            statements.append(history.view_sql(TABLES[name], glob))
+        return statements
+
+    def refresh_views(self) -> str | None:
+        """Create or replace every view (a few statements, cheap); return why not, if the
+        database is busy elsewhere."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store.recover()  # a reader never sees a half-done commit
         try:
             with FileLock(str(self.data_dir / ".duckdb.lock"), timeout=60):
                 with duckdb.connect(str(self.db_path)) as connection:
-                    for table in tables:
-                        connection.execute(view_sql(table, self.store))
+                    for statement in self.view_statements():
+                        connection.execute(statement)
         except (duckdb.Error, Timeout) as error:
             reason = f"views in {self.db_path} not refreshed (database in use: {str(error).splitlines()[0]}); the data is in Parquet and existing views read it"
             log.warning(reason)
