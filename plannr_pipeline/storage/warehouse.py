@@ -15,10 +15,19 @@ import duckdb
 from filelock import FileLock, Timeout
 
 from plannr_pipeline.storage import history
+from plannr_pipeline.storage.views import ANALYST_VIEWS
 from plannr_pipeline.storage.parquet_store import ParquetStore
 from plannr_pipeline.storage.tables import ALL_TABLES, TABLES, Table
 
 log = logging.getLogger(__name__)
+# duckdb 2.0 writes a storage format the command-line client on PyPI (duckdb-cli 1.5.x) cannot
+# open; a database created with this setting opens in both (docs/design.md, Dagster notes).
+CONNECT_CONFIG = {"storage_compatibility_version": "v1.5.0"}
+HISTORY_COLUMNS = {
+    "valid_from": "From when this version held (UTC): the sync that first saw it.",
+    "valid_to": "Until when it held; NULL on the current version. Equals valid_from of the next version.",
+    "deleted_at": "Set on the last version of a record a full sweep no longer found: when it was found deleted.",
+}
 
 
 def _quote(text: str) -> str:
@@ -35,6 +44,11 @@ def view_sql(table: Table, store: ParquetStore) -> str:
     return f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT {columns} WHERE false'
 
 
+def _comments(relation: str, description: str, columns: dict[str, str]) -> list[str]:
+    return [f'COMMENT ON VIEW "{relation}" IS {_quote(description)}',
+            *(f'COMMENT ON COLUMN "{relation}"."{name}" IS {_quote(text)}' for name, text in columns.items())]
+
+
 class Warehouse:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
@@ -42,12 +56,20 @@ class Warehouse:
         self.store = ParquetStore(self.data_dir / "parquet")
 
     def view_statements(self) -> list[str]:
-        """Every relation an analyst queries: the tables, their history, in dependency order."""
-        statements = [view_sql(table, self.store) for table in ALL_TABLES]
+        """Every relation an analyst queries (the tables, their history, the analyst views), in
+        dependency order, each followed by its comments: the data dictionary lives in the database too."""
+        statements = []
+        for table in ALL_TABLES:
+            statements += [view_sql(table, self.store), *_comments(table.name, table.description,
+                                                                    {c.name: c.description for c in table.columns})]
         for name in history.HISTORY_OF:
-            log_table = history.history_table(TABLES[name])
+            table = TABLES[name]
+            log_table = history.history_table(table)
             glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
-            statements.append(history.view_sql(TABLES[name], glob))
+            statements += [history.view_sql(table, glob), *_comments(
+                log_table.name, log_table.description, {**{c.name: c.description for c in table.columns}, **HISTORY_COLUMNS})]
+        for view in ANALYST_VIEWS:
+            statements += [view.create_sql, *_comments(view.name, view.description, {c.name: c.description for c in view.columns})]
         return statements
 
     def refresh_views(self) -> str | None:
@@ -57,7 +79,7 @@ class Warehouse:
         self.store.recover()  # a reader never sees a half-done commit
         try:
             with FileLock(str(self.data_dir / ".duckdb.lock"), timeout=60):
-                with duckdb.connect(str(self.db_path)) as connection:
+                with duckdb.connect(str(self.db_path), config=CONNECT_CONFIG) as connection:
                     for statement in self.view_statements():
                         connection.execute(statement)
         except (duckdb.Error, Timeout) as error:
@@ -66,5 +88,3 @@ class Warehouse:
             return reason
         return None
 
-    def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-        return duckdb.connect(str(self.db_path), read_only=read_only)
