@@ -49,19 +49,20 @@ def tick(sensor, cursor, **resources):
     return result, result.cursor if result.cursor is not None else cursor
 
 
-def test_progress_sensor_records_rising_progress_and_one_run_per_finished_import(moving_sandbox):
+def test_progress_sensor_records_rising_progress_and_one_run_per_finished_import(moving_sandbox, tmp_path):
     sandbox, clock = moving_sandbox
-    plannr = api_for(sandbox)
-    result, cursor = tick(import_progress_sensor, None, plannr=plannr)
+    plannr, storage = api_for(sandbox), PlannrStorage(data_dir=str(tmp_path / "data"))
+    result, cursor = tick(import_progress_sensor, None, plannr=plannr, storage=storage)
     assert result.run_requests == []  # the first tick is a baseline
     progress: dict[str, list[int]] = defaultdict(list)
     runs: list[dg.RunRequest] = []
     for _ in range(120):  # an hour, in 30-second ticks
         clock.now += timedelta(seconds=30)
-        result, cursor = tick(import_progress_sensor, cursor, plannr=plannr)
+        result, cursor = tick(import_progress_sensor, cursor, plannr=plannr, storage=storage)
         runs += result.run_requests
         for event in result.asset_events:
             progress[event.metadata["import_uuid"].value].append(event.metadata["progress"].value)
+    observed = sum(len(values) for values in progress.values())
 
     finished_keys = [r.run_key for r in runs if r.run_key.startswith("import-finished:")]
     assert finished_keys and len(finished_keys) == len(set(finished_keys))  # exactly one per import
@@ -74,18 +75,27 @@ def test_progress_sensor_records_rising_progress_and_one_run_per_finished_import
     clients_imports = [r for r in runs if r.job_name == "clients_job"]
     assert all(r.partition_key == day[:7] for r in clients_imports)
 
-    again, _ = tick(import_progress_sensor, cursor, plannr=plannr)  # nothing moved: nothing new
+    again, _ = tick(import_progress_sensor, cursor, plannr=plannr, storage=storage)  # nothing moved: nothing new
     assert again.run_requests == [] and again.asset_events == []
     assert again.skip_reason.skip_message == "no import changed"
 
+    # every observation after the baseline is a row of import_progress_history, in order
+    with duckdb.connect(str(tmp_path / "data" / "plannr.duckdb"), read_only=True) as db:
+        stored = db.execute("select import_uuid, progress from import_progress_history order by observed_at").fetchall()
+    baseline = len(stored) - observed
+    by_import: dict[str, list[int]] = defaultdict(list)
+    for uuid, value in stored[baseline:]:
+        by_import[uuid].append(value)
+    assert dict(by_import) == {uuid: values for uuid, values in progress.items() if values}
 
-def test_a_tick_that_only_recorded_observations_says_so(moving_sandbox):
+
+def test_a_tick_that_only_recorded_observations_says_so(moving_sandbox, tmp_path):
     sandbox, clock = moving_sandbox
-    plannr = api_for(sandbox)
-    _, cursor = tick(import_progress_sensor, None, plannr=plannr)
+    plannr, storage = api_for(sandbox), PlannrStorage(data_dir=str(tmp_path / "data"))
+    _, cursor = tick(import_progress_sensor, None, plannr=plannr, storage=storage)
     while True:
         clock.now += timedelta(seconds=30)
-        result, cursor = tick(import_progress_sensor, cursor, plannr=plannr)
+        result, cursor = tick(import_progress_sensor, cursor, plannr=plannr, storage=storage)
         if result.asset_events and not result.run_requests:
             break
     assert result.skip_reason.skip_message == f"recorded {len(result.asset_events)} import observation(s); no run needed"
@@ -148,10 +158,10 @@ def test_an_undelivered_alert_is_retried_not_lost(moving_sandbox, alert_receiver
     assert alert_receiver.received and alert_receiver.received[0]["new_failed_jobs"] > 0
 
 
-def test_an_api_error_skips_the_tick_and_keeps_the_cursor(moving_sandbox):
+def test_an_api_error_skips_the_tick_and_keeps_the_cursor(moving_sandbox, tmp_path):
     sandbox, _ = moving_sandbox
     wrong = PlannrApi(base_url=sandbox.url, token="wrong-token-123", rate_limit_per_minute=100_000)
-    for sensor, extra in ((import_progress_sensor, {}), (import_failures_sensor, {"alert_webhook": AlertWebhook()}),
+    for sensor, extra in ((import_progress_sensor, {"storage": PlannrStorage(data_dir=str(tmp_path))}), (import_failures_sensor, {"alert_webhook": AlertWebhook()}),
                           (changed_clients_sensor, {})):
         _, cursor = tick(sensor, None, plannr=api_for(sandbox), **extra)
         assert cursor is not None

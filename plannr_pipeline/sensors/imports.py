@@ -21,7 +21,10 @@ from plannr_pipeline.alerts import AlertWebhook
 from plannr_pipeline.api import PlannrError
 from plannr_pipeline.jobs import clients_job, imports_job
 from plannr_pipeline.partitions import client_months, partition_key_of
-from plannr_pipeline.resources import PlannrApi
+from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.storage.normalise import arrow
+from plannr_pipeline.storage.parquet_store import StagedWrite
+from plannr_pipeline.storage.tables import IMPORT_PROGRESS_HISTORY
 from plannr_pipeline.sensors.import_polling import ImportSnapshot, poll_imports
 
 POLL_SECONDS = 60
@@ -71,25 +74,46 @@ def _finished_runs(snapshot: ImportSnapshot) -> list[dg.RunRequest]:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Polls Plannr imports created since yesterday and any still running. Records each change of "
-        "status, progress, jobs remaining or failed jobs as an observation of `imports`; when an "
+        "status, progress, jobs remaining or failed jobs as an observation of `imports` and a row of "
+        "`import_progress_history`; when an "
         "import finishes, runs `imports_job` for its day (and `clients_job` for a clients import)."
     ),
 )
-def import_progress_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi):
+def import_progress_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi, storage: PlannrStorage):
     tracked = _load(context.cursor)
     try:
         snapshots = _poll(context, plannr, tracked or {})
     except PlannrError as error:
         return dg.SkipReason(f"Plannr API error; state kept, will retry next tick: {error}")
-    events, runs, now_tracked = [], [], {}
+    events, runs, now_tracked, moved = [], [], {}, []
     for snapshot in snapshots:
         before = (tracked or {}).get(snapshot.uuid)
         if before is None or before["signature"] != snapshot.progress_signature:
             events.append(dg.AssetObservation(asset_key="imports", metadata=_progress_metadata(snapshot)))
+            moved.append(snapshot)
         if tracked is not None and snapshot.finished and not (before and before["finished"]):
             runs.extend(_finished_runs(snapshot))
         now_tracked[snapshot.uuid] = {"signature": snapshot.progress_signature, "finished": snapshot.finished}
+    if moved:
+        _record_progress(context, storage, moved)
     return _result(runs, events, now_tracked)
+
+
+def _record_progress(context: dg.SensorEvaluationContext, storage: PlannrStorage, snapshots: list[ImportSnapshot]) -> None:
+    """Append what this tick observed to import_progress_history (one small Parquet file a tick)."""
+    warehouse = storage.warehouse()
+    observed_at = datetime.now(UTC)
+    write = StagedWrite(warehouse.store)
+    rows = [{"import_uuid": s.uuid, "observed_at": observed_at, "status": s.status, "progress": s.progress,
+             "jobs_remaining": s.jobs_remaining, "failed_jobs": s.failed_jobs, "batch": write.id} for s in snapshots]
+    try:
+        write.write(IMPORT_PROGRESS_HISTORY, arrow(IMPORT_PROGRESS_HISTORY, rows), [write.id])
+        write.commit()
+    except BaseException:
+        write.abort()
+        raise
+    if problem := warehouse.refresh_views():
+        context.log.warning(problem)
 
 
 def _result(runs: list[dg.RunRequest], events: list[dg.AssetObservation], tracked: dict[str, dict[str, Any]]) -> dg.SensorResult:

@@ -335,6 +335,23 @@ IMPORT_ERRORS = Table(
     key=("import_uuid", "error_index", "field", "message"),
 )
 
+IMPORT_PROGRESS_HISTORY = Table(
+    "import_progress_history",
+    "Each import's progress as the import sensor saw it, one row per change it observed (status, progress, "
+    "jobs remaining or failed jobs moved): how fast imports run and where they stall.",
+    (
+        filled("import_uuid", "The import (joins to imports.uuid)."),
+        filled("observed_at", "When the sensor saw this state (UTC).", TS),
+        filled("status", "Status as Plannr sent it."),
+        filled("progress", "Progress percent 0-100.", pa.int32()),
+        filled("jobs_remaining", "Jobs not yet processed.", pa.int32()),
+        filled("failed_jobs", "Jobs that had failed.", pa.int32()),
+        filled("batch", "The sensor tick that recorded it."),
+    ),
+    key=("import_uuid", "observed_at"),
+    partition_column="batch",
+)
+
 REJECTED_RECORDS = Table(
     "rejected_records",
     "Records the API sent that could not be stored (no uuid, no or malformed created_at, ...): kept here "
@@ -351,5 +368,5 @@ REJECTED_RECORDS = Table(
     partition_column="batch",
 )
 
-ALL_TABLES = (CLIENTS, STAFF, GOALS, CIRCLES, CIRCLE_ACCOUNTS, CIRCLE_GROUPS, TASKS, TASK_CUSTOM_FIELDS, TASK_ASSIGNEES, IMPORTS, IMPORT_ERRORS, REJECTED_RECORDS)
+ALL_TABLES = (CLIENTS, STAFF, GOALS, CIRCLES, CIRCLE_ACCOUNTS, CIRCLE_GROUPS, TASKS, TASK_CUSTOM_FIELDS, TASK_ASSIGNEES, IMPORTS, IMPORT_ERRORS, IMPORT_PROGRESS_HISTORY, REJECTED_RECORDS)
 TABLES = {table.name: table for table in ALL_TABLES}
