@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
 from plannr_pipeline.api import PlannrClient, PlannrSettings, RequestStats
 from plannr_pipeline.api.config import (
@@ -20,7 +22,7 @@ from plannr_pipeline.api.config import (
     positive_int,
 )
 from plannr_pipeline.sandbox import embedded_sandbox
-from plannr_pipeline.storage.warehouse import Warehouse
+from plannr_pipeline.storage.warehouse import CONNECT_CONFIG, DATABASE_FILE, Warehouse
 
 T = TypeVar("T")
 
@@ -101,13 +103,23 @@ class PlannrApi(dg.ConfigurableResource):
 
 
 class PlannrStorage(dg.ConfigurableResource):
-    """Where the Parquet of record and the DuckDB database live."""
+    """Where the Parquet of record lives, and the DuckDB database the views are kept in (by
+    default `plannr.duckdb` beside it; the definitions take it from the `duckdb` resource)."""
 
     data_dir: str = "data"
-
-    @classmethod
-    def from_env(cls) -> PlannrStorage:
-        return cls(data_dir=os.environ.get("PLANNR_DATA_DIR") or "data")
+    database: str | None = None
 
     def warehouse(self) -> Warehouse:
-        return Warehouse(os.path.abspath(self.data_dir))
+        return Warehouse(os.path.abspath(self.data_dir), self.database)
+
+
+def data_dir_from_env() -> str:
+    return os.environ.get("PLANNR_DATA_DIR") or "data"
+
+
+def storage_resources_from_env() -> tuple[PlannrStorage, DuckDBResource]:
+    """One setting (PLANNR_DATA_DIR) places both: the DuckDB resource a user's own assets read
+    through, and the storage the Plannr assets write, which keeps its views in that database."""
+    data_dir = data_dir_from_env()
+    duckdb = DuckDBResource(database=str(Path(data_dir).absolute() / DATABASE_FILE), connection_config=CONNECT_CONFIG)
+    return PlannrStorage(data_dir=data_dir, database=duckdb.database), duckdb

@@ -114,9 +114,12 @@ def run_sync(
             if event.step_key in counted_steps:
                 continue  # a range run records one materialisation per partition; the first has the totals
             counted_steps.add(event.step_key)
-            report.rows.update({name: int(rows) for name, rows in metadata["tables_written"].value.items()})
-            report.requests += int(metadata["requests"].value)
-            report.rejected += int(metadata["rejected_records"].value)
+            if "tables_written" in metadata:  # a collection: its tables, requests and rejections
+                report.rows.update({name: int(rows) for name, rows in metadata["tables_written"].value.items()})
+                report.requests += int(metadata["requests"].value)
+                report.rejected += int(metadata["rejected_records"].value)
+            elif "dagster/row_count" in metadata:  # an analyst view
+                report.rows[materialization.asset_key.to_user_string()] = int(metadata["dagster/row_count"].value)
             if "views_problem" in metadata:
                 report.views_problems.append(str(metadata["views_problem"].value))
         for evaluation in run.get_asset_check_evaluations():

@@ -9,6 +9,7 @@ free, and only their definitions live in it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import duckdb
@@ -22,6 +23,7 @@ from plannr_pipeline.storage.tables import ALL_TABLES, TABLES, Table
 log = logging.getLogger(__name__)
 # duckdb 2.0 writes a storage format the command-line client on PyPI (duckdb-cli 1.5.x) cannot
 # open; a database created with this setting opens in both (docs/design.md, Dagster notes).
+DATABASE_FILE = "plannr.duckdb"
 CONNECT_CONFIG = {"storage_compatibility_version": "v1.5.0"}
 HISTORY_COLUMNS = {
     "valid_from": "From when this version held (UTC): the sync that first saw it.",
@@ -50,41 +52,52 @@ def _comments(relation: str, description: str, columns: dict[str, str]) -> list[
 
 
 class Warehouse:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, db_path: str | Path | None = None) -> None:
         self.data_dir = Path(data_dir)
-        self.db_path = self.data_dir / "plannr.duckdb"
+        self.db_path = Path(db_path) if db_path else self.data_dir / DATABASE_FILE
         self.store = ParquetStore(self.data_dir / "parquet")
 
-    def view_statements(self) -> list[str]:
+    def view_statements(self) -> dict[str, list[str]]:
         """Every relation an analyst queries (the tables, their history, the analyst views), in
-        dependency order, each followed by its comments: the data dictionary lives in the database too."""
-        statements = []
+        dependency order, each with its comments: the data dictionary lives in the database too."""
+        statements = {}
         for table in ALL_TABLES:
-            statements += [view_sql(table, self.store), *_comments(table.name, table.description,
-                                                                    {c.name: c.description for c in table.columns})]
+            statements[table.name] = [view_sql(table, self.store), *_comments(
+                table.name, table.description, {c.name: c.description for c in table.columns})]
         for name in history.HISTORY_OF:
             table = TABLES[name]
             log_table = history.history_table(table)
             glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
-            statements += [history.view_sql(table, glob), *_comments(
+            statements[log_table.name] = [history.view_sql(table, glob), *_comments(
                 log_table.name, log_table.description, {**{c.name: c.description for c in table.columns}, **HISTORY_COLUMNS})]
         for view in ANALYST_VIEWS:
-            statements += [view.create_sql, *_comments(view.name, view.description, {c.name: c.description for c in view.columns})]
+            statements[view.name] = [view.create_sql, *_comments(view.name, view.description, {c.name: c.description for c in view.columns})]
         return statements
 
-    def refresh_views(self) -> str | None:
-        """Create or replace every view (a few statements, cheap); return why not, if the
-        database is busy elsewhere."""
+    def refresh_views(self, only: Collection[str] | None = None) -> str | None:
+        """Create or replace every view, or those named (a few statements, cheap); return why
+        not, if the database is busy elsewhere."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.store.recover()  # a reader never sees a half-done commit
         try:
-            with FileLock(str(self.data_dir / ".duckdb.lock"), timeout=60):
+            with FileLock(f"{self.db_path}.lock", timeout=60):
                 with duckdb.connect(str(self.db_path), config=CONNECT_CONFIG) as connection:
-                    for statement in self.view_statements():
-                        connection.execute(statement)
+                    for relation, statements in self.view_statements().items():
+                        if only is None or relation in only:
+                            for statement in statements:
+                                connection.execute(statement)
         except (duckdb.Error, Timeout) as error:
             reason = f"views in {self.db_path} not refreshed (database in use: {str(error).splitlines()[0]}); the data is in Parquet and existing views read it"
             log.warning(reason)
             return reason
         return None
 
+
+    def count(self, relation: str) -> int | None:
+        """Rows in a relation, read-only; None if the database is busy elsewhere."""
+        try:
+            with duckdb.connect(str(self.db_path), read_only=True) as connection:
+                return int(connection.execute(f'SELECT count(*) FROM "{relation}"').fetchone()[0])
+        except duckdb.Error:
+            return None

@@ -1,0 +1,63 @@
+"""The analyst views as assets, downstream of the tables they read: where a user meets the data
+in the UI (schema, description, column lineage) and the place to build from.
+
+A view costs nothing to refresh: it holds a query, not data, and reads the current Parquet at
+query time. The assets stay current without a person (eager automation after their tables land).
+"""
+
+import dagster as dg
+
+from plannr_pipeline.assets.common import OWNERS
+from plannr_pipeline.resources import PlannrStorage
+from plannr_pipeline.storage.history import HISTORY_OF
+from plannr_pipeline.storage.tables import TABLES
+from plannr_pipeline.storage.views import ANALYST_VIEWS, AnalystView
+
+ANALYST_GROUP = "analyst"
+# Relations that are not assets of their own, and the asset that writes them.
+WRITTEN_BY = {"import_errors": "imports", **{f"{name}_history": name for name in HISTORY_OF}}
+
+
+def asset_of(relation: str) -> str:
+    return WRITTEN_BY.get(relation, relation)
+
+
+def column_lineage(view: AnalystView) -> dg.TableColumnLineage:
+    return dg.TableColumnLineage(deps_by_column={
+        column.name: [dg.TableColumnDep(asset_key=dg.AssetKey(asset_of(source.split(".")[0])), column_name=source.split(".")[1])
+                      for source in column.sources]
+        for column in view.columns
+    })
+
+
+def view_asset(view: AnalystView) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=view.name,
+        description=view.description,
+        group_name=ANALYST_GROUP,
+        owners=OWNERS,
+        kinds={"duckdb", "sql"},
+        deps=sorted({asset_of(relation) for relation in view.reads}),
+        automation_condition=dg.AutomationCondition.eager(),
+        metadata={
+            "dagster/table_name": view.name,
+            "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c.name, c.duckdb_type, description=c.description)
+                                                             for c in view.columns]),
+            "dagster/column_lineage": column_lineage(view),
+            "sql": dg.MetadataValue.md(f"```sql\n{view.sql.strip()}\n```"),
+        },
+    )
+    def _view(context: dg.AssetExecutionContext, storage: PlannrStorage) -> dg.MaterializeResult:
+        warehouse = storage.warehouse()
+        problem = warehouse.refresh_views(only=[view.name])
+        if problem:  # the definition already in the database still reads the current Parquet
+            context.log.warning(problem)
+            return dg.MaterializeResult(metadata={"views_refreshed": False, "views_problem": problem})
+        return dg.MaterializeResult(metadata={"views_refreshed": True, "dagster/row_count": warehouse.count(view.name),
+                                              "database": str(warehouse.db_path)})
+
+    return _view
+
+
+VIEW_ASSETS = [view_asset(view) for view in ANALYST_VIEWS]
+assert all(asset_of(r) in TABLES for view in ANALYST_VIEWS for r in view.reads), "a view reads a relation no asset writes"
