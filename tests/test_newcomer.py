@@ -149,7 +149,7 @@ API_NOTES = REPO / "docs/plannr-api.md"
 # Not citations of files here: web addresses, and the API notes' "AD:" sources, which name pages of
 # the public API docs site (the notes' "Source keys" say so), some of them ending in .md.
 NOT_LOCAL = re.compile(r"https?://\S+|AD:[^)|\n]*")
-PATH = re.compile(r"(?<![\w/.-])((?:\.\.?/)*[\w-]+(?:[./][\w-]+)*\.md|(?:\.\.?/)*docs/[\w./-]*[\w/]|\.\./[\w./-]*[\w/])")
+PATH = re.compile(r"(?<![\w/.-])((?:\.\.?/)*[\w-]+(?:[./][\w-]+)*\.md(?!\()|(?:\.\.?/)*docs/[\w./-]*[\w/]|\.\./[\w./-]*[\w/])")
 SECTION = re.compile(r"([\w./-]*plannr-api\.md)`?\)?,?\s+(?:section|§)\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 OWN_SECTION = re.compile(r"§\s*(\d+(?:\.\d+)?)")  # inside the API notes: one of their own sections
 HEADING = re.compile(r"\b(README(?:\.md)?|[\w./-]+\.md)`?,?\s+\"([^\"\n]+)\"")
@@ -212,3 +212,35 @@ def test_the_citation_scan_catches_what_it_should():
     for bad in ["..", "/shared/seeds"], ["DESIGN", ".md"], ["plannr-api", ".md section 7"], ["docs/plannr-api.md sec", "tion 12"], \
             ["READ", 'ME, "Nope"'], ["do", "cs/missing.png"], ["docs/design.md", ', "Nothing"']:
         assert _citation_problems(citing, "".join(bad)), bad
+
+
+# -- 3. a database held read-write elsewhere: the sync says the views were not refreshed ----------
+
+
+def test_sync_says_when_the_views_could_not_be_refreshed(make_sandbox, tmp_path):
+    sandbox = make_sandbox(clients=10)
+    data_dir = tmp_path / "data"
+    env = {"DAGSTER_HOME": str(tmp_path / "home"), "PLANNR_DATA_DIR": str(data_dir), "PLANNR_BASE_URL": sandbox.url,
+           "PLANNR_API_TOKEN": sandbox.options.token, "PLANNR_RATE_LIMIT_PER_MINUTE": "100000"}
+    first = _cli("sync", "--select", "circles", cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('holding', flush=True); time.sleep(120)", str(data_dir / "plannr.duckdb")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        second = _cli("sync", "--select", "circles", cwd=tmp_path, env=env)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode == 3, second.stderr[-2000:]
+    assert "the DuckDB views were NOT refreshed" in second.stderr
+    assert "run `plannr-pipeline views`" in second.stderr
+    assert "sync finished: all assets landed." not in second.stdout
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        [record] = instance.fetch_materializations(dg.AssetKey("circles"), limit=1).records
+        metadata = record.asset_materialization.metadata
+    assert metadata["views_refreshed"].value is False and "not refreshed" in metadata["views_problem"].value
+    assert _cli("views", cwd=tmp_path, env=env).returncode == 0  # once the other program is gone

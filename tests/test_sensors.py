@@ -116,10 +116,10 @@ def test_failure_sensor_alerts_once_per_new_failure_and_lands_the_errors(moving_
     by_import = defaultdict(list)
     for alert in alerts:
         by_import[alert["import_uuid"]].append(alert)
-    for uuid, sequence in by_import.items():
+    for sequence in by_import.values():
         counts = [a["failed_jobs"] for a in sequence]
         assert counts == sorted(counts)  # each alert is about failures not alerted before
-        for previous, alert in zip(sequence, sequence[1:]):  # no failure counted twice or skipped
+        for previous, alert in zip(sequence, sequence[1:], strict=False):  # no failure counted twice or skipped
             assert alert["failed_jobs"] - alert["new_failed_jobs"] == previous["failed_jobs"]
         assert len({(a["failed_jobs"], a["status"]) for a in sequence}) == len(sequence)
     assert sandbox.options.token not in json.dumps(alerts)

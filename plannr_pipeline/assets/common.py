@@ -11,8 +11,8 @@ import dagster as dg
 
 from plannr_pipeline.api import PlannrClient, PlannrError, RequestStats, RetriesExhaustedError, endpoints
 from plannr_pipeline.assets.landing import Landing, check_specs, column_schema
-from plannr_pipeline.storage.normalise import Drift
 from plannr_pipeline.resources import PlannrApi
+from plannr_pipeline.storage.normalise import Drift
 from plannr_pipeline.storage.tables import Table
 
 GROUP = "plannr"

@@ -221,8 +221,7 @@ class Landing:
         checks = self._check_results(complete, keys)
         if complete or keys:
             self.write.abort()
-            for result in checks:
-                yield result
+            yield from checks
             first = (complete + keys)[0]
             more = f" (and {len(complete + keys) - 1} more problem(s))" if len(complete + keys) > 1 else ""
             raise ValidationFailed(description=f"{self.root.name}: {first}{more}; nothing replaced.")

@@ -16,7 +16,6 @@ from plannr_pipeline.resources import PlannrApi
 from plannr_pipeline.storage.convert import to_utc
 
 
-
 async def _changed_since(api: PlannrClient, watermark: datetime | None) -> list[dict]:
     """Clients updated at or after the watermark (all of page 1 when there is none yet)."""
     changed: list[dict] = []

@@ -35,6 +35,14 @@ EVENT_COLUMNS = (
 )
 
 
+# What `<table>_history` adds to the table's columns.
+VALIDITY_COLUMNS = {
+    "valid_from": "From when this version held (UTC): the sync that first saw it.",
+    "valid_to": "Until when it held; NULL on the current version. Equals valid_from of the next version.",
+    "deleted_at": "Set on the last version of a record a full sweep no longer found: when it was found deleted.",
+}
+
+
 def history_table(table: Table) -> Table:
     """The append-only event log behind `<table>_history`."""
     return Table(
@@ -95,7 +103,7 @@ def events_for(
         else:
             db.execute("CREATE TEMP TABLE latest (uuid VARCHAR, row_hash VARCHAR, change VARCHAR, part VARCHAR)")
         params = [now, batch]
-        versions = db.execute(f"""
+        versions = db.execute("""
             SELECT s.*, ?::TIMESTAMPTZ AS valid_from, 'upsert' AS change, ?::VARCHAR AS batch FROM staged s
             LEFT JOIN latest l ON l.uuid = s.uuid
             WHERE l.uuid IS NULL OR l.change = 'delete' OR l.row_hash <> s.row_hash""", params).to_arrow_table()

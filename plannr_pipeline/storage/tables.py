@@ -14,6 +14,8 @@ import pyarrow as pa
 from plannr_pipeline.storage import convert as c
 
 TS = pa.timestamp("us", tz="UTC")
+TEXT = pa.string()
+INT32 = pa.int32()
 
 
 DUCKDB_TYPES = {
@@ -40,7 +42,7 @@ def col(name: str, type_: pa.DataType, path: str | None, convert: Callable[[Any]
     return Column(name, type_, tuple(path.split(".")) if path else None, convert, description)
 
 
-def filled(name: str, description: str, type_: pa.DataType = pa.string()) -> Column:
+def filled(name: str, description: str, type_: pa.DataType = TEXT) -> Column:
     """A column the normaliser fills (parent keys, partitions), not read from the record."""
     return Column(name, type_, None, None, description)
 
@@ -57,7 +59,7 @@ def flag(name: str, description: str, path: str | None = None) -> Column:
     return col(name, pa.bool_(), path or name, c.to_bool, description)
 
 
-def whole(name: str, description: str, path: str | None = None, type_: pa.DataType = pa.int32()) -> Column:
+def whole(name: str, description: str, path: str | None = None, type_: pa.DataType = INT32) -> Column:
     return col(name, type_, path or name, c.to_int, description)
 
 

@@ -25,6 +25,7 @@ class AnalystView:
     reads: tuple[str, ...]  # the relations it reads: its upstream assets
     columns: tuple[ViewColumn, ...]
     sql: str
+    example: str  # a query an analyst would start from (the README prints it; a test runs it)
 
     @property
     def create_sql(self) -> str:
@@ -76,6 +77,7 @@ GOAL_PROGRESS = AnalystView(
     FROM goals g
     JOIN clients cl ON cl.uuid = g.client_uuid
     LEFT JOIN staff s ON s.uuid = cl.assigned_adviser_uuid""",
+    "select adviser_name, count(*) as goals, count(*) filter (where not on_track) as off_track\nfrom goal_progress group by adviser_name order by off_track desc;",
 )
 
 CLIENT_OVERVIEW = AnalystView(
@@ -116,6 +118,7 @@ CLIENT_OVERVIEW = AnalystView(
     LEFT JOIN goal_totals g ON g.client_uuid = cl.uuid
     LEFT JOIN open_tasks t ON t.assigned_to_uuid = cl.assigned_adviser_uuid
     LEFT JOIN changes h ON h.uuid = cl.uuid""",
+    "select client_name, adviser_name, goals, goals_target_gbp, last_changed_at\nfrom client_overview order by goals_target_gbp desc limit 10;",
 )
 
 OVERDUE_TASKS = AnalystView(
@@ -141,6 +144,7 @@ OVERDUE_TASKS = AnalystView(
            t.assigned_to_uuid AS assignee_uuid, s.name AS assignee_name, t.taskable_type, t.taskable_name
     FROM tasks t LEFT JOIN staff s ON s.uuid = t.assigned_to_uuid
     WHERE NOT coalesce(t.status_is_completed, false) AND NOT coalesce(t.status_is_archived, false) AND t.due_at < now()""",
+    "select assignee_name, count(*) as overdue, max(days_overdue) as oldest_days\nfrom overdue_tasks group by assignee_name order by overdue desc;",
 )
 
 IMPORT_HEALTH = AnalystView(
@@ -173,6 +177,7 @@ IMPORT_HEALTH = AnalystView(
            arg_max(e.first_error, i.created_at) FILTER (WHERE e.first_error IS NOT NULL) AS latest_error
     FROM imports i LEFT JOIN first_errors e ON e.import_uuid = i.uuid
     GROUP BY i.created_day, i.type""",
+    "select created_day, type, imports, failed, job_failure_rate, latest_error\nfrom import_health order by created_day desc limit 10;",
 )
 
 GOAL_PROGRESS_HISTORY = AnalystView(
@@ -196,6 +201,7 @@ GOAL_PROGRESS_HISTORY = AnalystView(
            CAST(progress - lag(progress) OVER (PARTITION BY uuid ORDER BY valid_from) AS INTEGER) AS progress_change,
            target_amount_minor / 100.0 AS target_gbp, valid_from, valid_to, deleted_at
     FROM goals_history""",
+    "select goal_name, valid_from, progress, progress_change\nfrom goal_progress_history where progress_change is not null order by valid_from desc;",
 )
 
 ANALYST_VIEWS = (GOAL_PROGRESS, CLIENT_OVERVIEW, OVERDUE_TASKS, IMPORT_HEALTH, GOAL_PROGRESS_HISTORY)

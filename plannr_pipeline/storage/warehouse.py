@@ -16,20 +16,15 @@ import duckdb
 from filelock import FileLock, Timeout
 
 from plannr_pipeline.storage import history
-from plannr_pipeline.storage.views import ANALYST_VIEWS
 from plannr_pipeline.storage.parquet_store import ParquetStore
 from plannr_pipeline.storage.tables import ALL_TABLES, TABLES, Table
+from plannr_pipeline.storage.views import ANALYST_VIEWS
 
 log = logging.getLogger(__name__)
 # duckdb 2.0 writes a storage format the command-line client on PyPI (duckdb-cli 1.5.x) cannot
 # open; a database created with this setting opens in both (docs/design.md, Dagster notes).
 DATABASE_FILE = "plannr.duckdb"
 CONNECT_CONFIG = {"storage_compatibility_version": "v1.5.0"}
-HISTORY_COLUMNS = {
-    "valid_from": "From when this version held (UTC): the sync that first saw it.",
-    "valid_to": "Until when it held; NULL on the current version. Equals valid_from of the next version.",
-    "deleted_at": "Set on the last version of a record a full sweep no longer found: when it was found deleted.",
-}
 
 
 def _quote(text: str) -> str:
@@ -69,7 +64,7 @@ class Warehouse:
             log_table = history.history_table(table)
             glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
             statements[log_table.name] = [history.view_sql(table, glob), *_comments(
-                log_table.name, log_table.description, {**{c.name: c.description for c in table.columns}, **HISTORY_COLUMNS})]
+                log_table.name, log_table.description, {**{c.name: c.description for c in table.columns}, **history.VALIDITY_COLUMNS})]
         for view in ANALYST_VIEWS:
             statements[view.name] = [view.create_sql, *_comments(view.name, view.description, {c.name: c.description for c in view.columns})]
         return statements
