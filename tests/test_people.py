@@ -64,15 +64,17 @@ def test_requests_are_the_floor_plus_the_staff_listing(synced_people):
     assert sum(sandbox.requests.values()) == report.requests
 
 
-def readme_queries() -> list[str]:
-    section = README.read_text().split("## Example queries", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```sql\n(.*?)```", section, flags=re.S)
+def readme_queries(section: str | None = "## Example queries") -> list[str]:
+    text = README.read_text()
+    if section:
+        text = text.split(section, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", text, flags=re.S)
 
 
-def test_the_readmes_queries_run_as_printed(synced_people):
+def test_every_query_in_the_readme_runs_as_printed(synced_people):
     _, data_dir, _ = synced_people
-    queries = readme_queries()
-    assert len(queries) >= 4
+    queries = readme_queries(section=None)  # example and history queries, and the data dictionary's
+    assert len(queries) >= 13
     for sql in queries:
         query(data_dir, sql)  # raises on any error
 
@@ -83,3 +85,26 @@ def test_clients_per_adviser_in_the_readme_gives_the_sandboxs_counts(synced_peop
     names = {s["uuid"]: s["name"] for s in sandbox.firm.staff}
     expected = Counter(names[a["assigned_adviser"]] for a in sandbox.firm.assignments.values())
     assert dict(query(data_dir, per_adviser)) == dict(expected)
+
+
+def test_the_readmes_look_at_the_data_commands_work_as_printed(synced_people):
+    """The Python one-liner and the DuckDB command-line client (duckdb-cli 1.5, from PyPI) both
+    open the database read-only, as the README says."""
+    import shlex
+    import subprocess
+    import sys
+
+    _, data_dir, _ = synced_people
+    section = README.read_text().split("## Look at the data", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    one_liner = shlex.split(commands[0].strip())
+    assert one_liner[0] == ".venv/bin/python"
+    done = subprocess.run([sys.executable, *one_liner[1:]], cwd=data_dir.parent, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "goal_name" in done.stdout
+    cli = shlex.split(commands[1].strip())
+    assert cli[0] == ".venv/bin/duckdb"
+    duckdb_cli = Path(sys.executable).with_name("duckdb")
+    done = subprocess.run([str(duckdb_cli), *cli[1:], "-c", "select count(*) from goal_progress"], cwd=data_dir.parent,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr  # the storage format is one the 1.5 client reads

@@ -103,26 +103,26 @@ def events_for(
         else:
             db.execute("CREATE TEMP TABLE latest (uuid VARCHAR, row_hash VARCHAR, change VARCHAR, part VARCHAR)")
         params = [now, batch]
-        versions = db.execute("""
+        versions = db.sql("""
             SELECT s.*, ?::TIMESTAMPTZ AS valid_from, 'upsert' AS change, ?::VARCHAR AS batch FROM staged s
             LEFT JOIN latest l ON l.uuid = s.uuid
-            WHERE l.uuid IS NULL OR l.change = 'delete' OR l.row_hash <> s.row_hash""", params).to_arrow_table()
-        if scope_partitions is not None and not scope_partitions:
-            gone = versions.schema.empty_table()
-        else:
+            WHERE l.uuid IS NULL OR l.change = 'delete' OR l.row_hash <> s.row_hash""", params=params).to_arrow_table()
+        gone = versions.schema.empty_table()
+        covers_something = scope_partitions is None or bool(scope_partitions)
+        if history_glob and covers_something:
             in_scope = ""
             if scope_partitions is not None:
                 in_scope = "AND l.part IN (" + ", ".join(_quote(p) for p in scope_partitions) + ")"
             # A deletion keeps the record's identity; its other columns stay as the last version had them.
-            gone = db.execute(f"""
+            gone = db.sql(f"""
                 SELECT h.* EXCLUDE (valid_from, change, batch), ?::TIMESTAMPTZ AS valid_from, 'delete' AS change,
                        ?::VARCHAR AS batch
                 FROM latest l
                 JOIN read_parquet({_quote(history_glob)}, union_by_name = true, hive_partitioning = false) h
                   ON h.uuid = l.uuid AND h.row_hash = l.row_hash AND h.change = 'upsert'
                 WHERE l.change = 'upsert' {in_scope} AND l.uuid NOT IN (SELECT uuid FROM staged)
-                QUALIFY row_number() OVER (PARTITION BY h.uuid ORDER BY h.valid_from DESC) = 1""", params).to_arrow_table() \
-                if history_glob else versions.schema.empty_table()
+                QUALIFY row_number() OVER (PARTITION BY h.uuid ORDER BY h.valid_from DESC) = 1""",
+                          params=params).to_arrow_table()
     events = pa.concat_tables([versions.select(log_table.schema.names).cast(log_table.schema),
                                gone.select(log_table.schema.names).cast(log_table.schema)])
     return HistoryEvents(events, versions.num_rows, gone.num_rows)
