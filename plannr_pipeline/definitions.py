@@ -1,19 +1,16 @@
-"""The one place where assets, resources, sensors and schedules meet."""
+"""The one place where the definitions meet: everything in `defs/` (assets, checks, jobs,
+schedules, sensors), found by `load_from_defs_folder`, plus the resources, read from the
+environment (the variables docs/design.md fixes)."""
 
-from __future__ import annotations
+from pathlib import Path
 
 import dagster as dg
 
-from plannr_pipeline.alerts import AlertWebhook
-from plannr_pipeline.assets import COLLECTION_ASSETS
-from plannr_pipeline.assets.analyst_views import VIEW_ASSETS
-from plannr_pipeline.checks import CHECKS
-from plannr_pipeline.jobs import JOBS
-from plannr_pipeline.resources import PlannrApi, storage_resources_from_env
-from plannr_pipeline.schedules import SCHEDULES
-from plannr_pipeline.sensors import SENSORS
+from plannr_pipeline.defs.alerts import AlertWebhook
+from plannr_pipeline.defs.assets import ASSETS
+from plannr_pipeline.defs.resources import PlannrApi, storage_resources_from_env
 
-ASSETS = [*COLLECTION_ASSETS, *VIEW_ASSETS]
+__all__ = ["ASSETS", "defs", "resources"]
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:
@@ -21,11 +18,7 @@ def resources() -> dict[str, dg.ConfigurableResource]:
     return {"plannr": PlannrApi.from_env(), "storage": storage, "duckdb": duckdb, "alert_webhook": AlertWebhook.from_env()}
 
 
-defs = dg.Definitions(
-    assets=ASSETS,
-    asset_checks=CHECKS,
-    jobs=JOBS,
-    schedules=SCHEDULES,
-    sensors=SENSORS,
-    resources=resources(),
+defs = dg.Definitions.merge(
+    dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
+    dg.Definitions(resources=resources()),
 )

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from plannr_pipeline.checks import CHECKS
 from plannr_pipeline.definitions import ASSETS, resources
+from plannr_pipeline.defs.checks import CHECKS
 
 
 @dataclass(frozen=True)

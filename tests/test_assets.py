@@ -18,7 +18,7 @@ import duckdb
 import pytest
 
 from plannr_pipeline.definitions import ASSETS
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.sandbox.firm import FirmSize
 from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 from plannr_pipeline.storage.warehouse import Warehouse

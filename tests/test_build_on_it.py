@@ -11,7 +11,7 @@ import duckdb
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from plannr_pipeline.resources import PlannrApi
+from plannr_pipeline.defs.resources import PlannrApi
 from plannr_pipeline.sync import run_sync
 
 REPO = Path(__file__).resolve().parents[1]

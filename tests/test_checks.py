@@ -4,9 +4,9 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from plannr_pipeline.checks import CHECKS
 from plannr_pipeline.definitions import ASSETS
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.checks import CHECKS
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.sync import run_sync
 
 

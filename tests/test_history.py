@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from plannr_pipeline.definitions import ASSETS
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.sandbox.firm import FirmSize
 from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 from plannr_pipeline.sync import run_sync
@@ -147,7 +147,7 @@ def test_two_runs_of_the_same_partition_at_once_record_a_change_once(moved, monk
     import threading
     import time
 
-    from plannr_pipeline.assets import landing
+    from plannr_pipeline.defs.assets import landing
     from plannr_pipeline.storage.convert import to_utc, uk_day
 
     def slow_events_for(*args, **kwargs):  # widen the window between reading history and committing

@@ -244,3 +244,15 @@ def test_sync_says_when_the_views_could_not_be_refreshed(make_sandbox, tmp_path)
         metadata = record.asset_materialization.metadata
     assert metadata["views_refreshed"].value is False and "not refreshed" in metadata["views_problem"].value
     assert _cli("views", cwd=tmp_path, env=env).returncode == 0  # once the other program is gone
+
+
+# -- 7. the dg layout: `dg check defs` (what `dagster definitions validate` advises) works -------------
+
+
+def test_dg_check_defs_passes_in_the_repository():
+    dg_cli = Path(sys.executable).with_name("dg")
+    assert dg_cli.exists(), "dagster-dg-cli is a declared dependency"
+    done = subprocess.run([str(dg_cli), "check", "defs"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "All definitions loaded successfully." in done.stdout + done.stderr

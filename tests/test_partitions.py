@@ -11,8 +11,8 @@ import dagster as dg
 import duckdb
 
 from plannr_pipeline.definitions import ASSETS
-from plannr_pipeline.partitions import client_months
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.partitions import client_months
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage.convert import to_utc, uk_day
 from plannr_pipeline.sync import range_tags
 

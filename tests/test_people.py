@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.sync import run_sync
 
 README = Path(__file__).resolve().parents[1] / "README.md"

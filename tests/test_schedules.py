@@ -6,9 +6,9 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from plannr_pipeline.definitions import defs
-from plannr_pipeline.jobs import sweeps_job
-from plannr_pipeline.partitions import client_months
-from plannr_pipeline.schedules import (
+from plannr_pipeline.defs.jobs import sweeps_job
+from plannr_pipeline.defs.partitions import client_months
+from plannr_pipeline.defs.schedules import (
     hourly_current_clients,
     hourly_imports,
     hourly_tasks,

@@ -12,12 +12,12 @@ import dagster as dg
 import duckdb
 import pytest
 
-from plannr_pipeline.alerts import AlertWebhook
 from plannr_pipeline.definitions import ASSETS
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
-from plannr_pipeline.sensors.clients import changed_clients_sensor
-from plannr_pipeline.sensors.imports import import_failures_sensor, import_progress_sensor
-from plannr_pipeline.sensors.run_failures import pipeline_run_failure_sensor
+from plannr_pipeline.defs.alerts import AlertWebhook
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.sensors.clients import changed_clients_sensor
+from plannr_pipeline.defs.sensors.imports import import_failures_sensor, import_progress_sensor
+from plannr_pipeline.defs.sensors.run_failures import pipeline_run_failure_sensor
 
 
 class Clock:

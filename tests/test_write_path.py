@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from plannr_pipeline.definitions import ASSETS
-from plannr_pipeline.partitions import client_months
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.partitions import client_months
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage.normalise import arrow
 from plannr_pipeline.storage.parquet_store import ParquetStore, StagedWrite
 from plannr_pipeline.storage.tables import CLIENTS

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from plannr_pipeline.api import PlannrClient, endpoints
-from plannr_pipeline.assets.common import HOURLY_FRESHNESS, collection_asset, fetch, land_listing
-from plannr_pipeline.assets.landing import Landing
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.assets.common import HOURLY_FRESHNESS, collection_asset, fetch, land_listing
+from plannr_pipeline.defs.assets.landing import Landing
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
 from plannr_pipeline.storage.tables import TASK_ASSIGNEES, TASK_CUSTOM_FIELDS, TASKS
 

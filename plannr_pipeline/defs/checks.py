@@ -8,7 +8,7 @@ database file.
 import dagster as dg
 import duckdb
 
-from plannr_pipeline.resources import PlannrStorage
+from plannr_pipeline.defs.resources import PlannrStorage
 from plannr_pipeline.storage.tables import CLIENTS, GOALS, Table
 from plannr_pipeline.storage.warehouse import Warehouse
 

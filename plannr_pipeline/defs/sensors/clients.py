@@ -10,9 +10,9 @@ from datetime import datetime
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient, PlannrError, RequestStats, endpoints
-from plannr_pipeline.jobs import clients_job
-from plannr_pipeline.partitions import client_months, partition_key_of
-from plannr_pipeline.resources import PlannrApi
+from plannr_pipeline.defs.jobs import clients_job
+from plannr_pipeline.defs.partitions import client_months, partition_key_of
+from plannr_pipeline.defs.resources import PlannrApi
 from plannr_pipeline.storage.convert import to_utc
 
 

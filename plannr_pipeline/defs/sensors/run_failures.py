@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from plannr_pipeline.alerts import AlertWebhook
+from plannr_pipeline.defs.alerts import AlertWebhook
 
 
 @dg.run_failure_sensor(

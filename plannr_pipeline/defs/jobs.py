@@ -6,10 +6,10 @@ and the full sweeps (everything unpartitioned) together.
 
 import dagster as dg
 
-from plannr_pipeline.assets import COLLECTION_ASSETS
-from plannr_pipeline.assets.imports import imports
-from plannr_pipeline.assets.tasks import TasksConfig, tasks
-from plannr_pipeline.partitions import client_months
+from plannr_pipeline.defs.assets import COLLECTION_ASSETS
+from plannr_pipeline.defs.assets.imports import imports
+from plannr_pipeline.defs.assets.tasks import TasksConfig, tasks
+from plannr_pipeline.defs.partitions import client_months
 
 MONTHLY_ASSETS = [a for a in COLLECTION_ASSETS if a.partitions_def == client_months]
 SWEPT_ASSETS = [a for a in COLLECTION_ASSETS if a.partitions_def is None]

@@ -9,8 +9,8 @@ two), and tasks changed since the stored watermark.
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from plannr_pipeline.jobs import clients_job, imports_job, sweeps_job, tasks_incremental_job
-from plannr_pipeline.partitions import client_months
+from plannr_pipeline.defs.jobs import clients_job, imports_job, sweeps_job, tasks_incremental_job
+from plannr_pipeline.defs.partitions import client_months
 
 TIMEZONE = "Europe/London"
 NIGHTLY = "0 2 * * *"

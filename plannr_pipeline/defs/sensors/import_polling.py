@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from plannr_pipeline.api import PlannrClient, RequestStats, endpoints
-from plannr_pipeline.resources import PlannrApi
+from plannr_pipeline.defs.resources import PlannrApi
 from plannr_pipeline.storage.convert import LONDON, to_int, to_utc, uk_day
 
 TERMINAL_STATUSES = {"completed", "complete", "finished", "failed", "cancelled", "canceled"}

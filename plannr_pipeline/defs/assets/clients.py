@@ -3,10 +3,10 @@
 import dagster as dg
 
 from plannr_pipeline.api import endpoints
-from plannr_pipeline.assets.common import HOURLY_FRESHNESS, collection_asset, fetch, land_listing
-from plannr_pipeline.assets.landing import Landing
-from plannr_pipeline.partitions import client_months, created_filters, partition_key_of
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.assets.common import HOURLY_FRESHNESS, collection_asset, fetch, land_listing
+from plannr_pipeline.defs.assets.landing import Landing
+from plannr_pipeline.defs.partitions import client_months, created_filters, partition_key_of
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
 from plannr_pipeline.storage.convert import to_utc
 from plannr_pipeline.storage.tables import CLIENTS

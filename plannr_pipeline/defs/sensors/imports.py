@@ -17,12 +17,12 @@ from typing import Any
 
 import dagster as dg
 
-from plannr_pipeline.alerts import AlertWebhook
 from plannr_pipeline.api import PlannrError
-from plannr_pipeline.jobs import clients_job, imports_job
-from plannr_pipeline.partitions import client_months, partition_key_of
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
-from plannr_pipeline.sensors.import_polling import ImportSnapshot, poll_imports
+from plannr_pipeline.defs.alerts import AlertWebhook
+from plannr_pipeline.defs.jobs import clients_job, imports_job
+from plannr_pipeline.defs.partitions import client_months, partition_key_of
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.sensors.import_polling import ImportSnapshot, poll_imports
 from plannr_pipeline.storage.normalise import arrow
 from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.tables import IMPORT_PROGRESS_HISTORY

@@ -4,10 +4,10 @@ request per client, concurrently under the shared budget."""
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient, endpoints
-from plannr_pipeline.assets.common import HOURLY_FRESHNESS, collection_asset, fetch
-from plannr_pipeline.assets.landing import Landing
-from plannr_pipeline.partitions import client_months
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.assets.common import HOURLY_FRESHNESS, collection_asset, fetch
+from plannr_pipeline.defs.assets.landing import Landing
+from plannr_pipeline.defs.partitions import client_months
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
 from plannr_pipeline.storage.tables import CLIENTS, GOALS
 

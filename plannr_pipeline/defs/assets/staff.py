@@ -4,9 +4,9 @@
 import dagster as dg
 
 from plannr_pipeline.api import endpoints
-from plannr_pipeline.assets.common import NIGHTLY_FRESHNESS, collection_asset, fetch, land_listing
-from plannr_pipeline.assets.landing import Landing
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.assets.common import NIGHTLY_FRESHNESS, collection_asset, fetch, land_listing
+from plannr_pipeline.defs.assets.landing import Landing
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
 from plannr_pipeline.storage.tables import STAFF
 

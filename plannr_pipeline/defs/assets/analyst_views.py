@@ -7,8 +7,8 @@ query time. The assets stay current without a person (eager automation after the
 
 import dagster as dg
 
-from plannr_pipeline.assets.common import OWNERS
-from plannr_pipeline.resources import PlannrStorage
+from plannr_pipeline.defs.assets.common import OWNERS
+from plannr_pipeline.defs.resources import PlannrStorage
 from plannr_pipeline.storage.history import HISTORY_OF
 from plannr_pipeline.storage.tables import TABLES
 from plannr_pipeline.storage.views import ANALYST_VIEWS, AnalystView

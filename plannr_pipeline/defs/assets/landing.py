@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from plannr_pipeline.api import RequestStats
-from plannr_pipeline.resources import PlannrStorage
+from plannr_pipeline.defs.resources import PlannrStorage
 from plannr_pipeline.storage.convert import to_utc
 from plannr_pipeline.storage.history import HISTORY_OF, events_for, history_table
 from plannr_pipeline.storage.normalise import Drift, arrow

@@ -10,8 +10,8 @@ from typing import Any
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient, PlannrError, RequestStats, RetriesExhaustedError, endpoints
-from plannr_pipeline.assets.landing import Landing, check_specs, column_schema
-from plannr_pipeline.resources import PlannrApi
+from plannr_pipeline.defs.assets.landing import Landing, check_specs, column_schema
+from plannr_pipeline.defs.resources import PlannrApi
 from plannr_pipeline.storage.normalise import Drift
 from plannr_pipeline.storage.tables import Table
 

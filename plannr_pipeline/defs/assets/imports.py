@@ -9,9 +9,9 @@ imports on its own: the sensors simply refresh this asset when an import moves o
 import dagster as dg
 
 from plannr_pipeline.api import endpoints
-from plannr_pipeline.assets.common import HOURLY_FRESHNESS, collection_asset, fetch, land_listing
-from plannr_pipeline.assets.landing import Landing
-from plannr_pipeline.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.assets.common import HOURLY_FRESHNESS, collection_asset, fetch, land_listing
+from plannr_pipeline.defs.assets.landing import Landing
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
 from plannr_pipeline.storage.convert import to_utc, uk_day
 from plannr_pipeline.storage.tables import IMPORT_ERRORS, IMPORTS
