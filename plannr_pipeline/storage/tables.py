@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
@@ -78,11 +79,11 @@ class Table:
     handled: frozenset[str] = field(default_factory=frozenset)
     children: frozenset[str] = field(default_factory=frozenset)
 
-    @property
+    @cached_property
     def schema(self) -> pa.Schema:
         return pa.schema([pa.field(column.name, column.type) for column in self.columns])
 
-    @property
+    @cached_property
     def known_fields(self) -> frozenset[str]:
         return frozenset(column.path[0] for column in self.columns if column.path) | self.handled | self.children
 

@@ -71,6 +71,11 @@ def rejection(table: Table, record: Any) -> str | None:
     return None
 
 
+# Rows held before they are written: memory stays flat (a few MB) however large the firm, and
+# the Parquet files get a few large row groups instead of one per page or per client.
+STAGE_BATCH_ROWS = 5_000
+
+
 class ValidationFailed(dg.Failure):
     """Staged data did not pass validation; nothing was replaced."""
 
@@ -106,6 +111,7 @@ class Landing:
         self.rejected: list[dict[str, Any]] = []
         self._keys: set[str] = set()
         self._duplicate_keys = 0
+        self._buffers: dict[str, list[dict[str, Any]]] = {table.name: [] for table in self.tables}
         # Every named partition (or unpartitioned table) is replaced, even one that gets no rows.
         for table in self.tables:
             self.write.write(table, arrow(table, []), self.partitions)
@@ -137,8 +143,18 @@ class Landing:
                 rows = [row for row in rows if row[table.partition_column] in self.partitions]
             if table is self.root:
                 self._track_keys(rows)
-            self.write.write(table, arrow(table, rows), self.partitions)
+            buffer = self._buffers[table.name]
+            buffer.extend(rows)
+            if len(buffer) >= STAGE_BATCH_ROWS:
+                self._flush(table)
             self.rows[table.name] += len(rows)
+
+    def _flush(self, table: Table) -> None:
+        """Write a table's buffered rows: a few large row groups, not one per page or per client."""
+        buffer = self._buffers[table.name]
+        if buffer:
+            self.write.write(table, arrow(table, buffer), self.partitions)
+            buffer.clear()
 
     def _track_keys(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -217,6 +233,8 @@ class Landing:
 
     def finish(self, stats: RequestStats, source: str, **extra: Any) -> Iterator[Any]:
         """Validate; on success commit and yield the materialisation with its check results."""
+        for table in self.tables:
+            self._flush(table)
         complete, keys = self.problems()
         checks = self._check_results(complete, keys)
         if complete or keys:
