@@ -46,7 +46,10 @@ def make_client(tmp_path: Path) -> Callable[..., PlannrClient]:
             rate_limit_per_minute=limit,
             max_concurrency=int(kwargs.pop("max_concurrency", 8)),  # type: ignore[arg-type]
         )
-        budget = RequestBudget(uuid.uuid4().hex, limit, directory=tmp_path, window_seconds=window_seconds)
+        # Tests of 429s give the sandbox a window unlike the budget's, so by default the budget
+        # keeps its own limit; a test of following the server's limit asks for it.
+        follow = bool(kwargs.pop("follow_server_limit", False))
+        budget = RequestBudget(uuid.uuid4().hex, limit, directory=tmp_path, window_seconds=window_seconds, follow_server_limit=follow)
         kwargs.setdefault("backoff_initial", 0.01)
         kwargs.setdefault("backoff_max", 0.2)
         return PlannrClient(settings, budget=budget, **kwargs)  # type: ignore[arg-type]

@@ -76,6 +76,24 @@ def test_client_budget_keeps_under_the_server_limit(make_sandbox, make_client):
     assert client.stats.budget_wait_seconds > 1.0  # 61 requests at 25 per 1.5 s must wait
 
 
+def test_the_budget_follows_the_limit_the_server_announces(make_sandbox, make_client):
+    """X-RateLimit-Limit 60 per 2 s window: the budget runs at 98% of it (58), not at its own 1,000."""
+    sandbox = make_sandbox(clients=80, rate_limit_per_minute=60, rate_window_seconds=2.0)
+    client = make_client(sandbox, limit=1000, window_seconds=2.0, follow_server_limit=True)
+    clients, goals = asyncio.run(sweep(client))
+    assert len(clients) == 80
+    assert client.stats.budget_per_minute == 58
+    assert client.stats.rate_limited == 0  # a clean run: no 429
+
+
+def test_an_explicit_limit_is_a_ceiling_the_server_cannot_raise(tmp_path):
+    from plannr_pipeline.api.budget import RequestBudget
+
+    budget = RequestBudget("ceiling", 100, directory=tmp_path, ceiling=100)
+    assert budget.observe_server_limit(500) is None and budget.limit == 100
+    assert budget.observe_server_limit(60) == 58 and budget.limit == 58  # but can lower it
+
+
 @pytest.mark.parametrize("send_retry_after", [True, False])
 def test_recovers_from_429_without_losing_records(make_sandbox, make_client, send_retry_after):
     sandbox = make_sandbox(clients=60, rate_limit_per_minute=30, rate_window_seconds=1.0, send_retry_after=send_retry_after)
@@ -219,3 +237,30 @@ def test_deprecated_client_route_lists_only_clients_by_sub_type(make_sandbox, ma
     everyone, joint = asyncio.run(run())
     assert len(everyone) == len(sandbox.firm.clients) + len(sandbox.firm.staff)  # staff are accounts too
     assert {c["uuid"] for c in joint} == {c["uuid"] for c in sandbox.firm.clients if c["role"] == "joint"}
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("7", 7.0),
+    ("0", 0.0),
+    ("-3", 0.0),
+    ("86400", 900.0),  # a day is capped at 15 minutes: a run never hangs on it
+    ("soon", None),
+])
+def test_retry_after_is_read_as_seconds_and_capped(header, expected):
+    import httpx
+
+    from plannr_pipeline.api.client import _retry_after_seconds
+
+    assert _retry_after_seconds(httpx.Response(429, headers={"Retry-After": header})) == expected
+
+
+def test_retry_after_may_be_an_http_date():
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    import httpx
+
+    from plannr_pipeline.api.client import _retry_after_seconds
+
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= _retry_after_seconds(httpx.Response(429, headers={"Retry-After": when})) <= 30

@@ -12,7 +12,8 @@ def test_sandbox_only_without_token_and_base_url():
 def test_defaults_and_trailing_slash():
     settings = PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://x.test/"})
     assert settings.base_url == "http://x.test"
-    assert settings.rate_limit_per_minute < 500
+    assert settings.rate_limit_per_minute is None  # unset: follow what the server announces
+    assert settings.starting_budget < 500
 
 
 def test_base_url_without_token_names_the_variable():

@@ -12,6 +12,8 @@ import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -33,6 +35,9 @@ from plannr_pipeline.api.errors import (
 from plannr_pipeline.api.stats import RequestStats, endpoint_of
 
 USER_AGENT = "plannr-pipeline/0.1"
+# A Retry-After longer than this is taken as this: a server asking for an hour would otherwise
+# hang the run; the request is retried, and fails in the usual way if the server still refuses.
+MAX_RETRY_AFTER_SECONDS = 15 * 60
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,18 @@ def _whole(value: Any) -> int | None:
 
 
 def _retry_after_seconds(response: httpx.Response) -> float | None:
+    """Retry-After as seconds (it may be a number or an HTTP date), capped so a run never hangs."""
     raw = response.headers.get("Retry-After")
-    try:
-        return max(float(raw), 0.0) if raw is not None else None
-    except ValueError:
+    if raw is None:
         return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(raw) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def _int_header(response: httpx.Response, name: str) -> int | None:
@@ -138,7 +150,7 @@ class PlannrClient:
     ) -> None:
         self.settings = settings
         self.stats = stats or RequestStats()
-        self.budget = budget or budget_for(settings.token, settings.base_url, settings.rate_limit_per_minute)
+        self.budget = budget or budget_for(settings.token, settings.base_url, settings.starting_budget, settings.rate_limit_per_minute)
         self._max_attempts = max_attempts
         self._timeout = timeout_seconds
         self._backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
@@ -221,6 +233,8 @@ class PlannrClient:
         body = response.content
         self.stats.record(path, response.status_code, len(body))
         self.budget.observe_remaining(_int_header(response, "X-Ratelimit-Remaining"))
+        self.budget.observe_server_limit(_int_header(response, "X-RateLimit-Limit"))
+        self.stats.budget_per_minute = self.budget.limit
         status = response.status_code
         if status == 429:
             retry_after = _retry_after_seconds(response)

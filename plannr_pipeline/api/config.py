@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from plannr_pipeline.api.errors import ConfigurationError
 
 DEFAULT_BASE_URL = "https://api.plannrcrm.com"
-# Plannr documents 500 requests per minute per user; stay a little below it so that a
-# person clicking around the Plannr UI with the same user is not starved.
+# Plannr documents 500 requests per minute per user. Until the server announces its limit
+# (X-RateLimit-Limit) the budget stays a little below that; once it does, the budget follows it
+# (api/budget.py), capped by PLANNR_RATE_LIMIT_PER_MINUTE when that is set.
 DEFAULT_RATE_LIMIT_PER_MINUTE = 450
 DEFAULT_MAX_CONCURRENCY = 16
 
@@ -42,8 +43,12 @@ class PlannrSettings:
     base_url: str = DEFAULT_BASE_URL
     token: str = field(default="", repr=False)
     account_uuid: str | None = None
-    rate_limit_per_minute: int = DEFAULT_RATE_LIMIT_PER_MINUTE
+    rate_limit_per_minute: int | None = None  # set: a ceiling; unset: follow the server's limit
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+
+    @property
+    def starting_budget(self) -> int:
+        return self.rate_limit_per_minute or DEFAULT_RATE_LIMIT_PER_MINUTE
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -75,8 +80,9 @@ class PlannrSettings:
         )
 
 
-def budget_from_env(env: Mapping[str, str]) -> int:
-    return positive_int(env, "PLANNR_RATE_LIMIT_PER_MINUTE", DEFAULT_RATE_LIMIT_PER_MINUTE)
+def budget_from_env(env: Mapping[str, str]) -> int | None:
+    """PLANNR_RATE_LIMIT_PER_MINUTE, or None: follow the limit the server announces."""
+    return positive_int(env, "PLANNR_RATE_LIMIT_PER_MINUTE", 0) or None
 
 
 def concurrency_from_env(env: Mapping[str, str]) -> int:

@@ -21,6 +21,7 @@ class RequestStats:
     rate_limited: int = 0
     bytes_received: int = 0
     budget_wait_seconds: float = 0.0
+    budget_per_minute: int | None = None  # the budget in force at the last answer
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -41,6 +42,7 @@ class RequestStats:
             "rate_limited_429": self.rate_limited,
             "bytes_received": self.bytes_received,
             "budget_wait_seconds": round(self.budget_wait_seconds, 3),
+            "budget_per_minute": self.budget_per_minute,
             "requests_by_endpoint": {
                 f"{endpoint} {status}": count
                 for (endpoint, status), count in sorted(self.by_endpoint_status.items())

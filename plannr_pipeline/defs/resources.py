@@ -16,7 +16,6 @@ from plannr_pipeline.api import PlannrClient, PlannrSettings, RequestStats
 from plannr_pipeline.api.config import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_RATE_LIMIT_PER_MINUTE,
     budget_from_env,
     concurrency_from_env,
     positive_int,
@@ -33,7 +32,7 @@ class PlannrApi(dg.ConfigurableResource):
     base_url: str | None = None
     token: str | None = None
     account_uuid: str | None = None
-    rate_limit_per_minute: int = DEFAULT_RATE_LIMIT_PER_MINUTE
+    rate_limit_per_minute: int | None = None  # a ceiling; unset: follow the server's announced limit
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     sandbox_seed: int = 42
     sandbox_clients: int = 250
