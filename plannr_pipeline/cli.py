@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 
+from plannr_pipeline import progress
 from plannr_pipeline.api import PlannrError, PlannrSettings
 from plannr_pipeline.api.config import DEFAULT_BASE_URL
 from plannr_pipeline.instance import prepare_instance
@@ -40,8 +43,22 @@ def _sync(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"plannr-pipeline sync: from {source} into {data_dir}")
-    report = run_sync(selected)
+    print(f"plannr-pipeline sync: from {source} into {data_dir}", flush=True)
+    on_terminal = sys.stderr.isatty()
+    if on_terminal:  # live bars instead of the run log's progress lines
+        progress.SINK = bars = progress.TerminalBars()
+    try:
+        with _stop_on_sigterm():
+            report = run_sync(selected, log_level="WARNING" if on_terminal else "INFO")
+    except KeyboardInterrupt as interrupted:
+        signal_name = "SIGTERM" if isinstance(interrupted, Terminated) else "Ctrl-C"
+        print(f"\nsync stopped by {signal_name}: the step under way left stored data as it was "
+              "(its staged files are removed); run sync again to finish.", file=sys.stderr)
+        return 143 if isinstance(interrupted, Terminated) else 130
+    finally:
+        if on_terminal:
+            bars.close()
+            progress.SINK = None
     if problem := Warehouse(data_dir).refresh_views():
         report.views_problems.append(problem)
     _print_summary(report, data_dir)
@@ -56,6 +73,22 @@ def _sync(args: argparse.Namespace) -> int:
         return 3
     print("sync finished: all assets landed.")
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the sync is, so the step under way unwinds as it does for Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    def stop(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _views(args: argparse.Namespace) -> int:

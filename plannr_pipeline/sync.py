@@ -17,6 +17,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from plannr_pipeline.definitions import ASSETS, resources
 from plannr_pipeline.defs.checks import CHECKS
 
+UNREACHABLE = "could not connect to"  # the phrase UnreachableError's message starts with
+
 
 @dataclass(frozen=True)
 class Step:
@@ -87,6 +89,7 @@ def run_sync(
     instance: dg.DagsterInstance | None = None,
     resources_by_key: dict | None = None,
     echo=print,
+    log_level: str = "INFO",
 ) -> SyncReport:
     report = SyncReport()
     started = time.monotonic()
@@ -103,8 +106,9 @@ def run_sync(
             resources=resources_by_key or resources(),
             instance=instance,
             tags=range_tags(step.partitions_def),
-            # INFO shows each asset's progress lines; DEBUG would add an event per partition.
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            # INFO shows each asset's progress lines (WARNING when terminal bars show them instead);
+            # DEBUG would add an event per partition.
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
             raise_on_error=False,
         )
         counted_steps = set()
@@ -127,6 +131,9 @@ def run_sync(
         if failures := [_failure_line(e) for e in run.all_events if e.is_step_failure]:
             report.ok = False
             report.failures.extend(failures)
+            if any(UNREACHABLE in failure for failure in failures):  # the next steps would only wait too
+                report.failures.append("remaining steps skipped: the API is unreachable")
+                break
         if not run.success and not failures:
             report.ok = False
             report.failures.append(f"{step.name}: run did not succeed")

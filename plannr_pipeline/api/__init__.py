@@ -14,6 +14,7 @@ from plannr_pipeline.api.errors import (
     PermissionDeniedError,
     PlannrError,
     RetriesExhaustedError,
+    UnreachableError,
     ValidationError,
 )
 from plannr_pipeline.api.stats import RequestStats
@@ -31,5 +32,6 @@ __all__ = [
     "PlannrSettings",
     "RequestStats",
     "RetriesExhaustedError",
+    "UnreachableError",
     "ValidationError",
 ]

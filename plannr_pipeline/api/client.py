@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from plannr_pipeline.api.budget import RequestBudget, budget_for
 from plannr_pipeline.api.config import PlannrSettings
@@ -30,6 +30,7 @@ from plannr_pipeline.api.errors import (
     PlannrHTTPError,
     RetriesExhaustedError,
     TransientHTTPError,
+    UnreachableError,
     redact,
 )
 from plannr_pipeline.api.stats import RequestStats, endpoint_of
@@ -38,6 +39,8 @@ USER_AGENT = "plannr-pipeline/0.1"
 # A Retry-After longer than this is taken as this: a server asking for an hour would otherwise
 # hang the run; the request is retried, and fails in the usual way if the server still refuses.
 MAX_RETRY_AFTER_SECONDS = 15 * 60
+# Refused connections are tried this many times before the API is called unreachable.
+UNREACHABLE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,13 @@ class PlannrClient:
             return random.uniform(0.0, 0.25)
         return self._backoff(retry_state)
 
+    def _stop_retrying(self, retry_state: RetryCallState) -> bool:
+        """Give up after max_attempts, or after a few refused connections: nobody is there."""
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(error, TransientHTTPError) and error.unreachable:
+            return retry_state.attempt_number >= UNREACHABLE_ATTEMPTS
+        return retry_state.attempt_number >= self._max_attempts
+
     def _count_retry(self, _: RetryCallState) -> None:
         self.stats.retries += 1
 
@@ -203,7 +213,7 @@ class PlannrClient:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TransientHTTPError),
             wait=self._wait_before_retry,
-            stop=stop_after_attempt(self._max_attempts),
+            stop=self._stop_retrying,
             before_sleep=self._count_retry,
             reraise=True,
         )
@@ -212,6 +222,8 @@ class PlannrClient:
                 with attempt:
                     return await self._get_once(path, params)
         except TransientHTTPError as error:
+            if error.unreachable:
+                raise UnreachableError(self.settings.base_url, str(error)) from None
             raise RetriesExhaustedError(endpoint_of(path), self._max_attempts, str(error)) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -227,8 +239,11 @@ class PlannrClient:
         self.stats.budget_wait_seconds += await self.budget.acquire()
         try:
             response = await self._http.get(path, params=params)
+        except httpx.ConnectError:
+            # Refused or unresolvable: nobody is answering there (a retry or two covers a blip).
+            raise TransientHTTPError(f"could not connect to {self.settings.base_url}", unreachable=True) from None
         except httpx.TransportError as error:
-            # Timeouts and dropped connections: name the kind, never echo the request (headers).
+            # Timeouts, dropped connections, bad status lines: name the kind, never echo the request.
             raise TransientHTTPError(f"{type(error).__name__} talking to {self.settings.base_url}") from None
         body = response.content
         self.stats.record(path, response.status_code, len(body))

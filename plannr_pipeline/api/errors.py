@@ -87,10 +87,22 @@ class RetriesExhaustedError(PlannrError):
 class TransientHTTPError(PlannrError):
     """Internal: a failure worth retrying. Carries the server's Retry-After, if any."""
 
-    def __init__(self, problem: str, retry_after: float | None = None, status: int | None = None) -> None:
+    def __init__(self, problem: str, retry_after: float | None = None, status: int | None = None, unreachable: bool = False) -> None:
         self.retry_after = retry_after
         self.status = status
+        self.unreachable = unreachable
         super().__init__(problem)
+
+
+class UnreachableError(PlannrError):
+    """Nobody answers at the base URL: retrying the step later would only make the sync slow."""
+
+    def __init__(self, base_url: str, last_problem: str) -> None:
+        self.base_url = base_url
+        super().__init__(
+            f"{last_problem} (connection refused or host not found). Check PLANNR_BASE_URL and that "
+            "the API is up; unset PLANNR_BASE_URL and PLANNR_API_TOKEN to use the embedded sandbox."
+        )
 
 
 ERRORS_BY_STATUS: dict[int, type[PlannrHTTPError]] = {

@@ -15,6 +15,6 @@ CIRCLE_TABLES = (CIRCLES, CIRCLE_ACCOUNTS, CIRCLE_GROUPS)
 @collection_asset(CIRCLE_TABLES, "GET /api/v1/circles", NIGHTLY_FRESHNESS)
 def circles(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrStorage):
     landing = Landing(context, storage, CIRCLE_TABLES)
-    stats = fetch(context, plannr, lambda api: land_listing(api, landing, endpoints.CIRCLES, normalise.circles))
-    yield from landing.finish(stats, plannr.source())
+    fetch(context, plannr, lambda api: land_listing(api, landing, endpoints.CIRCLES, normalise.circles), landing)
+    yield from landing.finish(plannr.source())
 

@@ -32,5 +32,5 @@ def clients(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: Plann
         return normalise.clients(records, drift, client_month)
 
     context.log.info(f"clients: {len(landing.partitions)} partition(s) from {plannr.source()} with {filters or 'no date filter'}")
-    stats = fetch(context, plannr, lambda api: land_listing(api, landing, listing, rows_of))
-    yield from landing.finish(stats, plannr.source())
+    fetch(context, plannr, lambda api: land_listing(api, landing, listing, rows_of), landing)
+    yield from landing.finish(plannr.source())

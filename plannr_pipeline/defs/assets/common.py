@@ -9,7 +9,7 @@ from typing import Any
 
 import dagster as dg
 
-from plannr_pipeline.api import PlannrClient, PlannrError, RequestStats, RetriesExhaustedError, endpoints
+from plannr_pipeline.api import PlannrClient, PlannrError, RetriesExhaustedError, endpoints
 from plannr_pipeline.defs.assets.landing import Landing, check_specs, column_schema
 from plannr_pipeline.defs.resources import PlannrApi
 from plannr_pipeline.storage.normalise import Drift
@@ -56,13 +56,15 @@ def collection_asset(
     )
 
 
-def fetch(context: dg.AssetExecutionContext, plannr: PlannrApi, work: Callable[[PlannrClient], Awaitable[None]]) -> RequestStats:
-    """Run `work` through the API bridge; return the request counts.
+def fetch(
+    context: dg.AssetExecutionContext, plannr: PlannrApi, work: Callable[[PlannrClient], Awaitable[None]], landing: Landing
+) -> None:
+    """Run `work` through the API bridge, counting requests into the landing's stats.
 
     Transient trouble that outlasted the client's own retries asks Dagster to retry the step
     later; errors that retrying cannot fix (401, 403, 404, 422, a malformed body) fail it as they are.
     """
-    stats = RequestStats()
+    stats = landing.stats
     try:
         plannr.run(work, on_warning=context.log.warning, stats=stats)
     except RetriesExhaustedError as error:
@@ -70,7 +72,6 @@ def fetch(context: dg.AssetExecutionContext, plannr: PlannrApi, work: Callable[[
     except PlannrError as error:  # the message already says what went wrong and what to do
         raise dg.Failure(description=f"{context.asset_key.to_user_string()}: {error}") from error
     context.log.info(f"{stats.requests} requests, {stats.retries} retries, {stats.budget_wait_seconds:.1f}s waiting on the budget")
-    return stats
 
 
 async def land_listing(
@@ -90,5 +91,5 @@ async def land_listing(
         received += len(page.records)
         total = page.total
         landing.stage(rows_of(landing.accept(page.records), landing.drift))
-        landing.log_progress(f"page {page.number}/{page.last_page}, {received} records so far")
+        landing.progress(received, total)
     landing.count_listing(listing.path, total, received)

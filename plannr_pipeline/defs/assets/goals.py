@@ -30,9 +30,8 @@ def goals(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrS
             landing.count_listing(f"goals of client {client_uuid}", total, len(records))
             landing.stage({"goals": normalise.goals(client_uuid, landing.accept(records), landing.drift, month_of_client[client_uuid])})
             done += 1
-            if done % 100 == 0 or done == len(month_of_client):
-                landing.log_progress(f"{done}/{len(month_of_client)} clients, {landing.rows['goals']} goals so far")
+            landing.progress(done, len(month_of_client), "clients")
 
     context.log.info(f"goals: fanning out over {len(month_of_client)} clients in {len(landing.partitions)} partition(s)")
-    stats = fetch(context, plannr, work)
-    yield from landing.finish(stats, plannr.source(), clients=len(month_of_client))
+    fetch(context, plannr, work, landing)
+    yield from landing.finish(plannr.source(), clients=len(month_of_client))

@@ -30,5 +30,5 @@ def imports(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: Plann
     def rows_of(records: list[dict], drift: normalise.Drift) -> dict[str, list[dict]]:
         return normalise.imports(records, drift, import_day)
 
-    stats = fetch(context, plannr, lambda api: land_listing(api, landing, endpoints.IMPORTS, rows_of))
-    yield from landing.finish(stats, plannr.source())
+    fetch(context, plannr, lambda api: land_listing(api, landing, endpoints.IMPORTS, rows_of), landing)
+    yield from landing.finish(plannr.source())

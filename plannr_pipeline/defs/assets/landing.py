@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from plannr_pipeline.api import RequestStats
 from plannr_pipeline.defs.resources import PlannrStorage
+from plannr_pipeline.progress import Progress
 from plannr_pipeline.storage.convert import to_utc
 from plannr_pipeline.storage.history import HISTORY_OF, events_for, history_table
 from plannr_pipeline.storage.normalise import Drift, arrow
@@ -102,6 +103,8 @@ class Landing:
         self.partitions = set(partitions)
         self.configured_partitions = set(configured_partitions) if configured_partitions is not None else None
         self.covers_scope = covers_scope
+        self.stats = RequestStats()  # the fetch's request counts, read by progress as it goes
+        self._progress = Progress(self.root.name, "records", context.log.info)
         self.drift = Drift()
         self.history = {"versions": 0, "deletions": 0}
         self.write = StagedWrite(self.store)
@@ -168,8 +171,11 @@ class Landing:
         """What one listing promised (`meta.total`) and what arrived, for validation."""
         self.listings.append((label, api_total, received))
 
-    def log_progress(self, message: str) -> None:
-        self.context.log.info(f"{self.root.name}: {message}")
+    def progress(self, done: int, total: int | None, unit: str = "records") -> None:
+        """Report how far the fetch is: a run-log line at a steady cadence, a bar on a terminal."""
+        if self._progress.unit != unit:
+            self._progress.unit = unit
+        self._progress.update(done, total, self.stats.requests, self.stats.budget_per_minute)
 
     # -- validate, commit, report ------------------------------------------------------------
 
@@ -231,7 +237,7 @@ class Landing:
             ),
         ]
 
-    def finish(self, stats: RequestStats, source: str, **extra: Any) -> Iterator[Any]:
+    def finish(self, source: str, **extra: Any) -> Iterator[Any]:
         """Validate; on success commit and yield the materialisation with its check results."""
         for table in self.tables:
             self._flush(table)
@@ -259,7 +265,7 @@ class Landing:
         self._partition_metadata(replaced)
         yield dg.MaterializeResult(
             asset_key=self.root.name,
-            metadata=self._metadata(stats, source, replaced, problem, extra),
+            metadata=self._metadata(self.stats, source, replaced, problem, extra),
             check_results=checks,
         )
 

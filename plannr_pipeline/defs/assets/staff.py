@@ -14,5 +14,5 @@ from plannr_pipeline.storage.tables import STAFF
 @collection_asset((STAFF,), "GET /api/v1/account?filter[type]=employee", NIGHTLY_FRESHNESS)
 def staff(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrStorage):
     landing = Landing(context, storage, (STAFF,))
-    stats = fetch(context, plannr, lambda api: land_listing(api, landing, endpoints.STAFF, normalise.staff))
-    yield from landing.finish(stats, plannr.source())
+    fetch(context, plannr, lambda api: land_listing(api, landing, endpoints.STAFF, normalise.staff), landing)
+    yield from landing.finish(plannr.source())

@@ -36,8 +36,8 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
     # An incremental walk sees only what changed: it can record versions, never deletions.
     landing = Landing(context, storage, TASK_TABLES, covers_scope=watermark is None)
     if watermark is None:
-        stats = fetch(context, plannr, lambda api: land_listing(api, landing, endpoints.TASKS, normalise.tasks))
-        yield from landing.finish(stats, plannr.source(), mode="full sweep")
+        fetch(context, plannr, lambda api: land_listing(api, landing, endpoints.TASKS, normalise.tasks), landing)
+        yield from landing.finish(plannr.source(), mode="full sweep")
         return
 
     fetched: dict[str, list[dict]] = {t.name: [] for t in TASK_TABLES}
@@ -48,12 +48,12 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
             rows_by_table = normalise.tasks(landing.accept(page.records), landing.drift)
             for name, rows in rows_by_table.items():
                 fetched[name].extend(rows)
-            landing.log_progress(f"incremental page {page.number}, {len(fetched['tasks'])} tasks so far")
+            landing.progress(len(fetched["tasks"]), None, "changed tasks")
             page_oldest = min((row["updated_at"] for row in rows_by_table["tasks"] if row["updated_at"]), default=None)
             if page_oldest is not None and page_oldest < watermark - WATERMARK_OVERLAP:
                 break  # newest first: everything after this page is older still
 
-    stats = fetch(context, plannr, walk)
+    fetch(context, plannr, walk, landing)
     with store.merge_lock(TASKS):  # two merges at once must not lose each other's rows
         refreshed = pa.array({row["uuid"] for row in fetched["tasks"]}, pa.string())
         kept_rows = {}
@@ -62,5 +62,5 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
             kept = store.read(table)
             kept_rows[table.name] = kept.filter(pc.invert(pc.is_in(kept.column(key), value_set=refreshed))).to_pylist()
         landing.stage({name: kept_rows[name] + fetched[name] for name in fetched})
-        yield from landing.finish(stats, plannr.source(), mode=f"incremental from {watermark.isoformat()}",
+        yield from landing.finish(plannr.source(), mode=f"incremental from {watermark.isoformat()}",
                                   fetched_rows=len(fetched["tasks"]))
