@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import signal
@@ -47,18 +46,21 @@ def _sync(args: argparse.Namespace) -> int:
     on_terminal = sys.stderr.isatty()
     if on_terminal:  # live bars instead of the run log's progress lines
         progress.SINK = bars = progress.TerminalBars()
+    signals = _SignalLog()
     try:
-        with _stop_on_sigterm():
-            report = run_sync(selected, log_level="WARNING" if on_terminal else "INFO")
-    except KeyboardInterrupt as interrupted:
-        signal_name = "SIGTERM" if isinstance(interrupted, Terminated) else "Ctrl-C"
-        print(f"\nsync stopped by {signal_name}: the step under way left stored data as it was "
-              "(its staged files are removed); run sync again to finish.", file=sys.stderr)
-        return 143 if isinstance(interrupted, Terminated) else 130
+        with signals:
+            report = run_sync(selected, log_level="WARNING" if on_terminal else "INFO", should_stop=signals.received)
+    except KeyboardInterrupt:  # between steps, where no step is there to unwind
+        signals.received()
+        signals.names = signals.names or ["SIGINT"]
     finally:
         if on_terminal:
             bars.close()
             progress.SINK = None
+    if signals.names:
+        print(f"\nsync stopped by {signals.names[0]}: the step under way left stored data as it was "
+              "(its staged files are removed); run sync again to finish.", file=sys.stderr)
+        return 143 if signals.names[0] == "SIGTERM" else 130
     if problem := Warehouse(data_dir).refresh_views():
         report.views_problems.append(problem)
     _print_summary(report, data_dir)
@@ -75,20 +77,40 @@ def _sync(args: argparse.Namespace) -> int:
     return 0
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the sync is, so the step under way unwinds as it does for Ctrl-C."""
+class _SignalLog:
+    """Which of SIGTERM and Ctrl-C arrived during the sync.
 
+    Dagster takes both over while a step runs (it interrupts the step, which unwinds and removes
+    what it staged) and cannot say which it was; the interpreter's wakeup pipe still records
+    every signal number, whoever handles it. The sync starts no step after one arrived.
+    """
 
-@contextlib.contextmanager
-def _stop_on_sigterm():
-    def stop(signum, frame):
-        raise Terminated()
+    def __init__(self) -> None:
+        self.names: list[str] = []
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __enter__(self) -> _SignalLog:
+        self._read, write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(write, False)
+        self._write = write
+        self._previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        self._previous_term = signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))  # as Ctrl-C
+        return self
+
+    def received(self) -> bool:
+        try:
+            numbers = os.read(self._read, 64)
+        except BlockingIOError:
+            numbers = b""
+        self.names += [signal.Signals(n).name for n in numbers if n in (signal.SIGTERM, signal.SIGINT)]
+        return bool(self.names)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.received()
+        signal.set_wakeup_fd(self._previous_fd)
+        signal.signal(signal.SIGTERM, self._previous_term)
+        os.close(self._read)
+        os.close(self._write)
 
 
 def _views(args: argparse.Namespace) -> int:

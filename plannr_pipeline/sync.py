@@ -90,12 +90,16 @@ def run_sync(
     resources_by_key: dict | None = None,
     echo=print,
     log_level: str = "INFO",
+    should_stop=lambda: False,
 ) -> SyncReport:
     report = SyncReport()
     started = time.monotonic()
     # The CLI has set DAGSTER_HOME (plannr_pipeline.instance); a library caller may not have.
     instance = instance or (dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral())
     for step in STEPS:
+        if should_stop():  # SIGTERM or Ctrl-C: the step under way has unwound; start no other
+            report.ok = False
+            break
         selection = [name for name in step.names if selected is None or name in selected]
         if not selection:
             continue

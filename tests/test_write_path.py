@@ -183,3 +183,47 @@ def test_staged_files_of_a_dead_run_are_removed(tmp_path):
     live.write_bytes(b"being written")
     store.recover()
     assert not stale.exists() and live.exists()
+
+
+def run_sync_cli(env: dict, cwd: Path, *args: str) -> subprocess.Popen:
+    environ = {**{k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}, **env}
+    return subprocess.Popen([sys.executable, "-m", "plannr_pipeline.cli", "sync", *args], env=environ, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_an_unreachable_api_fails_the_sync_within_a_minute_in_one_clear_line(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    started = time.monotonic()
+    sync = run_sync_cli({"PLANNR_BASE_URL": closed, "PLANNR_API_TOKEN": "t", "DAGSTER_HOME": str(tmp_path / "home"),
+                         "PLANNR_DATA_DIR": str(tmp_path / "data")}, tmp_path)
+    out, err = sync.communicate(timeout=120)
+    assert sync.returncode == 1
+    assert time.monotonic() - started < 60
+    assert f"could not connect to {closed} (connection refused). Check PLANNR_BASE_URL" in err
+    assert "remaining steps skipped: the API is unreachable" in err
+    assert "Traceback" not in err
+
+
+def test_sigterm_stops_the_sync_with_143_and_leaves_stored_data_as_it_was(make_sandbox, tmp_path):
+    import signal
+    import time
+
+    sandbox = make_sandbox(clients=300, latency_ms=100)
+    env = {"PLANNR_BASE_URL": sandbox.url, "PLANNR_API_TOKEN": sandbox.options.token, "DAGSTER_HOME": str(tmp_path / "home"),
+           "PLANNR_DATA_DIR": str(tmp_path / "data"), "PLANNR_RATE_LIMIT_PER_MINUTE": "100000", "PLANNR_MAX_CONCURRENCY": "2"}
+    sync = run_sync_cli(env, tmp_path, "--select", "clients,goals")
+    deadline = time.monotonic() + 90
+    while sandbox.requests["/api/v1/account"] == 0 or sum(sandbox.requests.values()) < 20:  # into the goals fan-out
+        assert time.monotonic() < deadline and sync.poll() is None, "sync never got going"
+        time.sleep(0.1)
+    os.killpg(sync.pid, signal.SIGTERM)
+    out, err = sync.communicate(timeout=120)
+    assert sync.returncode == 143, err[-2000:]
+    assert "sync stopped by SIGTERM" in err
+    assert not list((tmp_path / "data" / "parquet").glob("**/*.tmp"))  # the interrupted step cleaned up
+    assert not list((tmp_path / "data" / "parquet").glob("goals/*/data.parquet"))  # goals never landed half-way

@@ -105,6 +105,15 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
+def _refused(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _int_header(response: httpx.Response, name: str) -> int | None:
     raw = response.headers.get(name)
     return int(raw) if raw is not None and raw.strip().isdigit() else None
@@ -239,9 +248,11 @@ class PlannrClient:
         self.stats.budget_wait_seconds += await self.budget.acquire()
         try:
             response = await self._http.get(path, params=params)
-        except httpx.ConnectError:
-            # Refused or unresolvable: nobody is answering there (a retry or two covers a blip).
-            raise TransientHTTPError(f"could not connect to {self.settings.base_url}", unreachable=True) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            # Refused, unresolvable or silent: nobody is answering there (a retry or two covers a
+            # blip). The aiohttp transport reports a refused connection as a ConnectTimeout.
+            why = "connection refused" if _refused(error) else type(error).__name__
+            raise TransientHTTPError(f"could not connect to {self.settings.base_url} ({why})", unreachable=True) from None
         except httpx.TransportError as error:
             # Timeouts, dropped connections, bad status lines: name the kind, never echo the request.
             raise TransientHTTPError(f"{type(error).__name__} talking to {self.settings.base_url}") from None

@@ -100,7 +100,7 @@ class UnreachableError(PlannrError):
     def __init__(self, base_url: str, last_problem: str) -> None:
         self.base_url = base_url
         super().__init__(
-            f"{last_problem} (connection refused or host not found). Check PLANNR_BASE_URL and that "
+            f"{last_problem}. Check PLANNR_BASE_URL and that "
             "the API is up; unset PLANNR_BASE_URL and PLANNR_API_TOKEN to use the embedded sandbox."
         )
 

@@ -67,10 +67,13 @@ def fetch(
     stats = landing.stats
     try:
         plannr.run(work, on_warning=context.log.warning, stats=stats)
-    except RetriesExhaustedError as error:
-        raise dg.RetryRequested(max_retries=2, seconds_to_wait=60) from error
-    except PlannrError as error:  # the message already says what went wrong and what to do
-        raise dg.Failure(description=f"{context.asset_key.to_user_string()}: {error}") from error
+    except BaseException as error:
+        landing.abort()  # nothing staged survives a failed or interrupted fetch
+        if isinstance(error, RetriesExhaustedError):
+            raise dg.RetryRequested(max_retries=2, seconds_to_wait=60) from error
+        if isinstance(error, PlannrError):  # the message already says what went wrong and what to do
+            raise dg.Failure(description=f"{context.asset_key.to_user_string()}: {error}") from error
+        raise
     context.log.info(f"{stats.requests} requests, {stats.retries} retries, {stats.budget_wait_seconds:.1f}s waiting on the budget")
 
 

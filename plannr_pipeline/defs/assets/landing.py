@@ -167,6 +167,10 @@ class Landing:
             if self.root.partition_column:
                 self.rows_by_partition[row[self.root.partition_column]] += 1
 
+    def abort(self) -> None:
+        """Remove everything staged; stored data stays as it was."""
+        self.write.abort()
+
     def count_listing(self, label: str, api_total: int | None, received: int) -> None:
         """What one listing promised (`meta.total`) and what arrived, for validation."""
         self.listings.append((label, api_total, received))
@@ -244,7 +248,7 @@ class Landing:
         complete, keys = self.problems()
         checks = self._check_results(complete, keys)
         if complete or keys:
-            self.write.abort()
+            self.abort()
             yield from checks
             first = (complete + keys)[0]
             more = f" (and {len(complete + keys) - 1} more problem(s))" if len(complete + keys) > 1 else ""
