@@ -31,8 +31,8 @@ class Progress:
     step: str
     unit: str
     log: Callable[[str], None]
-    started: float = field(default_factory=time.monotonic)
-    _last_logged: float = 0.0
+    started: float = field(default_factory=lambda: time.monotonic())
+    _last_logged: float | None = None  # the first line comes LOG_EVERY_SECONDS in (or at the end)
 
     def update(self, done: int, total: int | None, requests: int, budget_per_minute: int | None) -> None:
         now = time.monotonic()
@@ -47,7 +47,7 @@ class Progress:
         message = ", ".join(parts)
         if SINK is not None:
             SINK(self.step, done, total, self.unit, message)
-        if finished or now - self._last_logged >= LOG_EVERY_SECONDS:
+        if finished or now - (self._last_logged or self.started) >= LOG_EVERY_SECONDS:
             self._last_logged = now
             self.log(f"{self.step}: {message}")
 
