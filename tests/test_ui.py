@@ -160,8 +160,8 @@ def test_materialize_all_from_the_asset_graph(dagster_ui, browser):
     page.goto(f"{dagster_ui.url}/asset-groups/plannr", wait_until="networkidle")
     page.get_by_text("Materialized").first.wait_for()
     page.mouse.move(1100, 600)
-    page.keyboard.down("Control")  # ctrl+wheel zooms the graph; two steps out fit it all
-    for _ in range(2):
+    page.keyboard.down("Control")  # ctrl+wheel zooms the graph; one step out fits it with the checks legible
+    for _ in range(1):
         page.mouse.wheel(0, 100)
         page.wait_for_timeout(300)
     page.keyboard.up("Control")
@@ -233,8 +233,30 @@ def test_one_asset_alone_from_its_page(dagster_ui, browser):
 
     before = latest_run()
     page = open_page(browser, f"{dagster_ui.url}/assets/circles")
-    page.get_by_role("button", name="Materialize", exact=True).first.click()
+    page.locator("button", has_text="Materialize").first.click()
     run_id = wait_for(lambda: (r := latest_run()) != before and r, 300, 3, "circles to materialise on its own")
     client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_ui.port)
     assert client.get_run_status(run_id) == dg.DagsterRunStatus.SUCCESS
     page.close()
+
+
+LINEAGE = """query { assetOrError(assetKey: {path: ["goal_progress"]}) { ... on Asset {
+  assetMaterializations(limit: 1) { metadataEntries { label
+    ... on TableColumnLineageMetadataEntry { lineage { columnName columnDeps { assetKey { path } columnName } } } } } } } }"""
+
+
+def test_the_views_sit_downstream_of_their_tables_with_column_lineage(dagster_ui, browser):
+    page = open_page(browser, f"{dagster_ui.url}/assets/goal_progress?view=lineage")
+    for name in ("goals", "clients", "staff", "goal_progress"):  # the view and the tables it reads
+        page.get_by_role("button", name=name, exact=False).first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "goal-progress-lineage.png"))
+    page.goto(f"{dagster_ui.url}/assets/goal_progress", wait_until="networkidle")
+    page.get_by_text("adviser_name").first.wait_for()  # its columns, in DuckDB's types
+    page.get_by_text("TIMESTAMPTZ").first.wait_for()
+    page.close()
+    [materialization] = dagster_ui.graphql(LINEAGE)["assetOrError"]["assetMaterializations"]
+    [entry] = [e for e in materialization["metadataEntries"] if e["label"] == "dagster/column_lineage"]
+    deps = {column["columnName"]: [(d["assetKey"]["path"][0], d["columnName"]) for d in column["columnDeps"]]
+            for column in entry["lineage"]}
+    assert deps["adviser_name"] == [("staff", "name")]
+    assert deps["target_gbp"] == [("goals", "target_amount_minor")]

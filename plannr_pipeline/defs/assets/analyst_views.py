@@ -53,7 +53,9 @@ def view_asset(view: AnalystView) -> dg.AssetsDefinition:
             context.log.warning(problem)
             return dg.MaterializeResult(metadata={"views_refreshed": False, "views_problem": problem})
         return dg.MaterializeResult(metadata={"views_refreshed": True, "dagster/row_count": warehouse.count(view.name),
-                                              "database": str(warehouse.db_path)})
+                                              "database": str(warehouse.db_path),
+                                              # the UI draws column lineage from the latest materialisation
+                                              "dagster/column_lineage": column_lineage(view)})
 
     return _view
 
