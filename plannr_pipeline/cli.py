@@ -42,6 +42,12 @@ def _sync(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as error:
+        print(f"error: PLANNR_DATA_DIR={data_dir} cannot be used ({error.strerror}): point it at a folder you can write.",
+              file=sys.stderr)
+        return 2
     print(f"plannr-pipeline sync: from {source} into {data_dir}", flush=True)
     on_terminal = sys.stderr.isatty()
     if on_terminal:  # live bars instead of the run log's progress lines

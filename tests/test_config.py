@@ -10,8 +10,8 @@ def test_sandbox_only_without_token_and_base_url():
 
 
 def test_defaults_and_trailing_slash():
-    settings = PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://x.test/"})
-    assert settings.base_url == "http://x.test"
+    settings = PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "https://x.test/"})
+    assert settings.base_url == "https://x.test"
     assert settings.rate_limit_per_minute is None  # unset: follow what the server announces
     assert settings.starting_budget < 500
 
@@ -30,3 +30,51 @@ def test_bad_budget_is_rejected_with_the_variable_name(value):
 def test_bad_base_url_is_rejected():
     with pytest.raises(ConfigurationError, match="http"):
         PlannrSettings.from_env({"PLANNR_API_TOKEN": "secret", "PLANNR_BASE_URL": "api.plannrcrm.com"})
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"PLANNR_API_TOKEN": "abc\n"}, "PLANNR_API_TOKEN has a line break"),
+    ({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "https://user:pw@api.example.test"}, "PLANNR_BASE_URL carries credentials"),
+    ({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://api.example.test"}, "plain http:// to api.example.test"),
+])
+def test_malformed_settings_are_one_clear_line(env, says):
+    with pytest.raises(ConfigurationError, match=says) as raised:
+        PlannrSettings.from_env(env)
+    assert "\n" not in str(raised.value)
+
+
+def test_plain_http_is_fine_on_loopback_or_when_allowed(monkeypatch):
+    assert PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://127.0.0.1:8765"})
+    monkeypatch.setenv("PLANNR_ALLOW_INSECURE_HTTP", "1")
+    assert PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://api.example.test"})
+
+
+@pytest.mark.parametrize("env_name, make", [
+    ("PLANNR_DATA_DIR", lambda tmp: tmp / "a-file"),
+    ("PLANNR_START_DATE", lambda tmp: "2999-01-01"),
+])
+def test_sync_refuses_a_bad_setting_before_any_run(tmp_path, env_name, make):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "a-file").write_text("")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))},
+           "DAGSTER_HOME": str(tmp_path / "home"), "PLANNR_DATA_DIR": str(tmp_path / "data"), env_name: str(make(tmp_path))}
+    done = subprocess.run([sys.executable, "-m", "plannr_pipeline.cli", "sync"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert env_name in line and "Traceback" not in done.stderr
+
+
+def test_a_422_that_echoes_the_token_never_shows_it():
+    import json
+
+    from plannr_pipeline.api import PlannrClient, ValidationError
+
+    client = PlannrClient(PlannrSettings(base_url="http://127.0.0.1:9", token="sekret-token-42"))
+    body = json.dumps({"message": "bad sekret-token-42", "errors": {"filter.sekret-token-42": ["sekret-token-42 is invalid"]}})
+    with pytest.raises(ValidationError) as raised:
+        client._raise_for_client_error("/api/v1/account", 422, body.encode())
+    assert "sekret-token-42" not in str(raised.value) and "sekret-token-42" not in repr(raised.value.field_errors)

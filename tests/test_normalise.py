@@ -112,3 +112,12 @@ def test_goal_owner_and_task_people_are_columns_only():
     assert (task_row["author_uuid"], task_row["assigned_to_uuid"], task_row["completed_by_uuid"]) == ("s1", "s2", "s2")
     assert task_row["extra_json"] is None
     assert not drift.unknown_fields
+
+
+def test_whole_numbers_are_parsed_as_integers_not_through_float():
+    from plannr_pipeline.storage.convert import to_int
+
+    assert to_int("9007199254740993") == 9007199254740993
+    assert to_int(" 42 ") == 42 and to_int("-7") == -7 and to_int("12.00") == 12 and to_int("1e3") == 1000
+    with pytest.raises(ValueError):
+        to_int("12.5")

@@ -16,7 +16,7 @@ from plannr_pipeline.definitions import ASSETS
 from plannr_pipeline.defs.alerts import AlertWebhook
 from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.defs.sensors.clients import changed_clients_sensor
-from plannr_pipeline.defs.sensors.imports import import_failures_sensor, import_progress_sensor
+from plannr_pipeline.defs.sensors.import_sensors import import_failures_sensor, import_progress_sensor
 from plannr_pipeline.defs.sensors.run_failures import pipeline_run_failure_sensor
 
 
@@ -206,3 +206,33 @@ def test_run_failure_sensor_posts_an_alert(make_sandbox, alert_receiver, tmp_pat
     [alert] = alert_receiver.received
     assert alert["event"] == "plannr.pipeline.run_failed" and alert["run_id"] == result.run_id
     assert "wrong-token-456" not in json.dumps(alert)
+
+
+@pytest.mark.parametrize("sensor, extra", [
+    (import_progress_sensor, "storage"), (import_failures_sensor, "alert_webhook"), (changed_clients_sensor, None),
+])
+def test_a_cursor_that_does_not_parse_is_reset_to_a_fresh_baseline(moving_sandbox, tmp_path, sensor, extra):
+    sandbox, _ = moving_sandbox
+    resources = {"plannr": api_for(sandbox)}
+    if extra == "storage":
+        resources["storage"] = PlannrStorage(data_dir=str(tmp_path / "data"))
+    elif extra == "alert_webhook":
+        resources["alert_webhook"] = AlertWebhook()
+    for broken in ("{not json", '{"something": "else"}', '{"watermark": "yesterday", "uuids_at_watermark": []}'):
+        result, cursor = tick(sensor, broken, **resources)
+        assert result.run_requests == []  # a baseline: nothing replayed
+        assert cursor != broken and json.loads(cursor)  # a fresh, readable cursor
+
+
+def test_a_malformed_webhook_url_is_logged_and_retried_not_fatal(moving_sandbox):
+    sandbox, clock = moving_sandbox
+    plannr, broken = api_for(sandbox), AlertWebhook(url="not a url at all")
+    _, cursor = tick(import_failures_sensor, None, plannr=plannr, alert_webhook=broken)
+    for _ in range(240):  # until a failure would be alerted
+        clock.now += timedelta(seconds=30)
+        result, new_cursor = tick(import_failures_sensor, cursor, plannr=plannr, alert_webhook=broken)
+        if result.run_requests:
+            break
+        cursor = new_cursor
+    assert result.run_requests  # the sensor kept working
+    assert broken.send({"x": 1}).startswith("alert webhook unreachable")

@@ -288,7 +288,12 @@ class PlannrClient:
         endpoint = endpoint_of(path)
         error_class = ERRORS_BY_STATUS.get(status)
         if status == 422 and error_class is not None:
-            raise error_class(endpoint, message, payload.get("errors") if isinstance(payload, dict) else None)
+            field_errors = payload.get("errors") if isinstance(payload, dict) else None
+            if isinstance(field_errors, dict):  # an API may echo what it was sent: never the token
+                field_errors = {redact(str(name), self.settings.token): [redact(str(m), self.settings.token)[:300] for m in
+                                (messages if isinstance(messages, list) else [messages])]
+                                for name, messages in field_errors.items()}
+            raise error_class(endpoint, message, field_errors)
         if error_class is not None:
             raise error_class(endpoint, message)
         unexpected = PlannrHTTPError(endpoint, message, " Unexpected status.")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
-from plannr_pipeline.api.errors import ConfigurationError
+from plannr_pipeline.api.errors import ConfigurationError, redact
 
 DEFAULT_BASE_URL = "https://api.plannrcrm.com"
 # Plannr documents 500 requests per minute per user. Until the server announces its limit
@@ -57,16 +58,31 @@ class PlannrSettings:
                 "(Plannr: Settings -> Account Details -> Personal Access Tokens), or unset both "
                 "PLANNR_API_TOKEN and PLANNR_BASE_URL to use the embedded sandbox."
             )
+        if any(c in self.token for c in "\r\n") or self.token != self.token.strip():
+            raise ConfigurationError(
+                "PLANNR_API_TOKEN has a line break or surrounding spaces (a copy-paste slip?): set it to the token alone."
+            )
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigurationError(
-                f"PLANNR_BASE_URL must start with http:// or https://, got {self.base_url!r}."
+                f"PLANNR_BASE_URL must start with http:// or https://, got {redact(self.base_url, self.token)!r}."
+            )
+        url = urlparse(self.base_url)
+        if url.username or url.password:
+            raise ConfigurationError(
+                "PLANNR_BASE_URL carries credentials (user:password@): remove them; the token goes in PLANNR_API_TOKEN."
+            )
+        loopback = url.hostname in ("localhost", "::1") or (url.hostname or "").startswith("127.")
+        if url.scheme == "http" and not loopback and os.environ.get("PLANNR_ALLOW_INSECURE_HTTP") != "1":
+            raise ConfigurationError(
+                f"PLANNR_BASE_URL is plain http:// to {url.hostname}, which would send the token unencrypted: use "
+                "https://, or set PLANNR_ALLOW_INSECURE_HTTP=1 if you really mean it."
             )
 
     @staticmethod
     def wants_sandbox(env: Mapping[str, str] | None = None) -> bool:
-        """With neither a token nor a base URL, the embedded sandbox serves."""
+        """Whether the environment asks for the embedded sandbox (see `sandbox_wanted`)."""
         env = os.environ if env is None else env
-        return not env.get("PLANNR_API_TOKEN") and not env.get("PLANNR_BASE_URL")
+        return sandbox_wanted(env.get("PLANNR_API_TOKEN"), env.get("PLANNR_BASE_URL"))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PlannrSettings:
@@ -78,6 +94,11 @@ class PlannrSettings:
             rate_limit_per_minute=budget_from_env(env),
             max_concurrency=concurrency_from_env(env),
         )
+
+
+def sandbox_wanted(token: str | None, base_url: str | None) -> bool:
+    """The one rule: with neither a token nor a base URL, the embedded sandbox serves."""
+    return not token and not base_url
 
 
 def budget_from_env(env: Mapping[str, str]) -> int | None:

@@ -30,8 +30,8 @@ class AlertWebhook(dg.ConfigurableResource):
             return None
         try:
             response = httpx.post(self.url, json=payload, timeout=self.timeout_seconds)
-        except httpx.HTTPError as error:
-            return f"alert webhook unreachable ({type(error).__name__})"
+        except (httpx.HTTPError, httpx.InvalidURL) as error:  # a malformed URL too: logged, retried next tick
+            return f"alert webhook unreachable ({type(error).__name__}); check PLANNR_ALERT_WEBHOOK_URL"
         if response.status_code >= 300:
             return f"alert webhook answered {response.status_code}"
         return None

@@ -19,6 +19,7 @@ from plannr_pipeline.api.config import (
     budget_from_env,
     concurrency_from_env,
     positive_int,
+    sandbox_wanted,
 )
 from plannr_pipeline.sandbox import embedded_sandbox
 from plannr_pipeline.storage.warehouse import CONNECT_CONFIG, DATABASE_FILE, Warehouse
@@ -53,7 +54,7 @@ class PlannrApi(dg.ConfigurableResource):
 
     @property
     def uses_sandbox(self) -> bool:
-        return not self.token and not self.base_url
+        return sandbox_wanted(self.token, self.base_url)
 
     def settings(self) -> PlannrSettings:
         if self.uses_sandbox:

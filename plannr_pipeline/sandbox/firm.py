@@ -16,7 +16,7 @@ from typing import Any
 from faker import Faker
 
 from plannr_pipeline.sandbox.formats import LONDON, iso_london, money, naive_london, placeholder
-from plannr_pipeline.sandbox.imports import ImportPlan, plan_imports
+from plannr_pipeline.sandbox.import_plans import ImportPlan, plan_imports
 from plannr_pipeline.sandbox.people import account_summary, assign
 
 CLIENT_ROLES = ["individual", "individual", "individual", "joint", "trust", "business"]

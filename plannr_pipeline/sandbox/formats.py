@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from zoneinfo import ZoneInfo
 
-LONDON = ZoneInfo("Europe/London")
+from plannr_pipeline.storage.convert import LONDON  # one UK zone for the whole package
+
 PLACEHOLDER = "App\\Http\\Resources\\{}Resource"
 
 

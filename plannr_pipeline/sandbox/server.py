@@ -27,7 +27,7 @@ from aiohttp import web
 
 from plannr_pipeline.sandbox import people, routes, timeline
 from plannr_pipeline.sandbox.firm import FirmSize, generate_firm
-from plannr_pipeline.sandbox.imports import ImportPlan, live_import
+from plannr_pipeline.sandbox.import_plans import ImportPlan, live_import
 from plannr_pipeline.sandbox.listing import Listing, ListingError, paginate
 
 log = logging.getLogger(__name__)

@@ -59,7 +59,10 @@ def to_int(value: Any) -> int | None:
     if isinstance(value, int):
         return value
     text = str(value).strip()
-    number = float(text)
+    whole, _, fraction = text.partition(".")
+    if whole.lstrip("+-").isdigit() and fraction.strip("0") == "":
+        return int(whole)  # exact: through float, 9007199254740993 would become ...992
+    number = float(text)  # "1e3" and the like
     if not number.is_integer():
         raise ValueError(f"expected a whole number, got {value!r}")
     return int(number)

@@ -26,10 +26,6 @@ class Drift:
     unknown_fields: Counter = field(default_factory=Counter)  # "table.field" -> rows
     unparsed_values: Counter = field(default_factory=Counter)
 
-    def merge(self, other: Drift) -> None:
-        self.unknown_fields.update(other.unknown_fields)
-        self.unparsed_values.update(other.unparsed_values)
-
     def summary(self) -> list[str]:
         return [f"new field {name} in {count} rows" for name, count in sorted(self.unknown_fields.items())] + [
             f"uncastable {name} in {count} rows" for name, count in sorted(self.unparsed_values.items())

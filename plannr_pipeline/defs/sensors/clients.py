@@ -13,6 +13,7 @@ from plannr_pipeline.api import PlannrClient, PlannrError, RequestStats, endpoin
 from plannr_pipeline.defs.jobs import clients_job
 from plannr_pipeline.defs.partitions import client_months, partition_key_of
 from plannr_pipeline.defs.resources import PlannrApi
+from plannr_pipeline.defs.sensors.cursors import load_cursor
 from plannr_pipeline.storage.convert import to_utc
 
 
@@ -39,8 +40,12 @@ async def _changed_since(api: PlannrClient, watermark: datetime | None) -> list[
     ),
 )
 def changed_clients_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi):
-    state = json.loads(context.cursor) if context.cursor else None
-    watermark = datetime.fromisoformat(state["watermark"]) if state else None
+    state = load_cursor(context, {"watermark", "uuids_at_watermark"})
+    try:
+        watermark = datetime.fromisoformat(state["watermark"]) if state else None
+    except (TypeError, ValueError):
+        context.log.warning("the cursor's watermark could not be read; starting again from a fresh baseline")
+        state = watermark = None
     stats = RequestStats()
     try:
         changed = plannr.run(lambda api: _changed_since(api, watermark), stats=stats)

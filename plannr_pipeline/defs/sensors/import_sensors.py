@@ -22,6 +22,7 @@ from plannr_pipeline.defs.alerts import AlertWebhook
 from plannr_pipeline.defs.jobs import clients_job, imports_job
 from plannr_pipeline.defs.partitions import client_months, partition_key_of
 from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.sensors.cursors import load_cursor
 from plannr_pipeline.defs.sensors.import_polling import ImportSnapshot, poll_imports
 from plannr_pipeline.storage.normalise import arrow
 from plannr_pipeline.storage.parquet_store import StagedWrite
@@ -30,8 +31,9 @@ from plannr_pipeline.storage.tables import IMPORT_PROGRESS_HISTORY
 POLL_SECONDS = 60
 
 
-def _load(cursor: str | None) -> dict[str, dict[str, Any]] | None:
-    return json.loads(cursor)["imports"] if cursor else None
+def _load(context: dg.SensorEvaluationContext) -> dict[str, dict[str, Any]] | None:
+    state = load_cursor(context, {"imports"})
+    return state["imports"] if state is not None and isinstance(state["imports"], dict) else None
 
 
 def _dump(imports: dict[str, dict[str, Any]]) -> str:
@@ -80,7 +82,7 @@ def _finished_runs(snapshot: ImportSnapshot) -> list[dg.RunRequest]:
     ),
 )
 def import_progress_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi, storage: PlannrStorage):
-    tracked = _load(context.cursor)
+    tracked = _load(context)
     try:
         snapshots = _poll(context, plannr, tracked or {})
     except PlannrError as error:
@@ -152,7 +154,7 @@ def failure_alert(snapshot: ImportSnapshot, new_failed_jobs: int, source: str) -
     ),
 )
 def import_failures_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi, alert_webhook: AlertWebhook):
-    tracked = _load(context.cursor)
+    tracked = _load(context)
     try:
         snapshots = _poll(context, plannr, tracked or {})
     except PlannrError as error:
