@@ -1,8 +1,8 @@
 """End to end: `plannr-pipeline sync` against dlt's rest_api source, same sandbox, same machine.
 
 For each size, one sandbox process (`plannr-pipeline sandbox`, 25 ms latency, no effective rate
-limit, run through bench/sandbox_process.py so that it can report what it served), then per
-repetition, each in a subprocess of its own with fresh temp folders:
+limit, the firm shape set by its flags; what it served is read from its `GET /__sandbox/stats`),
+then per repetition, each in a subprocess of its own with fresh temp folders:
 
 1. a full `plannr-pipeline sync` (PLANNR_MAX_CONCURRENCY 32, budget lifted);
 2. dlt's rest_api source loading the same collections into DuckDB (bench/dlt_peer.py).
@@ -17,7 +17,7 @@ PLANNR_RATE_LIMIT_PER_MINUTE=N, stopped after --budget-seconds; reports the achi
 share of N and the 429s the sandbox answered.
 
     .venv/bin/python bench/bench_sync.py [--clients 1000,10000] [--repeat 1] [--skip-dlt] [--skip-budget]
-        [--firm cli|issue] [--budget-clients 2000] [--budget-rate 600] [--budget-seconds 90]
+        [--firm issue|cli] [--budget-clients 2000] [--budget-rate 600] [--budget-seconds 240]
 
 Writes bench/RESULTS.md (or --out) and prints the same figures.
 """
@@ -51,8 +51,9 @@ BENCH = Path(__file__).resolve().parent
 TOKEN = "bench-token"
 UNLIMITED = 100_000_000
 LATENCY_MS = 25.0
-# FirmSize knobs the sandbox CLI does not expose; "issue" is the shape the benchmark issue asks
-# for (about 3 goals per client, tasks 5x clients, circles clients/4). "cli" keeps the defaults.
+# `plannr-pipeline sandbox` firm shape flags. "issue", the default, is the shape the benchmark issue
+# asks for: about 3 goals per client (0..6), tasks 5x clients, circles clients/4, about 50 imports
+# over the 30 days of history. "cli" keeps the sandbox's own defaults.
 FIRMS = {
     "cli": {},
     "issue": {"max-goals-per-client": 6, "tasks-per-client": 5, "circles-per-client": 0.25, "imports-per-day": 50 / 30},
@@ -73,32 +74,29 @@ def free_port() -> int:
 
 
 class Sandbox:
-    """The sandbox CLI in its own process; `counts()` asks it what it has served so far."""
+    """`plannr-pipeline sandbox` in its own process; `counts()` asks it what it has served so far."""
 
     def __init__(self, clients: int, rate_limit: int, firm: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        knobs = [arg for name, value in FIRMS[firm].items() for arg in (f"--{name}", str(value))]
+        shape = [arg for name, value in FIRMS[firm].items() for arg in (f"--{name}", str(value))]
         self.process = subprocess.Popen(
-            [sys.executable, str(BENCH / "sandbox_process.py"), "--port", str(self.port), "--clients", str(clients),
-             "--latency-ms", str(LATENCY_MS), "--rate-limit", str(rate_limit), "--token", TOKEN, *knobs],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            [sys.executable, "-m", "plannr_pipeline.cli", "sandbox", "--port", str(self.port), "--clients", str(clients),
+             "--latency-ms", str(LATENCY_MS), "--rate-limit", str(rate_limit), "--token", TOKEN, *shape],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         for line in self.process.stdout:  # type: ignore[union-attr]
             if "serving at" in line:
                 break
         else:
-            raise RuntimeError("sandbox exited before serving")
-        self._lock = threading.Lock()
+            raise RuntimeError(f"sandbox exited (code {self.process.wait()}) before serving")
 
     def counts(self) -> dict:
-        with self._lock:
-            self.process.stdin.write("counts\n")  # type: ignore[union-attr]
-            self.process.stdin.flush()  # type: ignore[union-attr]
-            for line in self.process.stdout:  # type: ignore[union-attr]
-                if line.startswith("COUNTS "):
-                    return json.loads(line[len("COUNTS "):])
-        raise RuntimeError("sandbox stopped answering")
+        """`{"requests": total, "by_endpoint": {...}, "by_status": {"200": n, ...}}`: the sandbox's own
+        count of the API requests it has served (its controls, this call included, are not counted)."""
+        answer = httpx.get(f"{self.url}/__sandbox/stats", timeout=30)
+        answer.raise_for_status()
+        return answer.json()
 
     def totals(self) -> dict[str, int]:
         """meta.total of each listing, asked with the same filters the sync uses (5 requests)."""
@@ -121,7 +119,7 @@ def floor_requests(totals: dict[str, int]) -> int:
 
 
 def delta(after: dict, before: dict) -> tuple[int, dict[str, int]]:
-    statuses = {k: v - before["statuses"].get(k, 0) for k, v in after["statuses"].items()}
+    statuses = {k: v - before["by_status"].get(k, 0) for k, v in after["by_status"].items()}
     return after["requests"] - before["requests"], {k: v for k, v in statuses.items() if v}
 
 
@@ -369,8 +367,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--skip-dlt", action="store_true")
     parser.add_argument("--skip-budget", action="store_true")
-    parser.add_argument("--firm", choices=sorted(FIRMS), default="cli",
-                        help="cli: the sandbox CLI's FirmSize defaults; issue: ~3 goals/client, tasks 5x, circles /4")
+    parser.add_argument("--firm", choices=sorted(FIRMS), default="issue",
+                        help="issue (default): ~3 goals/client, tasks 5x, circles /4, ~50 imports; cli: the sandbox's defaults")
     parser.add_argument("--budget-clients", type=int, default=2000)
     parser.add_argument("--budget-rate", type=int, default=600)
     parser.add_argument("--budget-seconds", type=float, default=240, help="stop the budget sync after this long")

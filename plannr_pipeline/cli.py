@@ -154,13 +154,58 @@ def _print_summary(report, data_dir: str) -> None:
     print(f"{report.requests} API requests in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}")
 
 
+def _whole(least: int):
+    """An argparse type: a whole number, `least` or more."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a whole number, {least} or more (not {text!r})") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"takes a whole number, {least} or more (not {text})")
+        return value
+
+    return parse
+
+
+def _amount(most: float = float("inf")):
+    """An argparse type: a number (decimals allowed) from 0 up to `most`."""
+    bounds = "0 or more" if most == float("inf") else f"from 0 to {most:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a number, {bounds} (not {text!r})") from None
+        if not 0 <= value <= most or value == float("inf"):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"takes a number, {bounds} (not {text})")
+        return value
+
+    return parse
+
+
+# The FirmSize fields `plannr-pipeline sandbox` sets, each from the flag of the same name
+# (--max-goals-per-client -> max_goals_per_client). An unset flag leaves FirmSize's own default.
+FIRM_SHAPE = ("clients", "staff", "max_goals_per_client", "tasks_per_client", "circles_per_client", "imports_per_day")
+
+
+def firm_size_from_args(args: argparse.Namespace):
+    """The `FirmSize` the `sandbox` flags ask for (FirmSize's defaults for any not given)."""
+    from plannr_pipeline.sandbox.firm import FirmSize
+
+    given = {field: getattr(args, field) for field in FIRM_SHAPE if getattr(args, field, None) is not None}
+    return FirmSize(**given)
+
+
 def _sandbox(args: argparse.Namespace) -> int:
     from plannr_pipeline.sandbox.firm import FirmSize
     from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 
+    size = firm_size_from_args(args)
     options = SandboxOptions(
         seed=args.seed,
-        size=FirmSize(clients=args.clients),
+        size=size,
         token=args.token,
         rate_limit_per_minute=args.rate_limit,
         latency_ms=args.latency_ms,
@@ -170,7 +215,9 @@ def _sandbox(args: argparse.Namespace) -> int:
     server.advance(args.advance)
     server.start(port=args.port)
     moved = f", advanced {args.advance} step(s) to {server.changes[-1]['moment']}" if args.advance else ""
-    print(f"Plannr sandbox (seed {args.seed}, {args.clients} clients{moved}) serving at {server.url}", flush=True)
+    shape = "".join(f", {field.replace('_', ' ')} {getattr(size, field)}" for field in FIRM_SHAPE
+                    if field != "clients" and getattr(size, field) != getattr(FirmSize(), field))
+    print(f"Plannr sandbox (seed {args.seed}, {size.clients} clients{shape}{moved}) serving at {server.url}", flush=True)
     print(f"  export PLANNR_BASE_URL={server.url}", flush=True)
     print("  export PLANNR_API_TOKEN=<the --token you passed>" if args.token_given else f"  export PLANNR_API_TOKEN={args.token}", flush=True)
     try:
@@ -198,20 +245,29 @@ def main(argv: list[str] | None = None) -> int:
     sandbox = commands.add_parser("sandbox", help="serve the imitation Plannr API on 127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8765)
     sandbox.add_argument("--seed", type=int, default=42)
-    sandbox.add_argument("--clients", type=int, default=250)
+    # One line naming the flag, exit 2, for a bad value (no usage block to scroll past).
+    sandbox.error = lambda message: sandbox.exit(2, f"{sandbox.prog}: error: {message}\n")  # type: ignore[method-assign]
+    shape = sandbox.add_argument_group("firm shape (defaults: the sandbox's FirmSize)")
+    shape.add_argument("--clients", type=_whole(0), default=250, help="client accounts (default 250)")
+    shape.add_argument("--staff", type=_whole(1), default=None, help="members of staff (default: one per 40 clients, at least 3)")
+    shape.add_argument("--max-goals-per-client", type=_whole(0), default=None, metavar="N",
+                       help="each client has 0..N goals, evenly drawn (default 4)")
+    shape.add_argument("--tasks-per-client", type=_amount(), default=None, metavar="X", help="tasks = clients * X (default 1.5)")
+    shape.add_argument("--circles-per-client", type=_amount(), default=None, metavar="X", help="circles = clients * X (default 0.3)")
+    # The sandbox draws up to 3 imports a day (imports.plan_imports), so more than 3 would not be what was asked.
+    shape.add_argument("--imports-per-day", type=_amount(3), default=None, metavar="X",
+                       help="finished imports per day, on average, over the 30 days of history; at most 3 (default 0.5)")
     sandbox.add_argument("--token", default=None, help="the only Bearer token accepted (default: sandbox-token)")
     sandbox.add_argument("--rate-limit", type=int, default=500, help="requests per minute per token (default 500, as Plannr)")
     sandbox.add_argument("--latency-ms", type=float, default=0.0)
     sandbox.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500")
-    sandbox.add_argument("--advance", type=int, default=0, metavar="N",
+    sandbox.add_argument("--advance", type=_whole(0), default=0, metavar="N",
                          help="apply N steps of change (one hour each after the reference) before serving; "
                               "POST /__sandbox/advance?steps=N moves it on while it serves")
     sandbox.set_defaults(run=_sandbox)
 
     args = parser.parse_args(argv)
     if args.command == "sandbox":
-        if args.advance < 0:
-            parser.error("--advance takes a number of steps, 0 or more")
         args.token_given = args.token is not None
         args.token = args.token or "sandbox-token"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

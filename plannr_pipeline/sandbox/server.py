@@ -6,6 +6,10 @@ Auth, a per-token rate limit and optional faults wrap every route, as the real A
 
 `advance(steps)` (or `POST /__sandbox/advance?steps=N`, loopback only, no token) moves the firm
 through numbered steps of change (see `timeline`); `changes` lists what each step did.
+
+`stats()` (or `GET /__sandbox/stats`, loopback only, no token) says what the sandbox has served:
+API requests by endpoint (ids folded, e.g. `/api/v1/client/{uuid}/goal`), answers by status
+(401, 403, 429 and 500 included) and the total. The sandbox's own controls are not counted.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import ipaddress
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TOKEN = "sandbox-token"
 ADMIN_PREFIX = "/__sandbox/"
 MAX_STEPS_PER_CALL = 1000
+DROPPED = "dropped"  # the "status" of a connection closed without an answer (drop_rate)
+_ROUTE_ID = re.compile(r"\{[^}]+\}")
 
 
 def _utc_now() -> datetime:
@@ -60,11 +67,21 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.
     return web.Response(status=status, body=json.dumps(body, separators=(",", ":")), content_type="application/json", headers=headers)
 
 
+def _endpoint(request: web.Request) -> str:
+    """The route a request matched, ids folded to `{uuid}`; the path itself if none matched."""
+    resource = request.match_info.route.resource
+    return _ROUTE_ID.sub("{uuid}", resource.canonical) if resource is not None else request.path
+
+
 def _from_loopback(request: web.Request) -> bool:
     try:
         return ipaddress.ip_address(request.remote or "").is_loopback
     except ValueError:
         return False
+
+
+class _Dropped(web.HTTPInternalServerError):
+    """Raised after closing a connection on purpose (drop_rate): nothing was answered."""
 
 
 class SandboxServer:
@@ -74,6 +91,8 @@ class SandboxServer:
         self.options = options or SandboxOptions()
         self.firm = generate_firm(self.options.seed, self.options.size, self.options.reference)
         self.requests: Counter[str] = Counter()  # path -> count, for tests and benchmarks
+        self.endpoints: Counter[str] = Counter()  # route (ids folded) -> count; see stats()
+        self.statuses: Counter[int | str] = Counter()  # status of every answer (or DROPPED) -> count
         self.step = 0  # steps of change applied so far (see advance)
         self.changes: list[dict[str, Any]] = []  # what each step changed, in order
         self._import_clients = list(self.firm.clients[:50])  # live imports name these, whatever steps delete
@@ -119,6 +138,28 @@ class SandboxServer:
         self._reindex()
         return done
 
+    def stats(self) -> dict[str, Any]:
+        """What has been served: `{"requests": total, "by_endpoint": {...}, "by_status": {"200": n, ...}}`.
+
+        Every API request is in `requests` and `by_endpoint` once it has arrived, and in `by_status`
+        once it has been answered (a dropped connection counts as "dropped"). Safe while serving.
+        """
+        loop = self._loop
+        if loop is None or not loop.is_running() or threading.current_thread() is self._thread:
+            return self._stats_now()
+
+        async def on_loop() -> dict[str, Any]:
+            return self._stats_now()
+
+        return asyncio.run_coroutine_threadsafe(on_loop(), loop).result(timeout=30)
+
+    def _stats_now(self) -> dict[str, Any]:
+        return {
+            "requests": sum(self.endpoints.values()),
+            "by_endpoint": dict(sorted(self.endpoints.items())),
+            "by_status": {str(status): count for status, count in sorted(self.statuses.items(), key=lambda item: str(item[0]))},
+        }
+
     # -- lifecycle ------------------------------------------------------------------------
 
     @property
@@ -161,6 +202,7 @@ class SandboxServer:
         app.router.add_get("/api/v1/import/{uuid}", self._import)
         app.router.add_get("/file/{uuid}/download", self._error_report)
         app.router.add_post("/__sandbox/advance", self._admin_advance)
+        app.router.add_get("/__sandbox/stats", self._admin_stats)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=512)
@@ -203,6 +245,23 @@ class SandboxServer:
                 return _json(403, {"message": "Sandbox controls answer on loopback only."})
             return await handler(request)
         self.requests[request.path] += 1
+        self.endpoints[_endpoint(request)] += 1
+        try:
+            response = await self._answer(request, handler)
+        except _Dropped:
+            self.statuses[DROPPED] += 1
+            raise
+        except web.HTTPException as error:  # an unknown path (404) or method (405)
+            self.statuses[error.status] += 1
+            raise
+        except Exception:
+            self.statuses[500] += 1  # aiohttp answers an unhandled error with a 500
+            raise
+        self.statuses[response.status] += 1
+        return response
+
+    async def _answer(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        """An API request: latency, auth, acting account, rate limit, faults, then the route."""
         if self.options.latency_ms:
             await asyncio.sleep(self.options.latency_ms / 1000)
         header = request.headers.get("Authorization", "")
@@ -224,7 +283,7 @@ class SandboxServer:
         if self.options.drop_rate and self._faults.random() < self.options.drop_rate:
             assert request.transport is not None
             request.transport.abort()  # a dropped connection: no status line at all
-            raise web.HTTPInternalServerError()
+            raise _Dropped()
         if self.options.error_rate and self._faults.random() < self.options.error_rate:
             return _json(500, {"message": "Server Error"})
         try:
@@ -292,6 +351,9 @@ class SandboxServer:
             return _json(422, {"message": message, "errors": {"steps": [message]}})
         done = self._advance_now(int(raw))  # on the loop already: between requests
         return _json(200, {"step": self.step, "steps": done, "counts": timeline.totals(done)})
+
+    async def _admin_stats(self, request: web.Request) -> web.Response:
+        return _json(200, self._stats_now())  # on the loop already: between requests
 
     def import_plans(self, now: datetime) -> Iterator[ImportPlan]:
         """Finished history, then the live imports created up to `now`."""
