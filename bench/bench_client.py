@@ -37,9 +37,24 @@ def free_port() -> int:
 def start_sandbox(clients: int, latency_ms: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "plannr_pipeline.cli", "sandbox", "--port", str(port), "--clients", str(clients),
-         "--token", TOKEN, "--latency-ms", str(latency_ms), "--rate-limit", "10000000"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "plannr_pipeline.cli",
+            "sandbox",
+            "--port",
+            str(port),
+            "--clients",
+            str(clients),
+            "--token",
+            TOKEN,
+            "--latency-ms",
+            str(latency_ms),
+            "--rate-limit",
+            "10000000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -54,16 +69,24 @@ def start_sandbox(clients: int, latency_ms: float) -> tuple[subprocess.Popen, st
 
 
 async def sweep(url: str, concurrency: int) -> tuple[int, PlannrClient]:
-    settings = PlannrSettings(base_url=url, token=TOKEN, rate_limit_per_minute=10_000_000, max_concurrency=concurrency)
+    settings = PlannrSettings(
+        base_url=url, token=TOKEN, rate_limit_per_minute=10_000_000, max_concurrency=concurrency
+    )
     # A fresh budget per run, so earlier runs' requests do not count against this one.
     client = PlannrClient(settings, budget=RequestBudget(uuid.uuid4().hex, settings.rate_limit_per_minute))
     records = 0
     async with client:
         clients = await client.list_all("/api/v1/account", {"filter[type]": "client"})
         records += len(clients)
-        async for _, goals, _ in client.fan_out([c["uuid"] for c in clients], lambda u: f"/api/v1/client/{u}/goal"):
+        async for _, goals, _ in client.fan_out(
+            [c["uuid"] for c in clients], lambda u: f"/api/v1/client/{u}/goal"
+        ):
             records += len(goals)
-        for path, params in (("/api/v1/circles", None), ("/api/v1/task", {"filter[show_child_tasks]": "true"}), ("/api/v1/import", None)):
+        for path, params in (
+            ("/api/v1/circles", None),
+            ("/api/v1/task", {"filter[show_child_tasks]": "true"}),
+            ("/api/v1/import", None),
+        ):
             async for page in client.iter_pages(path, params):
                 records += len(page.records)
     return records, client
@@ -76,7 +99,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
     print(f"latency {args.latency_ms} ms, concurrency {args.concurrency}")
-    print(f"{'clients':>8} {'requests':>9} {'records':>9} {'seconds':>8} {'req/s':>8} {'rec/s':>9} {'peak MB':>8} {'at 450/min':>11}")
+    print(
+        f"{'clients':>8} {'requests':>9} {'records':>9} {'seconds':>8} {'req/s':>8} {'rec/s':>9} {'peak MB':>8} {'at 450/min':>11}"
+    )
     for count in args.clients:
         sandbox, url = start_sandbox(count, args.latency_ms)
         try:
@@ -89,7 +114,9 @@ def main() -> None:
         requests = client.stats.requests
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         real_minutes = requests / DEFAULT_RATE_LIMIT_PER_MINUTE
-        print(f"{count:>8} {requests:>9} {records:>9} {seconds:>8.2f} {requests / seconds:>8.0f} {records / seconds:>9.0f} {peak_mb:>8.0f} {real_minutes:>9.1f} m")
+        print(
+            f"{count:>8} {requests:>9} {records:>9} {seconds:>8.2f} {requests / seconds:>8.0f} {records / seconds:>9.0f} {peak_mb:>8.0f} {real_minutes:>9.1f} m"
+        )
 
 
 if __name__ == "__main__":

@@ -56,7 +56,12 @@ LATENCY_MS = 25.0
 # over the 30 days of history. "cli" keeps the sandbox's own defaults.
 FIRMS = {
     "cli": {},
-    "issue": {"max-goals-per-client": 6, "tasks-per-client": 5, "circles-per-client": 0.25, "imports-per-day": 50 / 30},
+    "issue": {
+        "max-goals-per-client": 6,
+        "tasks-per-client": 5,
+        "circles-per-client": 0.25,
+        "imports-per-day": 50 / 30,
+    },
 }
 LISTINGS = {
     "clients": endpoints.CLIENTS,
@@ -81,9 +86,26 @@ class Sandbox:
         self.url = f"http://127.0.0.1:{self.port}"
         shape = [arg for name, value in FIRMS[firm].items() for arg in (f"--{name}", str(value))]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "plannr_pipeline.cli", "sandbox", "--port", str(self.port), "--clients", str(clients),
-             "--latency-ms", str(LATENCY_MS), "--rate-limit", str(rate_limit), "--token", TOKEN, *shape],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            [
+                sys.executable,
+                "-m",
+                "plannr_pipeline.cli",
+                "sandbox",
+                "--port",
+                str(self.port),
+                "--clients",
+                str(clients),
+                "--latency-ms",
+                str(LATENCY_MS),
+                "--rate-limit",
+                str(rate_limit),
+                "--token",
+                TOKEN,
+                *shape,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         for line in self.process.stdout:  # type: ignore[union-attr]
             if "serving at" in line:
@@ -103,7 +125,12 @@ class Sandbox:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         totals = {}
         for name, endpoint in LISTINGS.items():
-            answer = httpx.get(self.url + endpoint.path, params={**endpoint.params, "per_page": 1}, headers=headers, timeout=60)
+            answer = httpx.get(
+                self.url + endpoint.path,
+                params={**endpoint.params, "per_page": 1},
+                headers=headers,
+                timeout=60,
+            )
             answer.raise_for_status()
             totals[name] = answer.json()["meta"]["total"]
         return totals
@@ -151,12 +178,15 @@ def _group_rss(pgid: int) -> tuple[int, int]:
     return total, count
 
 
-def run_measured(command: list[str], env: dict[str, str], log: Path, stop_after: float | None = None,
-                 on_sample=None) -> Measured:
+def run_measured(
+    command: list[str], env: dict[str, str], log: Path, stop_after: float | None = None, on_sample=None
+) -> Measured:
     """Run `command` in a new process group; sample its RSS; stop it after `stop_after` seconds."""
     with open(log, "w") as out:
         started = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         peak, seen, done = 0, set(), threading.Event()
 
         def sample() -> None:
@@ -170,6 +200,7 @@ def run_measured(command: list[str], env: dict[str, str], log: Path, stop_after:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         if stop_after is not None:
+
             def stop_later() -> None:
                 while not done.wait(1.0):
                     if on_sample:
@@ -179,25 +210,35 @@ def run_measured(command: list[str], env: dict[str, str], log: Path, stop_after:
                         if not done.wait(10):
                             os.killpg(process.pid, signal.SIGKILL)
                         return
+
             threading.Thread(target=stop_later, daemon=True).start()
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         done.set()
         sampler.join()
-    return Measured(seconds, peak / 2**20, usage.ru_maxrss / 1024, process.returncode, log.read_text(), max(seen, default=0))
+    return Measured(
+        seconds,
+        peak / 2**20,
+        usage.ru_maxrss / 1024,
+        process.returncode,
+        log.read_text(),
+        max(seen, default=0),
+    )
 
 
 def sync_env(url: str, workdir: Path, rate_limit: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}
-    env.update({
-        "DAGSTER_HOME": str(workdir / "dagster_home"),
-        "PLANNR_DATA_DIR": str(workdir / "data"),
-        "PLANNR_BASE_URL": url,
-        "PLANNR_API_TOKEN": TOKEN,
-        "PLANNR_RATE_LIMIT_PER_MINUTE": str(rate_limit),
-        "PLANNR_MAX_CONCURRENCY": "32",
-    })
+    env.update(
+        {
+            "DAGSTER_HOME": str(workdir / "dagster_home"),
+            "PLANNR_DATA_DIR": str(workdir / "data"),
+            "PLANNR_BASE_URL": url,
+            "PLANNR_API_TOKEN": TOKEN,
+            "PLANNR_RATE_LIMIT_PER_MINUTE": str(rate_limit),
+            "PLANNR_MAX_CONCURRENCY": "32",
+        }
+    )
     return env
 
 
@@ -206,7 +247,7 @@ def sync_rows(output: str) -> tuple[dict[str, int], int | None]:
     lines = output.splitlines()
     for index, line in enumerate(lines):
         if re.match(r"^table\s+rows$", line.strip()):
-            for row in lines[index + 1:]:
+            for row in lines[index + 1 :]:
                 if not row.strip():
                     break
                 name, count = row.split()
@@ -228,8 +269,11 @@ class Run:
 def run_sync(sandbox: Sandbox, workdir: Path) -> Run:
     workdir.mkdir(parents=True)
     before = sandbox.counts()
-    measured = run_measured([sys.executable, "-m", "plannr_pipeline.cli", "sync"], sync_env(sandbox.url, workdir, UNLIMITED),
-                            workdir / "sync.log")
+    measured = run_measured(
+        [sys.executable, "-m", "plannr_pipeline.cli", "sync"],
+        sync_env(sandbox.url, workdir, UNLIMITED),
+        workdir / "sync.log",
+    )
     requests, statuses = delta(sandbox.counts(), before)
     rows, said = sync_rows(measured.output)
     return Run("sync", measured, requests, statuses, rows, said)
@@ -239,8 +283,20 @@ def run_dlt(sandbox: Sandbox, workdir: Path) -> Run:
     workdir.mkdir(parents=True)
     before = sandbox.counts()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}
-    measured = run_measured([sys.executable, str(BENCH / "dlt_peer.py"), "--base-url", sandbox.url, "--token", TOKEN,
-                             "--data-dir", str(workdir)], env, workdir / "dlt.log")
+    measured = run_measured(
+        [
+            sys.executable,
+            str(BENCH / "dlt_peer.py"),
+            "--base-url",
+            sandbox.url,
+            "--token",
+            TOKEN,
+            "--data-dir",
+            str(workdir),
+        ],
+        env,
+        workdir / "dlt.log",
+    )
     requests, statuses = delta(sandbox.counts(), before)
     said = re.search(r"^ROWS (.*)$", measured.output, re.M)
     return Run("dlt", measured, requests, statuses, json.loads(said.group(1)) if said else {})
@@ -250,7 +306,9 @@ def budget_run(clients: int, rate: int, seconds: float, firm: str, workdir: Path
     sandbox = Sandbox(clients, rate, firm)
     try:
         totals = sandbox.totals()
-        time.sleep(61)  # let the probes leave the sandbox's 60 s window: the sync starts with the whole budget
+        time.sleep(
+            61
+        )  # let the probes leave the sandbox's 60 s window: the sync starts with the whole budget
         before = sandbox.counts()
         samples: list[tuple[float, int]] = []
 
@@ -259,8 +317,13 @@ def budget_run(clients: int, rate: int, seconds: float, firm: str, workdir: Path
                 samples.append((elapsed, sandbox.counts()["requests"] - before["requests"]))
 
         workdir.mkdir(parents=True)
-        measured = run_measured([sys.executable, "-m", "plannr_pipeline.cli", "sync"], sync_env(sandbox.url, workdir, rate),
-                                workdir / "budget-sync.log", stop_after=seconds, on_sample=sample)
+        measured = run_measured(
+            [sys.executable, "-m", "plannr_pipeline.cli", "sync"],
+            sync_env(sandbox.url, workdir, rate),
+            workdir / "budget-sync.log",
+            stop_after=seconds,
+            on_sample=sample,
+        )
         requests, statuses = delta(sandbox.counts(), before)
     finally:
         sandbox.stop()
@@ -277,14 +340,33 @@ def budget_run(clients: int, rate: int, seconds: float, firm: str, workdir: Path
     # The fastest a sliding window allows: N at once, then N more each time the window turns over.
     ideal = (math.ceil(requests / rate) - 1) * 60
     return {
-        "clients": clients, "rate": rate, "seconds": measured.seconds, "finished": finished, "requests": requests,
-        "floor": floor_requests(totals), "statuses": statuses, "windows": windows, "first_request_at": first,
-        "requesting_seconds": last - first + 1, "ideal_seconds": ideal, "stopped_after": seconds,
+        "clients": clients,
+        "rate": rate,
+        "seconds": measured.seconds,
+        "finished": finished,
+        "requests": requests,
+        "floor": floor_requests(totals),
+        "statuses": statuses,
+        "windows": windows,
+        "first_request_at": first,
+        "requesting_seconds": last - first + 1,
+        "ideal_seconds": ideal,
+        "stopped_after": seconds,
     }
 
 
 def versions() -> dict[str, str]:
-    names = ["plannr_pipeline", "dagster", "duckdb", "pyarrow", "httpx", "httpx-aiohttp", "aiohttp", "dlt", "pyinstrument"]
+    names = [
+        "plannr_pipeline",
+        "dagster",
+        "duckdb",
+        "pyarrow",
+        "httpx",
+        "httpx-aiohttp",
+        "aiohttp",
+        "dlt",
+        "pyinstrument",
+    ]
     found = {}
     for name in names:
         try:
@@ -296,8 +378,12 @@ def versions() -> dict[str, str]:
 
 def package_commit() -> str:
     try:
-        return subprocess.run(["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -312,32 +398,52 @@ def ratio(ours: float, theirs: float) -> str:
 
 def size_table(clients: int, firm: str, totals: dict[str, int], runs: list[Run]) -> list[str]:
     floor = floor_requests(totals)
-    lines = [f"### {clients:,} clients (firm shape: {firm}; listings: "
-             + ", ".join(f"{name} {total:,}" for name, total in totals.items()) + f"; request floor {floor:,})", ""]
-    lines += ["| run | tool | wall time | peak RSS, process group | peak RSS, largest process | requests (vs floor) | non-200 answers | sync's own count |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"### {clients:,} clients (firm shape: {firm}; listings: "
+        + ", ".join(f"{name} {total:,}" for name, total in totals.items())
+        + f"; request floor {floor:,})",
+        "",
+    ]
+    lines += [
+        "| run | tool | wall time | peak RSS, process group | peak RSS, largest process | requests (vs floor) | non-200 answers | sync's own count |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for index, run in enumerate(runs):
         m = run.measured
         failed = "" if m.returncode == 0 else f" (exit {m.returncode})"
         other = {k: v for k, v in run.statuses.items() if k != "200"}
-        lines.append(f"| {index // 2 + 1 if any(r.tool == 'dlt' for r in runs) else index + 1} | {run.tool}{failed} | {m.seconds:.1f} s | "
-                     f"{mb(m.tree_peak_mb)} ({m.processes_seen} proc.) | {mb(m.process_peak_mb)} | "
-                     f"{run.requests:,} ({run.requests / floor:.3f}x) | {other or 'none'} | "
-                     f"{run.self_reported_requests if run.self_reported_requests is not None else '-'} |")
+        lines.append(
+            f"| {index // 2 + 1 if any(r.tool == 'dlt' for r in runs) else index + 1} | {run.tool}{failed} | {m.seconds:.1f} s | "
+            f"{mb(m.tree_peak_mb)} ({m.processes_seen} proc.) | {mb(m.process_peak_mb)} | "
+            f"{run.requests:,} ({run.requests / floor:.3f}x) | {other or 'none'} | "
+            f"{run.self_reported_requests if run.self_reported_requests is not None else '-'} |"
+        )
     ours = [r for r in runs if r.tool == "sync"]
     theirs = [r for r in runs if r.tool == "dlt"]
     if ours and theirs:
         best = lambda rs, f: min(f(r) for r in rs)  # noqa: E731
-        lines += ["", f"Ours / dlt (best of each): wall time {ratio(best(ours, lambda r: r.measured.seconds), best(theirs, lambda r: r.measured.seconds))}, "
-                  f"peak RSS (process group) {ratio(best(ours, lambda r: r.measured.tree_peak_mb), best(theirs, lambda r: r.measured.tree_peak_mb))}, "
-                  f"requests {ratio(ours[0].requests, theirs[0].requests)}."]
+        lines += [
+            "",
+            f"Ours / dlt (best of each): wall time {ratio(best(ours, lambda r: r.measured.seconds), best(theirs, lambda r: r.measured.seconds))}, "
+            f"peak RSS (process group) {ratio(best(ours, lambda r: r.measured.tree_peak_mb), best(theirs, lambda r: r.measured.tree_peak_mb))}, "
+            f"requests {ratio(ours[0].requests, theirs[0].requests)}.",
+        ]
     tables = sorted({t for r in runs[:2] for t in r.rows})
     if tables:
         heads = [r.tool for r in runs[:2]]
-        lines += ["", "Rows landed (first run of each; dlt's nested tables are its unnested lists):", "",
-                  "| table | " + " | ".join(heads) + " |", "| --- |" + " --- |" * len(heads)]
+        lines += [
+            "",
+            "Rows landed (first run of each; dlt's nested tables are its unnested lists):",
+            "",
+            "| table | " + " | ".join(heads) + " |",
+            "| --- |" + " --- |" * len(heads),
+        ]
         for table in tables:
-            lines.append(f"| {table} | " + " | ".join(f"{r.rows[table]:,}" if table in r.rows else "-" for r in runs[:2]) + " |")
+            lines.append(
+                f"| {table} | "
+                + " | ".join(f"{r.rows[table]:,}" if table in r.rows else "-" for r in runs[:2])
+                + " |"
+            )
     return lines + [""]
 
 
@@ -362,18 +468,28 @@ def budget_lines(b: dict) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", default="1000,10000", help="comma-separated sizes")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--skip-dlt", action="store_true")
     parser.add_argument("--skip-budget", action="store_true")
-    parser.add_argument("--firm", choices=sorted(FIRMS), default="issue",
-                        help="issue (default): ~3 goals/client, tasks 5x, circles /4, ~50 imports; cli: the sandbox's defaults")
+    parser.add_argument(
+        "--firm",
+        choices=sorted(FIRMS),
+        default="issue",
+        help="issue (default): ~3 goals/client, tasks 5x, circles /4, ~50 imports; cli: the sandbox's defaults",
+    )
     parser.add_argument("--budget-clients", type=int, default=2000)
     parser.add_argument("--budget-rate", type=int, default=600)
-    parser.add_argument("--budget-seconds", type=float, default=240, help="stop the budget sync after this long")
+    parser.add_argument(
+        "--budget-seconds", type=float, default=240, help="stop the budget sync after this long"
+    )
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
-    parser.add_argument("--keep", action="store_true", help="keep the temp folders (logs, data) and print where")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp folders (logs, data) and print where"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.clients.split(",") if s]
     scratch = Path(tempfile.mkdtemp(prefix="plannr-bench-"))
@@ -382,7 +498,7 @@ def main() -> int:
         "# bench/bench_sync.py results",
         "",
         f"Measured {started:%Y-%m-%d %H:%M} UTC by `.venv/bin/python bench/bench_sync.py {' '.join(sys.argv[1:])}` "
-        f"on the package at commit {package_commit()}: \"before\" figures for the current design.",
+        f'on the package at commit {package_commit()}: "before" figures for the current design.',
         f"Machine: nproc {os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}, "
         f"sandbox latency {LATENCY_MS:.0f} ms per request, sync with PLANNR_MAX_CONCURRENCY=32, dlt with 32 extract workers.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
@@ -397,20 +513,31 @@ def main() -> int:
                 runs: list[Run] = []
                 for repetition in range(args.repeat):
                     runs.append(run_sync(sandbox, scratch / f"{clients}-sync-{repetition}"))
-                    print(f"  {clients} sync #{repetition + 1}: {runs[-1].measured.seconds:.1f} s, exit {runs[-1].measured.returncode}", flush=True)
+                    print(
+                        f"  {clients} sync #{repetition + 1}: {runs[-1].measured.seconds:.1f} s, exit {runs[-1].measured.returncode}",
+                        flush=True,
+                    )
                     if not args.skip_dlt:
                         runs.append(run_dlt(sandbox, scratch / f"{clients}-dlt-{repetition}"))
-                        print(f"  {clients} dlt  #{repetition + 1}: {runs[-1].measured.seconds:.1f} s, exit {runs[-1].measured.returncode}", flush=True)
+                        print(
+                            f"  {clients} dlt  #{repetition + 1}: {runs[-1].measured.seconds:.1f} s, exit {runs[-1].measured.returncode}",
+                            flush=True,
+                        )
             finally:
                 sandbox.stop()
             for run in runs:
                 if run.measured.returncode != 0:
-                    print(f"--- {run.tool} failed; last lines of its output:\n" + "\n".join(run.measured.output.splitlines()[-15:]))
+                    print(
+                        f"--- {run.tool} failed; last lines of its output:\n"
+                        + "\n".join(run.measured.output.splitlines()[-15:])
+                    )
             lines = size_table(clients, args.firm, totals, runs)
             print("\n".join(lines))
             report += lines
         if not args.skip_budget:
-            result = budget_run(args.budget_clients, args.budget_rate, args.budget_seconds, args.firm, scratch / "budget")
+            result = budget_run(
+                args.budget_clients, args.budget_rate, args.budget_seconds, args.firm, scratch / "budget"
+            )
             lines = budget_lines(result)
             print("\n".join(lines))
             report += lines

@@ -31,7 +31,12 @@ def rest_api_config(base_url: str, token: str) -> dict:
         "client": {
             "base_url": base_url,
             "auth": {"type": "bearer", "token": token},
-            "paginator": {"type": "page_number", "base_page": 1, "page_param": "page", "total_path": "meta.last_page"},
+            "paginator": {
+                "type": "page_number",
+                "base_page": 1,
+                "page_param": "page",
+                "total_path": "meta.last_page",
+            },
         },
         "resource_defaults": {
             "primary_key": "uuid",
@@ -68,7 +73,9 @@ def main() -> int:
     # dlt reads its configuration from the environment; set before importing it.
     os.environ.setdefault("EXTRACT__WORKERS", str(args.workers))
     os.environ.setdefault("EXTRACT__MAX_PARALLEL_ITEMS", str(args.workers))
-    os.environ.setdefault("NORMALIZE__WORKERS", "1")  # 2 cores: a second normaliser process costs more than it saves
+    os.environ.setdefault(
+        "NORMALIZE__WORKERS", "1"
+    )  # 2 cores: a second normaliser process costs more than it saves
     os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     os.environ["DLT_DATA_DIR"] = os.path.join(args.data_dir, ".dlt")
@@ -86,10 +93,16 @@ def main() -> int:
     pipeline.run(rest_api_source(rest_api_config(args.base_url, args.token)), loader_file_format="parquet")
 
     with duckdb.connect(database, read_only=True) as db:
-        tables = [row[0] for row in db.execute(
-            "select table_name from information_schema.tables where table_schema = 'plannr' and table_name not like '_dlt%'"
-        ).fetchall()]
-        rows = {table: db.execute(f'select count(*) from plannr."{table}"').fetchone()[0] for table in sorted(tables)}
+        tables = [
+            row[0]
+            for row in db.execute(
+                "select table_name from information_schema.tables where table_schema = 'plannr' and table_name not like '_dlt%'"
+            ).fetchall()
+        ]
+        rows = {
+            table: db.execute(f'select count(*) from plannr."{table}"').fetchone()[0]
+            for table in sorted(tables)
+        }
     print("ROWS " + json.dumps(rows), flush=True)
     return 0
 

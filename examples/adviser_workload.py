@@ -24,13 +24,19 @@ order by goals desc, adviser_name
 """
 
 
-@dg.asset(deps=["goal_progress"], kinds={"duckdb", "pandas"}, group_name="examples",
-          description="Each adviser's goals, how many are off track, and their total target in pounds.")
+@dg.asset(
+    deps=["goal_progress"],
+    kinds={"duckdb", "pandas"},
+    group_name="examples",
+    description="Each adviser's goals, how many are off track, and their total target in pounds.",
+)
 def adviser_workload(duckdb: DuckDBResource) -> dg.MaterializeResult:
     with duckdb.get_connection() as connection:
         workload: pd.DataFrame = connection.execute(WORKLOAD_SQL).df()
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": len(workload),
-        "preview": dg.MetadataValue.md(workload.to_markdown(index=False)),
-        "goals_off_track": int(workload["goals_off_track"].sum()),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(workload),
+            "preview": dg.MetadataValue.md(workload.to_markdown(index=False)),
+            "goals_off_track": int(workload["goals_off_track"].sum()),
+        }
+    )

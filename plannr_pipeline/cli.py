@@ -28,7 +28,10 @@ def _sync(args: argparse.Namespace) -> int:
 
     selected = set(args.select.split(",")) if args.select else None
     if selected and (unknown := selected - ASSET_NAMES):
-        print(f"error: unknown asset(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(ASSET_NAMES))}", file=sys.stderr)
+        print(
+            f"error: unknown asset(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(ASSET_NAMES))}",
+            file=sys.stderr,
+        )
         return 2
 
     data_dir = os.path.abspath(os.environ.get("PLANNR_DATA_DIR") or "data")
@@ -45,8 +48,10 @@ def _sync(args: argparse.Namespace) -> int:
     try:
         os.makedirs(data_dir, exist_ok=True)
     except OSError as error:
-        print(f"error: PLANNR_DATA_DIR={data_dir} cannot be used ({error.strerror}): point it at a folder you can write.",
-              file=sys.stderr)
+        print(
+            f"error: PLANNR_DATA_DIR={data_dir} cannot be used ({error.strerror}): point it at a folder you can write.",
+            file=sys.stderr,
+        )
         return 2
     print(f"plannr-pipeline sync: from {source} into {data_dir}", flush=True)
     on_terminal = sys.stderr.isatty()
@@ -55,7 +60,9 @@ def _sync(args: argparse.Namespace) -> int:
     signals = _SignalLog()
     try:
         with signals:
-            report = run_sync(selected, log_level="WARNING" if on_terminal else "INFO", should_stop=signals.received)
+            report = run_sync(
+                selected, log_level="WARNING" if on_terminal else "INFO", should_stop=signals.received
+            )
     except KeyboardInterrupt:  # between steps, where no step is there to unwind
         signals.received()
         signals.names = signals.names or ["SIGINT"]
@@ -64,8 +71,11 @@ def _sync(args: argparse.Namespace) -> int:
             bars.close()
             progress.SINK = None
     if signals.names:
-        print(f"\nsync stopped by {signals.names[0]}: the step under way left stored data as it was "
-              "(its staged files are removed); run sync again to finish.", file=sys.stderr)
+        print(
+            f"\nsync stopped by {signals.names[0]}: the step under way left stored data as it was "
+            "(its staged files are removed); run sync again to finish.",
+            file=sys.stderr,
+        )
         return 143 if signals.names[0] == "SIGTERM" else 130
     if problem := Warehouse(data_dir).refresh_views():
         report.views_problems.append(problem)
@@ -76,8 +86,11 @@ def _sync(args: argparse.Namespace) -> int:
             print(f"  - {failure}", file=sys.stderr)
         return 1
     if report.views_problems:
-        print(f"\nsync landed every asset in Parquet, but the DuckDB views were NOT refreshed: {report.views_problems[-1]}.\n"
-              "Close the other program holding the database, then run `plannr-pipeline views`.", file=sys.stderr)
+        print(
+            f"\nsync landed every asset in Parquet, but the DuckDB views were NOT refreshed: {report.views_problems[-1]}.\n"
+            "Close the other program holding the database, then run `plannr-pipeline views`.",
+            file=sys.stderr,
+        )
         return 3
     print("sync finished: all assets landed.")
     return 0
@@ -147,11 +160,17 @@ def _print_summary(report, data_dir: str) -> None:
     for table, rows in sorted(report.rows.items()):
         print(f"{table:<22}{rows:>10}")
     failed_checks = [name for name, passed in report.checks.items() if not passed]
-    print(f"\n{len(report.checks) - len(failed_checks)}/{len(report.checks)} checks passed"
-          + (f"; FAILED: {', '.join(failed_checks)}" if failed_checks else ""))
+    print(
+        f"\n{len(report.checks) - len(failed_checks)}/{len(report.checks)} checks passed"
+        + (f"; FAILED: {', '.join(failed_checks)}" if failed_checks else "")
+    )
     if report.rejected:
-        print(f"{report.rejected} record(s) could not be stored and were quarantined: select * from rejected_records")
-    print(f"{report.requests} API requests in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}")
+        print(
+            f"{report.rejected} record(s) could not be stored and were quarantined: select * from rejected_records"
+        )
+    print(
+        f"{report.requests} API requests in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}"
+    )
 
 
 def _whole(least: int):
@@ -161,7 +180,9 @@ def _whole(least: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"takes a whole number, {least} or more (not {text!r})") from None
+            raise argparse.ArgumentTypeError(
+                f"takes a whole number, {least} or more (not {text!r})"
+            ) from None
         if value < least:
             raise argparse.ArgumentTypeError(f"takes a whole number, {least} or more (not {text})")
         return value
@@ -187,7 +208,14 @@ def _amount(most: float = float("inf")):
 
 # The FirmSize fields `plannr-pipeline sandbox` sets, each from the flag of the same name
 # (--max-goals-per-client -> max_goals_per_client). An unset flag leaves FirmSize's own default.
-FIRM_SHAPE = ("clients", "staff", "max_goals_per_client", "tasks_per_client", "circles_per_client", "imports_per_day")
+FIRM_SHAPE = (
+    "clients",
+    "staff",
+    "max_goals_per_client",
+    "tasks_per_client",
+    "circles_per_client",
+    "imports_per_day",
+)
 
 
 def firm_size_from_args(args: argparse.Namespace):
@@ -215,11 +243,22 @@ def _sandbox(args: argparse.Namespace) -> int:
     server.advance(args.advance)
     server.start(port=args.port)
     moved = f", advanced {args.advance} step(s) to {server.changes[-1]['moment']}" if args.advance else ""
-    shape = "".join(f", {field.replace('_', ' ')} {getattr(size, field)}" for field in FIRM_SHAPE
-                    if field != "clients" and getattr(size, field) != getattr(FirmSize(), field))
-    print(f"Plannr sandbox (seed {args.seed}, {size.clients} clients{shape}{moved}) serving at {server.url}", flush=True)
+    shape = "".join(
+        f", {field.replace('_', ' ')} {getattr(size, field)}"
+        for field in FIRM_SHAPE
+        if field != "clients" and getattr(size, field) != getattr(FirmSize(), field)
+    )
+    print(
+        f"Plannr sandbox (seed {args.seed}, {size.clients} clients{shape}{moved}) serving at {server.url}",
+        flush=True,
+    )
     print(f"  export PLANNR_BASE_URL={server.url}", flush=True)
-    print("  export PLANNR_API_TOKEN=<the --token you passed>" if args.token_given else f"  export PLANNR_API_TOKEN={args.token}", flush=True)
+    print(
+        "  export PLANNR_API_TOKEN=<the --token you passed>"
+        if args.token_given
+        else f"  export PLANNR_API_TOKEN={args.token}",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)
@@ -239,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     views = commands.add_parser("views", help="(re)create the DuckDB views over the stored Parquet")
     views.set_defaults(run=_views)
 
-    instance = commands.add_parser("instance", help="prepare the Dagster instance (DAGSTER_HOME) sync and the UI share; print its path")
+    instance = commands.add_parser(
+        "instance", help="prepare the Dagster instance (DAGSTER_HOME) sync and the UI share; print its path"
+    )
     instance.set_defaults(run=_instance)
 
     sandbox = commands.add_parser("sandbox", help="serve the imitation Plannr API on 127.0.0.1")
@@ -249,21 +290,57 @@ def main(argv: list[str] | None = None) -> int:
     sandbox.error = lambda message: sandbox.exit(2, f"{sandbox.prog}: error: {message}\n")  # type: ignore[method-assign]
     shape = sandbox.add_argument_group("firm shape (defaults: the sandbox's FirmSize)")
     shape.add_argument("--clients", type=_whole(0), default=250, help="client accounts (default 250)")
-    shape.add_argument("--staff", type=_whole(1), default=None, help="members of staff (default: one per 40 clients, at least 3)")
-    shape.add_argument("--max-goals-per-client", type=_whole(0), default=None, metavar="N",
-                       help="each client has 0..N goals, evenly drawn (default 4)")
-    shape.add_argument("--tasks-per-client", type=_amount(), default=None, metavar="X", help="tasks = clients * X (default 1.5)")
-    shape.add_argument("--circles-per-client", type=_amount(), default=None, metavar="X", help="circles = clients * X (default 0.3)")
+    shape.add_argument(
+        "--staff",
+        type=_whole(1),
+        default=None,
+        help="members of staff (default: one per 40 clients, at least 3)",
+    )
+    shape.add_argument(
+        "--max-goals-per-client",
+        type=_whole(0),
+        default=None,
+        metavar="N",
+        help="each client has 0..N goals, evenly drawn (default 4)",
+    )
+    shape.add_argument(
+        "--tasks-per-client",
+        type=_amount(),
+        default=None,
+        metavar="X",
+        help="tasks = clients * X (default 1.5)",
+    )
+    shape.add_argument(
+        "--circles-per-client",
+        type=_amount(),
+        default=None,
+        metavar="X",
+        help="circles = clients * X (default 0.3)",
+    )
     # The sandbox draws up to 3 imports a day (imports.plan_imports), so more than 3 would not be what was asked.
-    shape.add_argument("--imports-per-day", type=_amount(3), default=None, metavar="X",
-                       help="finished imports per day, on average, over the 30 days of history; at most 3 (default 0.5)")
-    sandbox.add_argument("--token", default=None, help="the only Bearer token accepted (default: sandbox-token)")
-    sandbox.add_argument("--rate-limit", type=int, default=500, help="requests per minute per token (default 500, as Plannr)")
+    shape.add_argument(
+        "--imports-per-day",
+        type=_amount(3),
+        default=None,
+        metavar="X",
+        help="finished imports per day, on average, over the 30 days of history; at most 3 (default 0.5)",
+    )
+    sandbox.add_argument(
+        "--token", default=None, help="the only Bearer token accepted (default: sandbox-token)"
+    )
+    sandbox.add_argument(
+        "--rate-limit", type=int, default=500, help="requests per minute per token (default 500, as Plannr)"
+    )
     sandbox.add_argument("--latency-ms", type=float, default=0.0)
     sandbox.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500")
-    sandbox.add_argument("--advance", type=_whole(0), default=0, metavar="N",
-                         help="apply N steps of change (one hour each after the reference) before serving; "
-                              "POST /__sandbox/advance?steps=N moves it on while it serves")
+    sandbox.add_argument(
+        "--advance",
+        type=_whole(0),
+        default=0,
+        metavar="N",
+        help="apply N steps of change (one hour each after the reference) before serving; "
+        "POST /__sandbox/advance?steps=N moves it on while it serves",
+    )
     sandbox.set_defaults(run=_sandbox)
 
     args = parser.parse_args(argv)

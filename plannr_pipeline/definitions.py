@@ -15,7 +15,12 @@ __all__ = ["ASSETS", "defs", "resources"]
 
 def resources() -> dict[str, dg.ConfigurableResource]:
     storage, duckdb = storage_resources_from_env()
-    return {"plannr": PlannrApi.from_env(), "storage": storage, "duckdb": duckdb, "alert_webhook": AlertWebhook.from_env()}
+    return {
+        "plannr": PlannrApi.from_env(),
+        "storage": storage,
+        "duckdb": duckdb,
+        "alert_webhook": AlertWebhook.from_env(),
+    }
 
 
 defs = dg.Definitions.merge(

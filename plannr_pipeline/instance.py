@@ -22,7 +22,9 @@ def prepare_instance(env: MutableMapping[str, str] = os.environ) -> list[str]:
     home = Path(env.get("DAGSTER_HOME") or DEFAULT_HOME).expanduser().absolute()
     said = []
     if home.exists() and not home.is_dir():
-        raise NotADirectoryError(f"DAGSTER_HOME={home} is a file; point DAGSTER_HOME at a folder (or unset it for ./{DEFAULT_HOME}).")
+        raise NotADirectoryError(
+            f"DAGSTER_HOME={home} is a file; point DAGSTER_HOME at a folder (or unset it for ./{DEFAULT_HOME})."
+        )
     if not home.exists():
         home.mkdir(parents=True)
         said.append(f"created DAGSTER_HOME {home}")

@@ -43,7 +43,11 @@ class Progress:
         if elapsed >= MIN_SECONDS_FOR_A_RATE:  # a rate over a fraction of a second says nothing
             budget = f" (budget {budget_per_minute:,}/min)" if budget_per_minute else ""
             parts.append(f"{requests / elapsed * 60:,.0f} requests/min{budget}")
-        parts.append(f"about {_duration(left)} left" if left is not None and not finished else f"{_duration(elapsed)} so far")
+        parts.append(
+            f"about {_duration(left)} left"
+            if left is not None and not finished
+            else f"{_duration(elapsed)} so far"
+        )
         message = ", ".join(parts)
         if SINK is not None:
             SINK(self.step, done, total, self.unit, message)
@@ -64,8 +68,14 @@ class TerminalBars:
     def __call__(self, step: str, done: int, total: int | None, unit: str, message: str) -> None:
         bar = self._bars.get(step)
         if bar is None:
-            bar = self._bars[step] = self._tqdm(total=total, desc=step, unit=f" {unit}", position=len(self._bars),
-                                                 leave=True, dynamic_ncols=True)
+            bar = self._bars[step] = self._tqdm(
+                total=total,
+                desc=step,
+                unit=f" {unit}",
+                position=len(self._bars),
+                leave=True,
+                dynamic_ncols=True,
+            )
         if total is not None and bar.total != total:
             bar.total = total
         bar.n = done

@@ -78,7 +78,9 @@ def _failure_line(event: dg.DagsterEvent) -> str:
     if data and data.user_failure_data and data.user_failure_data.description:
         message = data.user_failure_data.description
     elif error is not None:
-        message = error.message.strip().splitlines()[-1] if error.message.strip() else error.cls_name or "error"
+        message = (
+            error.message.strip().splitlines()[-1] if error.message.strip() else error.cls_name or "error"
+        )
     else:
         message = event.message or "step failed"
     return f"{event.step_key}: {message}"
@@ -95,7 +97,9 @@ def run_sync(
     report = SyncReport()
     started = time.monotonic()
     # The CLI has set DAGSTER_HOME (plannr_pipeline.instance); a library caller may not have.
-    instance = instance or (dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral())
+    instance = instance or (
+        dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    )
     for step in STEPS:
         if should_stop():  # SIGTERM or Ctrl-C: the step under way has unwound; start no other
             report.ok = False
@@ -123,15 +127,21 @@ def run_sync(
                 continue  # a range run records one materialisation per partition; the first has the totals
             counted_steps.add(event.step_key)
             if "tables_written" in metadata:  # a collection: its tables, requests and rejections
-                report.rows.update({name: int(rows) for name, rows in metadata["tables_written"].value.items()})
+                report.rows.update(
+                    {name: int(rows) for name, rows in metadata["tables_written"].value.items()}
+                )
                 report.requests += int(metadata["requests"].value)
                 report.rejected += int(metadata["rejected_records"].value)
             elif "dagster/row_count" in metadata:  # an analyst view
-                report.rows[materialization.asset_key.to_user_string()] = int(metadata["dagster/row_count"].value)
+                report.rows[materialization.asset_key.to_user_string()] = int(
+                    metadata["dagster/row_count"].value
+                )
             if "views_problem" in metadata:
                 report.views_problems.append(str(metadata["views_problem"].value))
         for evaluation in run.get_asset_check_evaluations():
-            report.checks[f"{evaluation.asset_key.to_user_string()}: {evaluation.check_name}"] = evaluation.passed
+            report.checks[f"{evaluation.asset_key.to_user_string()}: {evaluation.check_name}"] = (
+                evaluation.passed
+            )
         if failures := [_failure_line(e) for e in run.all_events if e.is_step_failure]:
             report.ok = False
             report.failures.extend(failures)

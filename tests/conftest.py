@@ -37,7 +37,11 @@ def make_client(tmp_path: Path) -> Callable[..., PlannrClient]:
     """A client for a sandbox, with its own budget file under tmp_path."""
 
     def make(
-        sandbox: SandboxServer, limit: int = 100_000, window_seconds: float = 60.0, account_uuid: str | None = None, **kwargs: object
+        sandbox: SandboxServer,
+        limit: int = 100_000,
+        window_seconds: float = 60.0,
+        account_uuid: str | None = None,
+        **kwargs: object,
     ) -> PlannrClient:
         settings = PlannrSettings(
             base_url=sandbox.url,
@@ -49,7 +53,13 @@ def make_client(tmp_path: Path) -> Callable[..., PlannrClient]:
         # Tests of 429s give the sandbox a window unlike the budget's, so by default the budget
         # keeps its own limit; a test of following the server's limit asks for it.
         follow = bool(kwargs.pop("follow_server_limit", False))
-        budget = RequestBudget(uuid.uuid4().hex, limit, directory=tmp_path, window_seconds=window_seconds, follow_server_limit=follow)
+        budget = RequestBudget(
+            uuid.uuid4().hex,
+            limit,
+            directory=tmp_path,
+            window_seconds=window_seconds,
+            follow_server_limit=follow,
+        )
         kwargs.setdefault("backoff_initial", 0.01)
         kwargs.setdefault("backoff_max", 0.2)
         return PlannrClient(settings, budget=budget, **kwargs)  # type: ignore[arg-type]

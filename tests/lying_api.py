@@ -44,12 +44,22 @@ class LyingApi:
 
     async def _forward(self, request: web.Request) -> web.Response:
         self.requests.append(request.path)
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "accept", "x-plannr-account-uuid")}
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() in ("authorization", "accept", "x-plannr-account-uuid")
+        }
         async with aiohttp.ClientSession() as session:
-            async with session.get(self.upstream + request.path, params=request.query, headers=headers) as upstream:
+            async with session.get(
+                self.upstream + request.path, params=request.query, headers=headers
+            ) as upstream:
                 body = await upstream.read()
                 status = upstream.status
-                kept = {k: v for k, v in upstream.headers.items() if k.lower().startswith(("x-ratelimit", "retry-after"))}
+                kept = {
+                    k: v
+                    for k, v in upstream.headers.items()
+                    if k.lower().startswith(("x-ratelimit", "retry-after"))
+                }
         lie = self.lies.get(request.path)
         if lie is not None and status == 200:
             body = json.dumps(lie(request.path, dict(request.query), json.loads(body))).encode()

@@ -29,7 +29,9 @@ def goals_path(uuid: str) -> str:
 async def sweep(client: PlannrClient) -> tuple[list[dict], list[dict]]:
     async with client:
         clients = await client.list_all("/api/v1/account", CLIENTS)
-        goals = [g async for _, batch, _ in client.fan_out([c["uuid"] for c in clients], goals_path) for g in batch]
+        goals = [
+            g async for _, batch, _ in client.fan_out([c["uuid"] for c in clients], goals_path) for g in batch
+        ]
     return clients, goals
 
 
@@ -96,7 +98,9 @@ def test_an_explicit_limit_is_a_ceiling_the_server_cannot_raise(tmp_path):
 
 @pytest.mark.parametrize("send_retry_after", [True, False])
 def test_recovers_from_429_without_losing_records(make_sandbox, make_client, send_retry_after):
-    sandbox = make_sandbox(clients=60, rate_limit_per_minute=30, rate_window_seconds=1.0, send_retry_after=send_retry_after)
+    sandbox = make_sandbox(
+        clients=60, rate_limit_per_minute=30, rate_window_seconds=1.0, send_retry_after=send_retry_after
+    )
     # A budget far above what the server allows. Without Retry-After only backoff spaces the
     # retries, so it must be able to outgrow the server's window (1 s here; 30 s cap by default).
     client = make_client(sandbox, max_attempts=10, backoff_max=1.0)
@@ -239,13 +243,16 @@ def test_deprecated_client_route_lists_only_clients_by_sub_type(make_sandbox, ma
     assert {c["uuid"] for c in joint} == {c["uuid"] for c in sandbox.firm.clients if c["role"] == "joint"}
 
 
-@pytest.mark.parametrize("header, expected", [
-    ("7", 7.0),
-    ("0", 0.0),
-    ("-3", 0.0),
-    ("86400", 900.0),  # a day is capped at 15 minutes: a run never hangs on it
-    ("soon", None),
-])
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        ("7", 7.0),
+        ("0", 0.0),
+        ("-3", 0.0),
+        ("86400", 900.0),  # a day is capped at 15 minutes: a run never hangs on it
+        ("soon", None),
+    ],
+)
 def test_retry_after_is_read_as_seconds_and_capped(header, expected):
     import httpx
 

@@ -29,7 +29,12 @@ LONDON = ZoneInfo("Europe/London")
 
 def resources_for(sandbox, data_dir: Path) -> dict:
     return {
-        "plannr": PlannrApi(base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000, max_concurrency=8),
+        "plannr": PlannrApi(
+            base_url=sandbox.url,
+            token=sandbox.options.token,
+            rate_limit_per_minute=100_000,
+            max_concurrency=8,
+        ),
         "storage": PlannrStorage(data_dir=str(data_dir)),
     }
 
@@ -42,7 +47,9 @@ def query(data_dir: Path, sql: str) -> list[tuple]:
 @pytest.fixture(scope="module")
 def synced_once(tmp_path_factory):
     """One full sync per module (it is the slow part); each test gets its own copy."""
-    sandbox = SandboxServer(SandboxOptions(size=FirmSize(clients=120), token="assets-token", rate_limit_per_minute=100_000)).start()
+    sandbox = SandboxServer(
+        SandboxOptions(size=FirmSize(clients=120), token="assets-token", rate_limit_per_minute=100_000)
+    ).start()
     data_dir = tmp_path_factory.mktemp("synced") / "data"
     report = run_sync(resources_by_key=resources_for(sandbox, data_dir), echo=lambda _: None)
     assert report.ok, report.failures
@@ -72,7 +79,9 @@ def test_every_record_lands_exactly_once(synced):
         rows = query(data_dir, f"select uuid from {table}")
         assert len(rows) == len(uuids), table
         assert {r[0] for r in rows} == uuids, table
-    assert query(data_dir, "select count(*) from circle_accounts")[0][0] == sum(len(c["accounts"]) for c in firm.circles)
+    assert query(data_dir, "select count(*) from circle_accounts")[0][0] == sum(
+        len(c["accounts"]) for c in firm.circles
+    )
     assert query(data_dir, "select count(*) from imports")[0][0] > 0
 
 
@@ -85,9 +94,15 @@ def test_request_count_is_the_minimum(synced):
 
 def test_goals_join_clients_without_orphans(synced):
     _, data_dir, _ = synced
-    orphans = query(data_dir, "select count(*) from goals g left join clients c on c.uuid = g.client_uuid where c.uuid is null")
+    orphans = query(
+        data_dir,
+        "select count(*) from goals g left join clients c on c.uuid = g.client_uuid where c.uuid is null",
+    )
     assert orphans == [(0,)]
-    wrong_partition = query(data_dir, "select count(*) from goals g join clients c on c.uuid = g.client_uuid where g.created_month <> c.created_month")
+    wrong_partition = query(
+        data_dir,
+        "select count(*) from goals g join clients c on c.uuid = g.client_uuid where g.created_month <> c.created_month",
+    )
     assert wrong_partition == [(0,)]
 
 
@@ -95,22 +110,38 @@ def test_types_money_time_zones_and_casts(synced):
     sandbox, data_dir, _ = synced
     client_uuid, goals = next((k, v) for k, v in sandbox.firm.goals_by_client.items() if v)
     goal = goals[0]
-    row = query(data_dir, f"select target_amount_minor, target_currency, priority, progress, created_at from goals where uuid = '{goal['uuid']}'")[0]
+    row = query(
+        data_dir,
+        f"select target_amount_minor, target_currency, priority, progress, created_at from goals where uuid = '{goal['uuid']}'",
+    )[0]
     assert row[0] == int(goal["target_amount"]["amount"]) and row[1] == "GBP"
     assert row[2] == int(goal["priority"]) and row[3] == int(goal["progress"])
     assert row[4] == datetime.fromisoformat(goal["created_at"])  # same instant, whatever the offset
 
     task = next(t for t in sandbox.firm.tasks if t["completed_at"])
-    due_at, completed_at = query(data_dir, f"select due_at, completed_at from tasks where uuid = '{task['uuid']}'")[0]
+    due_at, completed_at = query(
+        data_dir, f"select due_at, completed_at from tasks where uuid = '{task['uuid']}'"
+    )[0]
     naive_due = datetime.strptime(task["due_at"], "%Y-%m-%d %H:%M:%S")
     assert due_at == naive_due.replace(tzinfo=LONDON)  # naive Plannr times are UK local
-    assert completed_at.astimezone(UTC) == datetime.strptime(task["completed_at"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=LONDON)
+    assert completed_at.astimezone(UTC) == datetime.strptime(
+        task["completed_at"], "%Y-%m-%d %H:%M:%S"
+    ).replace(tzinfo=LONDON)
 
     client = sandbox.firm.clients[0]
-    deletable, inactive = query(data_dir, f"select can_be_deleted, inactive_at from clients where uuid = '{client['uuid']}'")[0]
+    deletable, inactive = query(
+        data_dir, f"select can_be_deleted, inactive_at from clients where uuid = '{client['uuid']}'"
+    )[0]
     assert deletable is (client["can_be_deleted"] == "true")
-    assert inactive == (datetime.fromisoformat(client["inactive_at"]).date() if client["inactive_at"] else None)
-    types = dict(query(data_dir, "select column_name, data_type from information_schema.columns where table_name = 'goals'"))
+    assert inactive == (
+        datetime.fromisoformat(client["inactive_at"]).date() if client["inactive_at"] else None
+    )
+    types = dict(
+        query(
+            data_dir,
+            "select column_name, data_type from information_schema.columns where table_name = 'goals'",
+        )
+    )
     assert types["target_amount_minor"] == "BIGINT" and types["created_at"] == "TIMESTAMP WITH TIME ZONE"
 
 
@@ -125,9 +156,16 @@ def table_snapshot(data_dir: Path, table: str) -> list[tuple]:
 
 def test_rerunning_a_partition_changes_nothing(synced):
     sandbox, data_dir, _ = synced
-    month = query(data_dir, "select created_month from clients group by 1 order by count(*) desc limit 1")[0][0]
+    month = query(data_dir, "select created_month from clients group by 1 order by count(*) desc limit 1")[0][
+        0
+    ]
     before = {t: table_snapshot(data_dir, t) for t in ("clients", "goals")}
-    result = dg.materialize(ASSETS, selection=["clients", "goals"], partition_key=month, resources=resources_for(sandbox, data_dir))
+    result = dg.materialize(
+        ASSETS,
+        selection=["clients", "goals"],
+        partition_key=month,
+        resources=resources_for(sandbox, data_dir),
+    )
     assert result.success
     assert {t: table_snapshot(data_dir, t) for t in ("clients", "goals")} == before
 
@@ -139,8 +177,13 @@ def test_two_materialisations_at_once_both_succeed(synced):
     outcomes: list[bool] = []
 
     def materialise(selection, partition_key=None):
-        result = dg.materialize(ASSETS, selection=selection, partition_key=partition_key,
-                                resources=resources_for(sandbox, data_dir), raise_on_error=False)
+        result = dg.materialize(
+            ASSETS,
+            selection=selection,
+            partition_key=partition_key,
+            resources=resources_for(sandbox, data_dir),
+            raise_on_error=False,
+        )
         outcomes.append(result.success)
 
     threads = [threading.Thread(target=materialise, args=(["clients"], m)) for m in months]
@@ -156,15 +199,19 @@ def test_two_materialisations_at_once_both_succeed(synced):
 def test_a_read_only_analyst_session_does_not_fail_a_run(synced):
     sandbox, data_dir, _ = synced
     analyst = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
-         "print(c.execute('select count(*) from clients').fetchone()[0], flush=True); time.sleep(60)",
-         str(data_dir / "plannr.duckdb")],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+            "print(c.execute('select count(*) from clients').fetchone()[0], flush=True); time.sleep(60)",
+            str(data_dir / "plannr.duckdb"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert int(analyst.stdout.readline()) == len(sandbox.firm.clients)
-        result = dg.materialize(ASSETS, selection=["circles"],
-                                resources=resources_for(sandbox, data_dir))
+        result = dg.materialize(ASSETS, selection=["circles"], resources=resources_for(sandbox, data_dir))
         assert result.success
     finally:
         analyst.kill()
@@ -176,10 +223,22 @@ def test_a_killed_run_leaves_the_previous_tables_readable(make_sandbox, synced, 
     sandbox, data_dir, _ = synced
     before = {t: table_snapshot(data_dir, t) for t in ("clients", "goals")}
     slow = make_sandbox(clients=120, latency_ms=150, token=sandbox.options.token)  # the same firm, slowly
-    env = {**os.environ, "PLANNR_BASE_URL": slow.url, "PLANNR_API_TOKEN": slow.options.token,
-           "PLANNR_DATA_DIR": str(data_dir), "PLANNR_RATE_LIMIT_PER_MINUTE": "100000", "PLANNR_MAX_CONCURRENCY": "2"}
-    sync = subprocess.Popen([sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "clients,goals"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "PLANNR_BASE_URL": slow.url,
+        "PLANNR_API_TOKEN": slow.options.token,
+        "PLANNR_DATA_DIR": str(data_dir),
+        "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
+        "PLANNR_MAX_CONCURRENCY": "2",
+    }
+    sync = subprocess.Popen(
+        [sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "clients,goals"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
     deadline = time.monotonic() + 60
     while not list((data_dir / "parquet" / "goals").glob("*/.data.parquet.*.tmp")):  # mid-write
         assert time.monotonic() < deadline and sync.poll() is None, "sync never started writing goals"
@@ -188,7 +247,9 @@ def test_a_killed_run_leaves_the_previous_tables_readable(make_sandbox, synced, 
     sync.wait()
     assert {t: table_snapshot(data_dir, t) for t in ("clients", "goals")} == before
 
-    report = run_sync({"clients", "goals"}, resources_by_key=resources_for(sandbox, data_dir), echo=lambda _: None)
+    report = run_sync(
+        {"clients", "goals"}, resources_by_key=resources_for(sandbox, data_dir), echo=lambda _: None
+    )
     assert report.ok
     assert {t: table_snapshot(data_dir, t) for t in ("clients", "goals")} == before
 
@@ -211,8 +272,14 @@ def run_cli(env_overrides: dict, data_dir: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")}
     env.update({"PLANNR_DATA_DIR": str(data_dir), **env_overrides})
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "circles"],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=data_dir.parent)
+    return subprocess.run(
+        [sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "circles"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=data_dir.parent,
+    )
 
 
 def test_sync_with_a_wrong_token_fails_clearly_without_the_token(make_sandbox, tmp_path):
@@ -236,7 +303,9 @@ def test_sync_against_the_embedded_sandbox_says_so(tmp_path):
     assert "embedded sandbox" in done.stdout and "sync finished" in done.stdout
 
 
-@pytest.mark.parametrize("variable, value", [("PLANNR_START_DATE", "last year"), ("PLANNR_MAX_CONCURRENCY", "many")])
+@pytest.mark.parametrize(
+    "variable, value", [("PLANNR_START_DATE", "last year"), ("PLANNR_MAX_CONCURRENCY", "many")]
+)
 def test_sync_with_a_malformed_setting_names_it(tmp_path, variable, value):
     done = run_cli({variable: value}, tmp_path / "data")
     assert done.returncode == 2

@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("adviser_workload", REPO / "examples" / "adviser_workload.py")
+    spec = importlib.util.spec_from_file_location(
+        "adviser_workload", REPO / "examples" / "adviser_workload.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -31,7 +33,9 @@ def test_the_definitions_carry_a_duckdb_resource_on_the_database(monkeypatch, tm
     built = resources()
     assert isinstance(built["duckdb"], DuckDBResource)
     assert built["duckdb"].database == str(tmp_path / "elsewhere" / "plannr.duckdb")
-    assert built["storage"].warehouse().db_path == tmp_path / "elsewhere" / "plannr.duckdb"  # one setting moves both
+    assert (
+        built["storage"].warehouse().db_path == tmp_path / "elsewhere" / "plannr.duckdb"
+    )  # one setting moves both
 
 
 def test_a_users_own_asset_reads_a_view_through_the_definitions_resource(make_sandbox, monkeypatch, tmp_path):
@@ -40,26 +44,35 @@ def test_a_users_own_asset_reads_a_view_through_the_definitions_resource(make_sa
     from plannr_pipeline.definitions import ASSETS, resources
 
     built = resources()
-    built["plannr"] = PlannrApi(base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000)
+    built["plannr"] = PlannrApi(
+        base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000
+    )
     assert run_sync(resources_by_key=built, echo=lambda _: None).ok
     example = load_example()
-    result = dg.materialize([*ASSETS, example.adviser_workload], selection=[example.adviser_workload], resources=built)
+    result = dg.materialize(
+        [*ASSETS, example.adviser_workload], selection=[example.adviser_workload], resources=built
+    )
     assert result.success
     [materialization] = result.get_asset_materialization_events()
     metadata = materialization.materialization.metadata
     with duckdb.connect(str(tmp_path / "data" / "plannr.duckdb"), read_only=True) as db:
-        advisers, off_track = db.execute("select count(distinct adviser_name), count(*) filter (where not on_track) from goal_progress").fetchone()
+        advisers, off_track = db.execute(
+            "select count(distinct adviser_name), count(*) filter (where not on_track) from goal_progress"
+        ).fetchone()
     assert metadata["dagster/row_count"].value == advisers
     assert metadata["goals_off_track"].value == off_track
 
 
-@pytest.mark.parametrize("view, upstream", [
-    ("goal_progress", {"goals", "clients", "staff"}),
-    ("client_overview", {"clients", "staff", "goals", "tasks"}),
-    ("overdue_tasks", {"tasks", "staff"}),
-    ("import_health", {"imports"}),
-    ("goal_progress_history", {"goals"}),
-])
+@pytest.mark.parametrize(
+    "view, upstream",
+    [
+        ("goal_progress", {"goals", "clients", "staff"}),
+        ("client_overview", {"clients", "staff", "goals", "tasks"}),
+        ("overdue_tasks", {"tasks", "staff"}),
+        ("import_health", {"imports"}),
+        ("goal_progress_history", {"goals"}),
+    ],
+)
 def test_each_analyst_view_is_an_asset_downstream_of_its_tables(view, upstream):
     from plannr_pipeline.definitions import defs
 
@@ -78,5 +91,9 @@ def test_goal_progress_lineage_names_its_source_columns():
     from plannr_pipeline.definitions import defs
 
     lineage = defs.resolve_asset_graph().get(dg.AssetKey("goal_progress")).metadata["dagster/column_lineage"]
-    assert [(d.asset_key.to_user_string(), d.column_name) for d in lineage.deps_by_column["adviser_name"]] == [("staff", "name")]
-    assert [(d.asset_key.to_user_string(), d.column_name) for d in lineage.deps_by_column["target_gbp"]] == [("goals", "target_amount_minor")]
+    assert [
+        (d.asset_key.to_user_string(), d.column_name) for d in lineage.deps_by_column["adviser_name"]
+    ] == [("staff", "name")]
+    assert [(d.asset_key.to_user_string(), d.column_name) for d in lineage.deps_by_column["target_gbp"]] == [
+        ("goals", "target_amount_minor")
+    ]

@@ -32,11 +32,20 @@ def test_bad_base_url_is_rejected():
         PlannrSettings.from_env({"PLANNR_API_TOKEN": "secret", "PLANNR_BASE_URL": "api.plannrcrm.com"})
 
 
-@pytest.mark.parametrize("env, says", [
-    ({"PLANNR_API_TOKEN": "abc\n"}, "PLANNR_API_TOKEN has a line break"),
-    ({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "https://user:pw@api.example.test"}, "PLANNR_BASE_URL carries credentials"),
-    ({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://api.example.test"}, "plain http:// to api.example.test"),
-])
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"PLANNR_API_TOKEN": "abc\n"}, "PLANNR_API_TOKEN has a line break"),
+        (
+            {"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "https://user:pw@api.example.test"},
+            "PLANNR_BASE_URL carries credentials",
+        ),
+        (
+            {"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://api.example.test"},
+            "plain http:// to api.example.test",
+        ),
+    ],
+)
 def test_malformed_settings_are_one_clear_line(env, says):
     with pytest.raises(ConfigurationError, match=says) as raised:
         PlannrSettings.from_env(env)
@@ -49,20 +58,33 @@ def test_plain_http_is_fine_on_loopback_or_when_allowed(monkeypatch):
     assert PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://api.example.test"})
 
 
-@pytest.mark.parametrize("env_name, make", [
-    ("PLANNR_DATA_DIR", lambda tmp: tmp / "a-file"),
-    ("PLANNR_START_DATE", lambda tmp: "2999-01-01"),
-])
+@pytest.mark.parametrize(
+    "env_name, make",
+    [
+        ("PLANNR_DATA_DIR", lambda tmp: tmp / "a-file"),
+        ("PLANNR_START_DATE", lambda tmp: "2999-01-01"),
+    ],
+)
 def test_sync_refuses_a_bad_setting_before_any_run(tmp_path, env_name, make):
     import os
     import subprocess
     import sys
 
     (tmp_path / "a-file").write_text("")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))},
-           "DAGSTER_HOME": str(tmp_path / "home"), "PLANNR_DATA_DIR": str(tmp_path / "data"), env_name: str(make(tmp_path))}
-    done = subprocess.run([sys.executable, "-m", "plannr_pipeline.cli", "sync"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))},
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "PLANNR_DATA_DIR": str(tmp_path / "data"),
+        env_name: str(make(tmp_path)),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "plannr_pipeline.cli", "sync"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert env_name in line and "Traceback" not in done.stderr
@@ -74,7 +96,14 @@ def test_a_422_that_echoes_the_token_never_shows_it():
     from plannr_pipeline.api import PlannrClient, ValidationError
 
     client = PlannrClient(PlannrSettings(base_url="http://127.0.0.1:9", token="sekret-token-42"))
-    body = json.dumps({"message": "bad sekret-token-42", "errors": {"filter.sekret-token-42": ["sekret-token-42 is invalid"]}})
+    body = json.dumps(
+        {
+            "message": "bad sekret-token-42",
+            "errors": {"filter.sekret-token-42": ["sekret-token-42 is invalid"]},
+        }
+    )
     with pytest.raises(ValidationError) as raised:
         client._raise_for_client_error("/api/v1/account", 422, body.encode())
-    assert "sekret-token-42" not in str(raised.value) and "sekret-token-42" not in repr(raised.value.field_errors)
+    assert "sekret-token-42" not in str(raised.value) and "sekret-token-42" not in repr(
+        raised.value.field_errors
+    )

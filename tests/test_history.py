@@ -25,16 +25,23 @@ def query(data_dir: Path, sql: str, params: list | None = None) -> list[tuple]:
 
 
 def counts(data_dir: Path) -> dict[str, tuple]:
-    return {t: query(data_dir, f"select count(*), count(valid_to), count(deleted_at) from {t}_history")[0] for t in HISTORIED}
+    return {
+        t: query(data_dir, f"select count(*), count(valid_to), count(deleted_at) from {t}_history")[0]
+        for t in HISTORIED
+    }
 
 
 @pytest.fixture(scope="module")
 def moved(tmp_path_factory):
     """Synced, then the firm moves one step and is synced again; the counts after each sync."""
-    sandbox = SandboxServer(SandboxOptions(size=FirmSize(clients=60), token="history-token", rate_limit_per_minute=100_000)).start()
+    sandbox = SandboxServer(
+        SandboxOptions(size=FirmSize(clients=60), token="history-token", rate_limit_per_minute=100_000)
+    ).start()
     data_dir = tmp_path_factory.mktemp("history") / "data"
-    resources = {"plannr": PlannrApi(base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000),
-                 "storage": PlannrStorage(data_dir=str(data_dir))}
+    resources = {
+        "plannr": PlannrApi(base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000),
+        "storage": PlannrStorage(data_dir=str(data_dir)),
+    }
     assert run_sync(resources_by_key=resources, echo=lambda _: None).ok
     first = counts(data_dir)
     sandbox.advance(1)
@@ -48,8 +55,15 @@ def test_the_first_sync_records_one_version_of_everything(moved):
     sandbox, _, _, first, _ = moved
     firm_goals = sum(len(g) for g in sandbox.firm.goals_by_client.values())
     step = sandbox.changes[0]["counts"]
-    assert first["clients"] == (len(sandbox.firm.clients) - step["clients"]["created"] + step["clients"]["deleted"], 0, 0)
-    assert first["goals"][1:] == (0, 0) and first["goals"][0] == firm_goals - step["goals"]["created"] + step["goals"]["deleted"]
+    assert first["clients"] == (
+        len(sandbox.firm.clients) - step["clients"]["created"] + step["clients"]["deleted"],
+        0,
+        0,
+    )
+    assert (
+        first["goals"][1:] == (0, 0)
+        and first["goals"][0] == firm_goals - step["goals"]["created"] + step["goals"]["deleted"]
+    )
 
 
 def test_one_new_version_per_changed_record_and_deletions_marked(moved):
@@ -62,10 +76,21 @@ def test_one_new_version_per_changed_record_and_deletions_marked(moved):
         assert closed == len(updated) + len(deleted), table
         assert gone == len(deleted), table
         for uuid in updated:  # exactly two versions, the second starting where the first ended
-            versions = query(data_dir, f"select valid_from, valid_to, deleted_at from {table}_history where uuid = ? order by valid_from", [uuid])
-            assert len(versions) == 2 and versions[0][1] == versions[1][0] and versions[1][1] is None, (table, uuid)
+            versions = query(
+                data_dir,
+                f"select valid_from, valid_to, deleted_at from {table}_history where uuid = ? order by valid_from",
+                [uuid],
+            )
+            assert len(versions) == 2 and versions[0][1] == versions[1][0] and versions[1][1] is None, (
+                table,
+                uuid,
+            )
         for uuid in deleted:
-            [(valid_to, deleted_at)] = query(data_dir, f"select valid_to, deleted_at from {table}_history where uuid = ? and valid_to is not null and deleted_at is not null", [uuid])
+            [(valid_to, deleted_at)] = query(
+                data_dir,
+                f"select valid_to, deleted_at from {table}_history where uuid = ? and valid_to is not null and deleted_at is not null",
+                [uuid],
+            )
             assert valid_to == deleted_at
             assert query(data_dir, f"select count(*) from {table} where uuid = ?", [uuid]) == [(0,)]
     assert second["circles"] == first["circles"]  # the step left circles alone
@@ -76,14 +101,24 @@ def test_the_new_version_has_the_new_values_and_current_tables_equal_the_api(mov
     change = sandbox.changes[0]
     goals = {g["uuid"]: g for gs in sandbox.firm.goals_by_client.values() for g in gs}
     for uuid in change["goals"]["updated"]:
-        assert query(data_dir, "select progress from goals_history where uuid = ? and valid_to is null", [uuid]) == [(int(goals[uuid]["progress"]),)]
+        assert query(
+            data_dir, "select progress from goals_history where uuid = ? and valid_to is null", [uuid]
+        ) == [(int(goals[uuid]["progress"]),)]
     assigned = sandbox.firm.assignments
     for uuid in change["clients"]["updated"]:
-        [(adviser,)] = query(data_dir, "select assigned_adviser_uuid from clients_history where uuid = ? and valid_to is null", [uuid])
+        [(adviser,)] = query(
+            data_dir,
+            "select assigned_adviser_uuid from clients_history where uuid = ? and valid_to is null",
+            [uuid],
+        )
         assert adviser == assigned[uuid]["assigned_adviser"]
-    assert {r[0] for r in query(data_dir, "select uuid from clients")} == {c["uuid"] for c in sandbox.firm.clients}
+    assert {r[0] for r in query(data_dir, "select uuid from clients")} == {
+        c["uuid"] for c in sandbox.firm.clients
+    }
     assert {r[0] for r in query(data_dir, "select uuid from goals")} == set(goals)
-    assert {r[0] for r in query(data_dir, "select uuid from tasks")} == {t["uuid"] for t in sandbox.firm.tasks}
+    assert {r[0] for r in query(data_dir, "select uuid from tasks")} == {
+        t["uuid"] for t in sandbox.firm.tasks
+    }
 
 
 def test_a_sync_with_no_change_adds_nothing(moved):
@@ -97,9 +132,17 @@ def test_a_run_that_fails_validation_records_no_version(moved, tmp_path):
     before = counts(data_dir)
     sandbox.advance(1)  # there is something new to record...
     proxy = LyingApi(sandbox.url)
-    proxy.lies["/api/v1/task"] = lambda path, query, body: {**body, "data": body["data"][:-1]}  # one task short
+    proxy.lies["/api/v1/task"] = lambda path, query, body: {
+        **body,
+        "data": body["data"][:-1],
+    }  # one task short
     try:
-        lied_to = {**resources, "plannr": PlannrApi(base_url=proxy.url, token=sandbox.options.token, rate_limit_per_minute=100_000)}
+        lied_to = {
+            **resources,
+            "plannr": PlannrApi(
+                base_url=proxy.url, token=sandbox.options.token, rate_limit_per_minute=100_000
+            ),
+        }
         result = dg.materialize(ASSETS, selection=["tasks"], resources=lied_to, raise_on_error=False)
     finally:
         proxy.close()
@@ -110,14 +153,27 @@ def test_a_run_that_fails_validation_records_no_version(moved, tmp_path):
 def test_goal_progress_history_and_goal_progress_agree_with_a_hand_checked_goal(moved):
     sandbox, data_dir, _, _, _ = moved
     goal_uuid = sandbox.changes[0]["goals"]["updated"][0]
-    rows = query(data_dir, "select progress, progress_change, valid_to is null from goal_progress_history where goal_uuid = ? order by valid_from", [goal_uuid])
+    rows = query(
+        data_dir,
+        "select progress, progress_change, valid_to is null from goal_progress_history where goal_uuid = ? order by valid_from",
+        [goal_uuid],
+    )
     assert len(rows) >= 2
     assert rows[1][1] == rows[1][0] - rows[0][0]  # the change is the difference of the two versions
-    client_uuid = next(c for c, goals in sandbox.firm.goals_by_client.items() if any(g["uuid"] == goal_uuid for g in goals))
+    client_uuid = next(
+        c for c, goals in sandbox.firm.goals_by_client.items() if any(g["uuid"] == goal_uuid for g in goals)
+    )
     client = next(c for c in sandbox.firm.clients if c["uuid"] == client_uuid)
-    adviser = next(s for s in sandbox.firm.staff if s["uuid"] == sandbox.firm.assignments[client_uuid]["assigned_adviser"])
+    adviser = next(
+        s
+        for s in sandbox.firm.staff
+        if s["uuid"] == sandbox.firm.assignments[client_uuid]["assigned_adviser"]
+    )
     [(client_name, adviser_name, progress)] = query(
-        data_dir, "select client_name, adviser_name, progress from goal_progress where goal_uuid = ?", [goal_uuid])
+        data_dir,
+        "select client_name, adviser_name, progress from goal_progress where goal_uuid = ?",
+        [goal_uuid],
+    )
     assert (client_name, adviser_name) == (client["name"], adviser["name"])
     assert progress == rows[-1][0]
 
@@ -140,7 +196,13 @@ def test_on_track_follows_the_documented_rule(tmp_path):
         db.execute("""create or replace table goals as select uuid, 'n' as name, 'c' as client_uuid, 100 as target_amount_minor,
                       'GBP' as target_currency, progress, created_at, complete_goal_by from goals""")
         verdicts = dict(db.execute(f"select goal_uuid, on_track from ({GOAL_PROGRESS.sql})").fetchall())
-    assert verdicts == {"halfway-ahead": True, "halfway-behind": False, "done": True, "late": False, "no-date": None}
+    assert verdicts == {
+        "halfway-ahead": True,
+        "halfway-behind": False,
+        "done": True,
+        "late": False,
+        "no-date": None,
+    }
 
 
 def test_two_runs_of_the_same_partition_at_once_record_a_change_once(moved, monkeypatch):
@@ -166,8 +228,11 @@ def test_two_runs_of_the_same_partition_at_once_record_a_change_once(moved, monk
     outcomes = []
 
     def run():
-        outcomes.append(dg.materialize(ASSETS, selection=["clients"], partition_key=month, resources=resources,
-                                       raise_on_error=False).success)
+        outcomes.append(
+            dg.materialize(
+                ASSETS, selection=["clients"], partition_key=month, resources=resources, raise_on_error=False
+            ).success
+        )
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for thread in threads:
@@ -175,4 +240,6 @@ def test_two_runs_of_the_same_partition_at_once_record_a_change_once(moved, monk
     for thread in threads:
         thread.join(120)
     assert outcomes == [True, True]
-    assert query(data_dir, "select count(*) from clients_history where uuid = ?", [changed])[0][0] == before + 1
+    assert (
+        query(data_dir, "select count(*) from clients_history where uuid = ?", [changed])[0][0] == before + 1
+    )

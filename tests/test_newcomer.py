@@ -13,14 +13,23 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_CONFIG = (REPO / "dagster.yaml").read_text()
-CUSTOM_CONFIG = "# someone's own instance\nstorage:\n  postgres:\n    postgres_url: postgresql://localhost/dagster\n"
+CUSTOM_CONFIG = (
+    "# someone's own instance\nstorage:\n  postgres:\n    postgres_url: postgresql://localhost/dagster\n"
+)
 
 
 def _cli(*args: str, cwd: Path, env: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     environ.update({k: v for k, v in env.items() if v is not None})
-    return subprocess.run([sys.executable, "-m", "plannr_pipeline.cli", *args], cwd=cwd, env=environ,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "plannr_pipeline.cli", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 # -- 1. an existing instance's dagster.yaml is never overwritten; sync and the UI share one -------
@@ -57,7 +66,9 @@ def test_a_dagster_home_that_is_a_file_is_one_clear_line(tmp_path):
     (tmp_path / "home").write_text("")
     result = _cli("instance", cwd=tmp_path, env={"DAGSTER_HOME": str(tmp_path / "home")})
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: DAGSTER_HOME={tmp_path / 'home'} is a file; point DAGSTER_HOME at a folder (or unset it for ./.dagster_home)."]
+    assert result.stderr.strip().splitlines() == [
+        f"error: DAGSTER_HOME={tmp_path / 'home'} is a file; point DAGSTER_HOME at a folder (or unset it for ./.dagster_home)."
+    ]
 
 
 @pytest.mark.parametrize("existing", [True, False])
@@ -68,8 +79,12 @@ def test_dev_script_starts_dagster_on_the_prepared_instance(tmp_path, existing):
     (root / "scripts" / "setup.sh").write_text("#!/usr/bin/env bash\n")  # no venv, no pip
     bin_dir = root / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    (bin_dir / "dagster").write_text('#!/usr/bin/env bash\necho "dagster stub: DAGSTER_HOME=$DAGSTER_HOME args=$*"\n')
-    (bin_dir / "plannr-pipeline").write_text(f'#!/usr/bin/env bash\nexec {sys.executable} -m plannr_pipeline.cli "$@"\n')
+    (bin_dir / "dagster").write_text(
+        '#!/usr/bin/env bash\necho "dagster stub: DAGSTER_HOME=$DAGSTER_HOME args=$*"\n'
+    )
+    (bin_dir / "plannr-pipeline").write_text(
+        f'#!/usr/bin/env bash\nexec {sys.executable} -m plannr_pipeline.cli "$@"\n'
+    )
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
     home = tmp_path / "home"
@@ -77,8 +92,15 @@ def test_dev_script_starts_dagster_on_the_prepared_instance(tmp_path, existing):
         home.mkdir()
         (home / "dagster.yaml").write_text(CUSTOM_CONFIG)
     environ = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}, "DAGSTER_HOME": str(home)}
-    result = subprocess.run(["bash", str(root / "scripts" / "dev.sh"), "-p", "3001"], cwd=tmp_path, env=environ,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        ["bash", str(root / "scripts" / "dev.sh"), "-p", "3001"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert (home / "dagster.yaml").read_text() == (CUSTOM_CONFIG if existing else PROJECT_CONFIG)
     assert f"Dagster instance: {home}" in result.stderr
@@ -120,9 +142,16 @@ def test_sandbox_error_reports_are_served_by_the_sandbox(make_sandbox):
             assert len(rows) == record["failed_jobs"]  # one error per failed row in this sandbox
             assert len({row["row"] for row in rows}) == record["failed_jobs"]
             shown = [  # the API lists the first 25 failed rows; the report starts with the same ones
-                {"row": str(e["client"]["row"]), "first_name": e["client"]["first_name"], "last_name": e["client"]["last_name"],
-                 "field": field, "error": message}
-                for e in record["errors"] for field, messages in e["errors"].items() for message in messages
+                {
+                    "row": str(e["client"]["row"]),
+                    "first_name": e["client"]["first_name"],
+                    "last_name": e["client"]["last_name"],
+                    "field": field,
+                    "error": message,
+                }
+                for e in record["errors"]
+                for field, messages in e["errors"].items()
+                for message in messages
             ]
             assert rows[: len(shown)] == shown
         detail = http.get(f"{sandbox.url}/api/v1/import/{with_report[0]['uuid']}").json()
@@ -133,7 +162,9 @@ def test_sandbox_error_reports_are_served_by_the_sandbox(make_sandbox):
         assert httpx.get(url, timeout=30).status_code == 401  # same Bearer auth as every route
         unknown = http.get(f"{sandbox.url}/file/00000000-0000-4000-8000-000000000000/download")
         assert unknown.status_code == 404
-        assert unknown.json() == {"message": "No query results for model [App\\Models\\File] 00000000-0000-4000-8000-000000000000"}
+        assert unknown.json() == {
+            "message": "No query results for model [App\\Models\\File] 00000000-0000-4000-8000-000000000000"
+        }
 
 
 # -- 3. every citation points at something in this repository -----------------------------------
@@ -149,7 +180,9 @@ API_NOTES = REPO / "docs/plannr-api.md"
 # Not citations of files here: web addresses, and the API notes' "AD:" sources, which name pages of
 # the public API docs site (the notes' "Source keys" say so), some of them ending in .md.
 NOT_LOCAL = re.compile(r"https?://\S+|AD:[^)|\n]*")
-PATH = re.compile(r"(?<![\w/.-])((?:\.\.?/)*[\w-]+(?:[./][\w-]+)*\.md(?!\()|(?:\.\.?/)*docs/[\w./-]*[\w/]|\.\./[\w./-]*[\w/])")
+PATH = re.compile(
+    r"(?<![\w/.-])((?:\.\.?/)*[\w-]+(?:[./][\w-]+)*\.md(?!\()|(?:\.\.?/)*docs/[\w./-]*[\w/]|\.\./[\w./-]*[\w/])"
+)
 SECTION = re.compile(r"([\w./-]*plannr-api\.md)`?\)?,?\s+(?:section|§)\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 OWN_SECTION = re.compile(r"§\s*(\d+(?:\.\d+)?)")  # inside the API notes: one of their own sections
 HEADING = re.compile(r"\b(README(?:\.md)?|[\w./-]+\.md)`?,?\s+\"([^\"\n]+)\"")
@@ -182,7 +215,9 @@ def _citation_problems(citing: Path, raw: str | None = None) -> list[str]:
             problems.append(f"{where(m.start())}: {m.group(1)!r} is not a file in the repository")
     for m in SECTION.finditer(text):
         if _target(citing, m.group(1)) != API_NOTES or not _section_exists(m.group(2)):
-            problems.append(f"{where(m.start())}: {m.group()!r} does not name a section of docs/plannr-api.md")
+            problems.append(
+                f"{where(m.start())}: {m.group()!r} does not name a section of docs/plannr-api.md"
+            )
     if citing == API_NOTES:
         for m in OWN_SECTION.finditer(text):
             if not _section_exists(m.group(1)):
@@ -209,8 +244,15 @@ def test_the_citation_scan_catches_what_it_should():
     citing = REPO / "tests" / "sample.py"
     good = 'docs/plannr-api.md section 4.7, docs/design.md, README.md, README, "Quick start", (see docs/asset-graph.png)'
     assert _citation_problems(citing, good) == []
-    for bad in ["..", "/shared/seeds"], ["DESIGN", ".md"], ["plannr-api", ".md section 7"], ["docs/plannr-api.md sec", "tion 12"], \
-            ["READ", 'ME, "Nope"'], ["do", "cs/missing.png"], ["docs/design.md", ', "Nothing"']:
+    for bad in (
+        ["..", "/shared/seeds"],
+        ["DESIGN", ".md"],
+        ["plannr-api", ".md section 7"],
+        ["docs/plannr-api.md sec", "tion 12"],
+        ["READ", 'ME, "Nope"'],
+        ["do", "cs/missing.png"],
+        ["docs/design.md", ', "Nothing"'],
+    ):
         assert _citation_problems(citing, "".join(bad)), bad
 
 
@@ -220,13 +262,26 @@ def test_the_citation_scan_catches_what_it_should():
 def test_sync_says_when_the_views_could_not_be_refreshed(make_sandbox, tmp_path):
     sandbox = make_sandbox(clients=10)
     data_dir = tmp_path / "data"
-    env = {"DAGSTER_HOME": str(tmp_path / "home"), "PLANNR_DATA_DIR": str(data_dir), "PLANNR_BASE_URL": sandbox.url,
-           "PLANNR_API_TOKEN": sandbox.options.token, "PLANNR_RATE_LIMIT_PER_MINUTE": "100000"}
+    env = {
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "PLANNR_DATA_DIR": str(data_dir),
+        "PLANNR_BASE_URL": sandbox.url,
+        "PLANNR_API_TOKEN": sandbox.options.token,
+        "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
+    }
     first = _cli("sync", "--select", "circles", cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-                               "print('holding', flush=True); time.sleep(120)", str(data_dir / "plannr.duckdb")],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+            "print('holding', flush=True); time.sleep(120)",
+            str(data_dir / "plannr.duckdb"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "holding"
         second = _cli("sync", "--select", "circles", cwd=tmp_path, env=env)
@@ -252,7 +307,13 @@ def test_sync_says_when_the_views_could_not_be_refreshed(make_sandbox, tmp_path)
 def test_dg_check_defs_passes_in_the_repository():
     dg_cli = Path(sys.executable).with_name("dg")
     assert dg_cli.exists(), "dagster-dg-cli is a declared dependency"
-    done = subprocess.run([str(dg_cli), "check", "defs"], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")})
+    done = subprocess.run(
+        [str(dg_cli), "check", "defs"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")},
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "All definitions loaded successfully." in done.stdout + done.stderr

@@ -13,7 +13,9 @@ def test_timestamps_in_every_plannr_format_become_utc():
     assert convert.to_utc("2025-04-02T13:27:55+01:00") == datetime(2025, 4, 2, 12, 27, 55, tzinfo=UTC)
     assert convert.to_utc("2025-07-01 09:00:00") == datetime(2025, 7, 1, 8, 0, tzinfo=UTC)  # BST, naive
     assert convert.to_utc("2025-01-15 09:00:00") == datetime(2025, 1, 15, 9, 0, tzinfo=UTC)  # GMT, naive
-    assert convert.to_utc("2025-05-14T21:27:16.710485Z") == datetime(2025, 5, 14, 21, 27, 16, 710485, tzinfo=UTC)
+    assert convert.to_utc("2025-05-14T21:27:16.710485Z") == datetime(
+        2025, 5, 14, 21, 27, 16, 710485, tzinfo=UTC
+    )
     assert convert.to_utc("2025-06-01") == datetime(2025, 5, 31, 23, 0, tzinfo=UTC)  # midnight in London
     assert convert.to_utc(None) is None and convert.to_utc("") is None
 
@@ -23,7 +25,11 @@ def test_strings_are_cast_and_nonsense_is_refused():
     assert convert.to_bool("false") is False and convert.to_bool(True) is True
     assert convert.money_minor({"amount": "4000", "currency": "GBP", "formatted": "£40.00"}) == 4000
     assert convert.to_date("2025-04-02") == date(2025, 4, 2)
-    for bad in (lambda: convert.to_int("high"), lambda: convert.to_int("1.5"), lambda: convert.to_bool("maybe")):
+    for bad in (
+        lambda: convert.to_int("high"),
+        lambda: convert.to_int("1.5"),
+        lambda: convert.to_bool("maybe"),
+    ):
         with pytest.raises(ValueError):
             bad()
 
@@ -33,14 +39,26 @@ def test_placeholders_and_schema_blobs_are_recognised():
     assert convert.is_placeholder({"amount": {"example": "4000", "description": "pennies"}})
     assert not convert.is_placeholder({"amount": "4000", "currency": "GBP"})
     # A docs-example money blob is not data: no amount is invented from it.
-    assert convert.money_minor({"amount": {"example": "4000", "description": "x"}, "currency": {"example": "GBP", "description": "y"}}) is None
+    assert (
+        convert.money_minor(
+            {
+                "amount": {"example": "4000", "description": "x"},
+                "currency": {"example": "GBP", "description": "y"},
+            }
+        )
+        is None
+    )
 
 
 def goal(**overrides):
     record = {
-        "uuid": "g1", "name": "Pension", "priority": "4", "progress": "68",
+        "uuid": "g1",
+        "name": "Pension",
+        "priority": "4",
+        "progress": "68",
         "target_amount": {"amount": "4000", "currency": "GBP", "formatted": "£40.00"},
-        "created_at": "2025-04-02T13:27:55+01:00", "updated_at": "2025-04-02T13:27:55+01:00",
+        "created_at": "2025-04-02T13:27:55+01:00",
+        "updated_at": "2025-04-02T13:27:55+01:00",
         "firm": "App\\Http\\Resources\\FirmResource",
     }
     return {**record, **overrides}
@@ -66,50 +84,89 @@ def test_uncastable_values_are_kept_not_lost():
 def test_import_errors_as_list_or_map():
     as_list = {"uuid": "i1", "errors": [{"client": {"row": 2}, "errors": {"email": ["bad", "worse"]}}]}
     as_map = {"uuid": "i1", "errors": {"0": {"client": {"row": 2}, "errors": {"email": ["bad", "worse"]}}}}
-    assert normalise.import_error_rows(as_list, "2026-01-02") == normalise.import_error_rows(as_map, "2026-01-02")
+    assert normalise.import_error_rows(as_list, "2026-01-02") == normalise.import_error_rows(
+        as_map, "2026-01-02"
+    )
     assert [r["message"] for r in normalise.import_error_rows(as_list, "2026-01-02")] == ["bad", "worse"]
 
 
 def person(uuid, role="member"):
-    return {"uuid": uuid, "name": "Ann Adviser", "first_name": "Ann", "last_name": "Adviser", "email": "ann@example.co.uk",
-            "role": role, "type": "employee", "created_at": "2024-01-02T10:00:00+00:00", "updated_at": "2024-01-02T10:00:00+00:00",
-            "external_references": "App\\Http\\Resources\\ExternalReferenceResource"}
+    return {
+        "uuid": uuid,
+        "name": "Ann Adviser",
+        "first_name": "Ann",
+        "last_name": "Adviser",
+        "email": "ann@example.co.uk",
+        "role": role,
+        "type": "employee",
+        "created_at": "2024-01-02T10:00:00+00:00",
+        "updated_at": "2024-01-02T10:00:00+00:00",
+        "external_references": "App\\Http\\Resources\\ExternalReferenceResource",
+    }
 
 
 def test_expanded_assignments_become_uuid_columns_not_extra_json():
     record = {
-        "uuid": "c1", "type": "client", "role": "joint", "name": "Bo Client",
-        "assigned_adviser": person("s1"), "assigned_administrator": None,
+        "uuid": "c1",
+        "type": "client",
+        "role": "joint",
+        "name": "Bo Client",
+        "assigned_adviser": person("s1"),
+        "assigned_administrator": None,
         "assigned_paraplanner": "App\\Http\\Resources\\AccountResource",  # not included: a placeholder
         "tags": [{"uuid": "t1", "name": "VIP"}],  # an unmodelled relationship, expanded: still kept
     }
     drift = normalise.Drift()
     [row] = normalise.clients([record], drift, partition_of=lambda r: "2025-04")["clients"]
-    assert (row["assigned_adviser_uuid"], row["assigned_administrator_uuid"], row["assigned_paraplanner_uuid"]) == ("s1", None, None)
+    assert (
+        row["assigned_adviser_uuid"],
+        row["assigned_administrator_uuid"],
+        row["assigned_paraplanner_uuid"],
+    ) == ("s1", None, None)
     assert json.loads(row["extra_json"]) == {"tags": [{"uuid": "t1", "name": "VIP"}]}
     assert not drift.unknown_fields
 
 
 def test_staff_rows_keep_account_fields_in_extra_json_without_drift():
     drift = normalise.Drift()
-    record = {**person("s1", role="owner"), "inactive_at": "2025-03-01", "photo_url": "https://example.invalid/a.png",
-              "with_login": True, "firm": "App\\Http\\Resources\\FirmResource"}
+    record = {
+        **person("s1", role="owner"),
+        "inactive_at": "2025-03-01",
+        "photo_url": "https://example.invalid/a.png",
+        "with_login": True,
+        "firm": "App\\Http\\Resources\\FirmResource",
+    }
     [row] = normalise.staff([record], drift)["staff"]
     assert row["uuid"] == "s1" and row["role"] == "owner" and row["inactive_at"] == date(2025, 3, 1)
     assert row["created_at"] == datetime(2024, 1, 2, 10, 0, tzinfo=UTC)
-    assert json.loads(row["extra_json"]) == {"type": "employee", "photo_url": "https://example.invalid/a.png", "with_login": True}
+    assert json.loads(row["extra_json"]) == {
+        "type": "employee",
+        "photo_url": "https://example.invalid/a.png",
+        "with_login": True,
+    }
     assert not drift.unknown_fields
     assert normalise.arrow(STAFF, [row]).num_rows == 1
 
 
 def test_goal_owner_and_task_people_are_columns_only():
     drift = normalise.Drift()
-    [row] = normalise.goals("c1", [goal(shared_owner_type="individual", shared_owner=person("a1"))], drift, "2025-04")
+    [row] = normalise.goals(
+        "c1", [goal(shared_owner_type="individual", shared_owner=person("a1"))], drift, "2025-04"
+    )
     assert row["shared_owner_uuid"] == "a1" and row["extra_json"] is None
-    task = {"uuid": "t1", "author": person("s1"), "assigned_to": person("s2"), "completed_by": person("s2"),
-            "created_at": "2025-04-02T13:27:55+01:00"}
+    task = {
+        "uuid": "t1",
+        "author": person("s1"),
+        "assigned_to": person("s2"),
+        "completed_by": person("s2"),
+        "created_at": "2025-04-02T13:27:55+01:00",
+    }
     [task_row] = normalise.tasks([task], drift)["tasks"]
-    assert (task_row["author_uuid"], task_row["assigned_to_uuid"], task_row["completed_by_uuid"]) == ("s1", "s2", "s2")
+    assert (task_row["author_uuid"], task_row["assigned_to_uuid"], task_row["completed_by_uuid"]) == (
+        "s1",
+        "s2",
+        "s2",
+    )
     assert task_row["extra_json"] is None
     assert not drift.unknown_fields
 

@@ -18,10 +18,10 @@ from plannr_pipeline.sync import range_tags
 
 
 def resources_for(sandbox, data_dir: Path) -> dict:
-    return {"plannr": PlannrApi(base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000),
-            "storage": PlannrStorage(data_dir=str(data_dir))}
-
-
+    return {
+        "plannr": PlannrApi(base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000),
+        "storage": PlannrStorage(data_dir=str(data_dir)),
+    }
 
 
 def uk_month(created_at: str) -> str:
@@ -32,12 +32,34 @@ def test_each_asset_alone_from_the_command_line_on_a_fresh_instance(make_sandbox
     sandbox = make_sandbox(clients=40)
     home = tmp_path / "home"
     home.mkdir()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")},
-           "DAGSTER_HOME": str(home), "PLANNR_BASE_URL": sandbox.url, "PLANNR_API_TOKEN": sandbox.options.token,
-           "PLANNR_DATA_DIR": str(tmp_path / "data"), "PLANNR_RATE_LIMIT_PER_MINUTE": "100000"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")},
+        "DAGSTER_HOME": str(home),
+        "PLANNR_BASE_URL": sandbox.url,
+        "PLANNR_API_TOKEN": sandbox.options.token,
+        "PLANNR_DATA_DIR": str(tmp_path / "data"),
+        "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
+    }
     month = client_months.get_last_partition_key()
-    for asset, partition in (("clients", month), ("goals", month), ("staff", None), ("circles", None), ("tasks", None), ("imports", None)):
-        command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "plannr_pipeline.definitions", "--select", asset]
+    for asset, partition in (
+        ("clients", month),
+        ("goals", month),
+        ("staff", None),
+        ("circles", None),
+        ("tasks", None),
+        ("imports", None),
+    ):
+        command = [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "plannr_pipeline.definitions",
+            "--select",
+            asset,
+        ]
         if partition:
             command += ["--partition", partition]
         done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -45,7 +67,8 @@ def test_each_asset_alone_from_the_command_line_on_a_fresh_instance(make_sandbox
     with dg.DagsterInstance.from_config(str(home)) as instance:
         for asset in ("clients", "goals", "staff", "circles", "tasks", "imports"):
             checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-                [dg.AssetCheckKey(dg.AssetKey(asset), f"{asset}_complete")])
+                [dg.AssetCheckKey(dg.AssetKey(asset), f"{asset}_complete")]
+            )
             [execution] = checks.values()
             assert execution.status.value == "SUCCEEDED", asset
             assert execution.event.dagster_event.event_specific_data.passed, asset
@@ -55,14 +78,22 @@ def test_each_partition_carries_its_own_row_count_after_a_range_run(make_sandbox
     sandbox = make_sandbox(clients=60)
     data_dir = tmp_path / "data"
     with dg.DagsterInstance.ephemeral() as instance:
-        assert dg.materialize(ASSETS, selection=["clients"], resources=resources_for(sandbox, data_dir),
-                              instance=instance, tags=range_tags(client_months)).success
+        assert dg.materialize(
+            ASSETS,
+            selection=["clients"],
+            resources=resources_for(sandbox, data_dir),
+            instance=instance,
+            tags=range_tags(client_months),
+        ).success
         with duckdb.connect(str(data_dir / "plannr.duckdb"), read_only=True) as db:
             stored = dict(db.execute("select created_month, count(*) from clients group by 1").fetchall())
         for month in client_months.get_partition_keys():
             [record] = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey("clients"), asset_partitions=[month]), limit=1).records
-            assert record.asset_materialization.metadata["dagster/row_count"].value == stored.get(month, 0), month
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("clients"), asset_partitions=[month]), limit=1
+            ).records
+            assert record.asset_materialization.metadata["dagster/row_count"].value == stored.get(month, 0), (
+                month
+            )
     assert 0 in [stored.get(m, 0) for m in client_months.get_partition_keys()]  # the empty months say 0
 
 
@@ -71,14 +102,28 @@ def test_moving_the_start_date_never_creates_duplicates(make_sandbox, tmp_path):
     sandbox = make_sandbox(clients=80)
     data_dir = tmp_path / "data"
     for start in ("2023-01-01", "2025-06-01", "2024-01-01"):
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")},
-               "DAGSTER_HOME": str(tmp_path / "home"), "PLANNR_BASE_URL": sandbox.url, "PLANNR_API_TOKEN": sandbox.options.token,
-               "PLANNR_DATA_DIR": str(data_dir), "PLANNR_RATE_LIMIT_PER_MINUTE": "100000", "PLANNR_START_DATE": start}
-        done = subprocess.run([sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "clients,goals"],
-                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")},
+            "DAGSTER_HOME": str(tmp_path / "home"),
+            "PLANNR_BASE_URL": sandbox.url,
+            "PLANNR_API_TOKEN": sandbox.options.token,
+            "PLANNR_DATA_DIR": str(data_dir),
+            "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
+            "PLANNR_START_DATE": start,
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "clients,goals"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         with duckdb.connect(str(data_dir / "plannr.duckdb"), read_only=True) as db:
-            rows, distinct, first = db.execute("select count(*), count(distinct uuid), min(created_month) from clients").fetchone()
+            rows, distinct, first = db.execute(
+                "select count(*), count(distinct uuid), min(created_month) from clients"
+            ).fetchone()
             goals, distinct_goals = db.execute("select count(*), count(distinct uuid) from goals").fetchone()
         assert rows == distinct == len(sandbox.firm.clients), start
         assert goals == distinct_goals, start
@@ -90,20 +135,48 @@ def test_moving_the_start_date_never_creates_duplicates(make_sandbox, tmp_path):
 def test_a_partial_run_that_would_duplicate_says_how_to_recover(make_sandbox, tmp_path):
     sandbox = make_sandbox(clients=80)
     data_dir = tmp_path / "data"
-    base = {**{k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")},
-            "DAGSTER_HOME": str(tmp_path / "home"), "PLANNR_BASE_URL": sandbox.url, "PLANNR_API_TOKEN": sandbox.options.token,
-            "PLANNR_DATA_DIR": str(data_dir), "PLANNR_RATE_LIMIT_PER_MINUTE": "100000"}
-    done = subprocess.run([sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "clients"],
-                          env={**base, "PLANNR_START_DATE": "2025-06-01"}, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    base = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")},
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "PLANNR_BASE_URL": sandbox.url,
+        "PLANNR_API_TOKEN": sandbox.options.token,
+        "PLANNR_DATA_DIR": str(data_dir),
+        "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "clients"],
+        env={**base, "PLANNR_START_DATE": "2025-06-01"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     with duckdb.connect(str(data_dir / "plannr.duckdb"), read_only=True) as db:
         before = db.execute("select * from clients order by uuid").fetchall()
     month = min(uk_month(c["created_at"]) for c in sandbox.firm.clients)
     assert month < "2025-06"
     # Now the start is earlier, and only one old month is run: its clients are still stored in 2025-06.
-    done = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "plannr_pipeline.definitions",
-                           "--select", "clients", "--partition", month],
-                          env={**base, "PLANNR_START_DATE": "2023-01-01"}, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "plannr_pipeline.definitions",
+            "--select",
+            "clients",
+            "--partition",
+            month,
+        ],
+        env={**base, "PLANNR_START_DATE": "2023-01-01"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0
     assert "already stored in partition(s) 2025-06" in done.stdout + done.stderr
     assert "plannr-pipeline sync --select clients" in done.stdout + done.stderr

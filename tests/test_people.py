@@ -21,10 +21,14 @@ def synced_people(tmp_path_factory):
     from plannr_pipeline.sandbox.firm import FirmSize
     from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 
-    sandbox = SandboxServer(SandboxOptions(size=FirmSize(clients=80), token="people-token", rate_limit_per_minute=100_000)).start()
+    sandbox = SandboxServer(
+        SandboxOptions(size=FirmSize(clients=80), token="people-token", rate_limit_per_minute=100_000)
+    ).start()
     data_dir = tmp_path_factory.mktemp("people") / "data"
-    resources = {"plannr": PlannrApi(base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000),
-                 "storage": PlannrStorage(data_dir=str(data_dir))}
+    resources = {
+        "plannr": PlannrApi(base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000),
+        "storage": PlannrStorage(data_dir=str(data_dir)),
+    }
     report = run_sync(resources_by_key=resources, echo=lambda _: None)
     assert report.ok, report.failures
     yield sandbox, data_dir, report
@@ -38,23 +42,42 @@ def query(data_dir: Path, sql: str) -> list[tuple]:
 
 def test_every_clients_people_are_the_sandboxs_and_join_to_staff(synced_people):
     sandbox, data_dir, _ = synced_people
-    stored = {row[0]: row[1:] for row in query(data_dir, "select uuid, assigned_adviser_uuid, assigned_administrator_uuid, assigned_paraplanner_uuid from clients")}
-    expected = {uuid: (a["assigned_adviser"], a["assigned_administrator"], a["assigned_paraplanner"])
-                for uuid, a in sandbox.firm.assignments.items()}
+    stored = {
+        row[0]: row[1:]
+        for row in query(
+            data_dir,
+            "select uuid, assigned_adviser_uuid, assigned_administrator_uuid, assigned_paraplanner_uuid from clients",
+        )
+    }
+    expected = {
+        uuid: (a["assigned_adviser"], a["assigned_administrator"], a["assigned_paraplanner"])
+        for uuid, a in sandbox.firm.assignments.items()
+    }
     assert stored == expected
     assert all(adviser for adviser, _, _ in stored.values())
-    assert query(data_dir, "select count(*) from clients c anti join staff s on s.uuid = c.assigned_adviser_uuid") == [(0,)]
-    assert {r[0] for r in query(data_dir, "select uuid from staff")} == {s["uuid"] for s in sandbox.firm.staff}
+    assert query(
+        data_dir, "select count(*) from clients c anti join staff s on s.uuid = c.assigned_adviser_uuid"
+    ) == [(0,)]
+    assert {r[0] for r in query(data_dir, "select uuid from staff")} == {
+        s["uuid"] for s in sandbox.firm.staff
+    }
 
 
 def test_goal_owners_and_task_people_join_to_their_rows(synced_people):
     sandbox, data_dir, _ = synced_people
-    owners = dict(query(data_dir, "select uuid, shared_owner_uuid from goals where shared_owner_type = 'individual'"))
+    owners = dict(
+        query(data_dir, "select uuid, shared_owner_uuid from goals where shared_owner_type = 'individual'")
+    )
     assert owners and owners == {goal: owner for goal, owner in sandbox.firm.goal_owners.items()}
     for column in ("author_uuid", "assigned_to_uuid", "completed_by_uuid"):
-        assert query(data_dir, f"select count(*) from tasks t anti join staff s on s.uuid = t.{column} where t.{column} is not null") == [(0,)]
+        assert query(
+            data_dir,
+            f"select count(*) from tasks t anti join staff s on s.uuid = t.{column} where t.{column} is not null",
+        ) == [(0,)]
     # what the API embeds about a person is stored once, in staff
-    assert query(data_dir, "select count(*) from clients where extra_json like '%assigned_adviser%'") == [(0,)]
+    assert query(data_dir, "select count(*) from clients where extra_json like '%assigned_adviser%'") == [
+        (0,)
+    ]
 
 
 def test_requests_are_the_floor_plus_the_staff_listing(synced_people):
@@ -99,12 +122,19 @@ def test_the_readmes_look_at_the_data_commands_work_as_printed(synced_people):
     commands = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     one_liner = shlex.split(commands[0].strip())
     assert one_liner[0] == ".venv/bin/python"
-    done = subprocess.run([sys.executable, *one_liner[1:]], cwd=data_dir.parent, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, *one_liner[1:]], cwd=data_dir.parent, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "goal_name" in done.stdout
     cli = shlex.split(commands[1].strip())
     assert cli[0] == ".venv/bin/duckdb"
     duckdb_cli = Path(sys.executable).with_name("duckdb")
-    done = subprocess.run([str(duckdb_cli), *cli[1:], "-c", "select count(*) from goal_progress"], cwd=data_dir.parent,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(duckdb_cli), *cli[1:], "-c", "select count(*) from goal_progress"],
+        cwd=data_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr  # the storage format is one the 1.5 client reads

@@ -52,7 +52,9 @@ def test_stats_count_every_answer_by_endpoint_and_status_and_not_the_controls(ma
     assert stats == {
         "requests": len(sent),
         "by_endpoint": dict(Counter(endpoint for endpoint, _ in sent)),
-        "by_status": {str(status): n for status, n in Counter(answer.status_code for _, answer in sent).items()},
+        "by_status": {
+            str(status): n for status, n in Counter(answer.status_code for _, answer in sent).items()
+        },
     }
     assert stats == sandbox.stats()  # the same figures in process
     # `requests` is as it was: every API request by its own path, the controls left out.
@@ -62,21 +64,43 @@ def test_stats_count_every_answer_by_endpoint_and_status_and_not_the_controls(ma
 def test_stats_count_server_errors_and_dropped_connections(make_sandbox):
     failing = make_sandbox(clients=3, error_rate=1.0)
     headers = {"Authorization": f"Bearer {failing.options.token}"}
-    assert [httpx.get(f"{failing.url}/api/v1/circles", headers=headers).status_code for _ in range(3)] == [500] * 3
-    assert httpx.get(f"{failing.url}/api/v1/nowhere", headers=headers).status_code == 500  # faults come before routing
-    assert stats_over_http(failing) == {"requests": 4, "by_endpoint": {"/api/v1/circles": 3, "/api/v1/nowhere": 1}, "by_status": {"500": 4}}
+    assert [httpx.get(f"{failing.url}/api/v1/circles", headers=headers).status_code for _ in range(3)] == [
+        500
+    ] * 3
+    assert (
+        httpx.get(f"{failing.url}/api/v1/nowhere", headers=headers).status_code == 500
+    )  # faults come before routing
+    assert stats_over_http(failing) == {
+        "requests": 4,
+        "by_endpoint": {"/api/v1/circles": 3, "/api/v1/nowhere": 1},
+        "by_status": {"500": 4},
+    }
 
     dropping = make_sandbox(clients=3, drop_rate=1.0)
     with pytest.raises(httpx.TransportError):
-        httpx.get(f"{dropping.url}/api/v1/task", headers={"Authorization": f"Bearer {dropping.options.token}"})
-    assert stats_over_http(dropping) == {"requests": 1, "by_endpoint": {"/api/v1/task": 1}, "by_status": {"dropped": 1}}
+        httpx.get(
+            f"{dropping.url}/api/v1/task", headers={"Authorization": f"Bearer {dropping.options.token}"}
+        )
+    assert stats_over_http(dropping) == {
+        "requests": 1,
+        "by_endpoint": {"/api/v1/task": 1},
+        "by_status": {"dropped": 1},
+    }
 
 
 def test_stats_answer_loopback_only(make_sandbox):
     sandbox = make_sandbox(clients=3)
 
     def request_from(peer: str):
-        transport = type("Transport", (), {"get_extra_info": lambda self, name, default=None: (peer, 5555) if name == "peername" else default})()
+        transport = type(
+            "Transport",
+            (),
+            {
+                "get_extra_info": lambda self, name, default=None: (
+                    (peer, 5555) if name == "peername" else default
+                )
+            },
+        )()
         return make_mocked_request("GET", "/__sandbox/stats", transport=transport)
 
     async def handler(request):
@@ -103,10 +127,30 @@ def test_no_shape_flags_is_firm_size_defaults(monkeypatch):
 
 
 def test_shape_flags_make_the_firm_they_say(monkeypatch):
-    args = parsed(monkeypatch, "--clients", "40", "--staff", "7", "--max-goals-per-client", "6", "--tasks-per-client", "5",
-                  "--circles-per-client", "0.25", "--imports-per-day", "3")
+    args = parsed(
+        monkeypatch,
+        "--clients",
+        "40",
+        "--staff",
+        "7",
+        "--max-goals-per-client",
+        "6",
+        "--tasks-per-client",
+        "5",
+        "--circles-per-client",
+        "0.25",
+        "--imports-per-day",
+        "3",
+    )
     size = cli.firm_size_from_args(args)
-    assert size == FirmSize(clients=40, staff=7, max_goals_per_client=6, tasks_per_client=5.0, circles_per_client=0.25, imports_per_day=3.0)
+    assert size == FirmSize(
+        clients=40,
+        staff=7,
+        max_goals_per_client=6,
+        tasks_per_client=5.0,
+        circles_per_client=0.25,
+        imports_per_day=3.0,
+    )
     firm = generate_firm(7, size)
     assert len(firm.clients) == 40 and len(firm.staff) == 7
     assert len(firm.tasks) == 5 * 40 and len(firm.circles) == 40 // 4
@@ -118,9 +162,17 @@ def test_shape_flags_make_the_firm_they_say(monkeypatch):
 @pytest.mark.parametrize(
     ("flag", "value"),
     [
-        ("--staff", "0"), ("--staff", "two"), ("--clients", "-1"), ("--max-goals-per-client", "-1"),
-        ("--max-goals-per-client", "2.5"), ("--tasks-per-client", "-0.5"), ("--tasks-per-client", "lots"),
-        ("--circles-per-client", "nan"), ("--circles-per-client", "inf"), ("--imports-per-day", "4"), ("--advance", "-1"),
+        ("--staff", "0"),
+        ("--staff", "two"),
+        ("--clients", "-1"),
+        ("--max-goals-per-client", "-1"),
+        ("--max-goals-per-client", "2.5"),
+        ("--tasks-per-client", "-0.5"),
+        ("--tasks-per-client", "lots"),
+        ("--circles-per-client", "nan"),
+        ("--circles-per-client", "inf"),
+        ("--imports-per-day", "4"),
+        ("--advance", "-1"),
     ],
 )
 def test_a_bad_shape_flag_exits_2_with_one_line_naming_it(monkeypatch, capsys, flag, value):
@@ -135,20 +187,43 @@ def test_a_bad_shape_flag_exits_2_with_one_line_naming_it(monkeypatch, capsys, f
 def test_the_cli_serves_the_shape_asked_and_its_stats():
     token = "admin-cli-token"
     process = subprocess.Popen(
-        [sys.executable, "-m", "plannr_pipeline.cli", "sandbox", "--port", "0", "--clients", "20", "--tasks-per-client", "5",
-         "--circles-per-client", "0.5", "--token", token],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "plannr_pipeline.cli",
+            "sandbox",
+            "--port",
+            "0",
+            "--clients",
+            "20",
+            "--tasks-per-client",
+            "5",
+            "--circles-per-client",
+            "0.5",
+            "--token",
+            token,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         banner = process.stdout.readline()
         assert "20 clients, tasks per client 5.0, circles per client 0.5)" in banner, banner
         url = banner.rsplit(" ", 1)[1].strip()
         headers = {"Authorization": f"Bearer {token}"}
-        tasks = httpx.get(f"{url}/api/v1/task", params={"filter[show_child_tasks]": "true", "per_page": 1}, headers=headers)
+        tasks = httpx.get(
+            f"{url}/api/v1/task", params={"filter[show_child_tasks]": "true", "per_page": 1}, headers=headers
+        )
         circles = httpx.get(f"{url}/api/v1/circles", params={"per_page": 1}, headers=headers)
         assert tasks.json()["meta"]["total"] == 100 and circles.json()["meta"]["total"] == 10
         assert httpx.get(f"{url}/__sandbox/stats").json() == {
-            "requests": 2, "by_endpoint": {"/api/v1/circles": 1, "/api/v1/task": 1}, "by_status": {"200": 2}}
+            "requests": 2,
+            "by_endpoint": {"/api/v1/circles": 1, "/api/v1/task": 1},
+            "by_status": {"200": 2},
+        }
     finally:
         process.terminate()
         process.wait(timeout=10)

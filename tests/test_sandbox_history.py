@@ -28,16 +28,25 @@ def snapshot(client, client_uuids: list[str] | None = None) -> dict[str, dict[st
 
     async def run():
         async with client:
-            clients = await client.list_all("/api/v1/account", {"filter[type]": "client", "include": ",".join(ASSIGNMENTS)})
+            clients = await client.list_all(
+                "/api/v1/account", {"filter[type]": "client", "include": ",".join(ASSIGNMENTS)}
+            )
             uuids = client_uuids if client_uuids is not None else [c["uuid"] for c in clients]
-            goals = [g async for _, batch, _ in client.fan_out(uuids, lambda u: f"/api/v1/client/{u}/goal", {"include": "shared_owner"})
-                     for g in batch]
+            goals = [
+                g
+                async for _, batch, _ in client.fan_out(
+                    uuids, lambda u: f"/api/v1/client/{u}/goal", {"include": "shared_owner"}
+                )
+                for g in batch
+            ]
             tasks = await client.list_all("/api/v1/task", {"filter[show_child_tasks]": "true"})
             staff = await client.list_all("/api/v1/account", {"filter[type]": "employee"})
             circles = await client.list_all("/api/v1/circles")
         return {"clients": clients, "goals": goals, "tasks": tasks, "staff": staff, "circles": circles}
 
-    return {kind: {r["uuid"]: _owner_by_uuid(r) for r in records} for kind, records in asyncio.run(run()).items()}
+    return {
+        kind: {r["uuid"]: _owner_by_uuid(r) for r in records} for kind, records in asyncio.run(run()).items()
+    }
 
 
 def _owner_by_uuid(record: dict) -> dict:
@@ -71,7 +80,9 @@ def test_one_step_over_http_changes_exactly_what_it_says(make_sandbox, make_clie
     for kind in KINDS:
         created, updated, deleted = (set(step[kind][op]) for op in OPERATIONS)
         assert set(after[kind]) == (set(before[kind]) - deleted) | created, kind
-        assert not created & set(before[kind]) and deleted <= set(before[kind]) and updated <= set(after[kind])
+        assert (
+            not created & set(before[kind]) and deleted <= set(before[kind]) and updated <= set(after[kind])
+        )
         # Nothing else changed, to the byte.
         for uuid in set(before[kind]) & set(after[kind]) - updated:
             assert after[kind][uuid] == before[kind][uuid], (kind, uuid)
@@ -98,14 +109,21 @@ def test_one_step_over_http_changes_exactly_what_it_says(make_sandbox, make_clie
         assert after["clients"][uuid]["created_at"] == iso_london(moment)
         assert after["clients"][uuid]["assigned_adviser"]["uuid"] in after["staff"]
     new_goals = [g for g in after["goals"].values() if g["uuid"] in step["goals"]["created"]]
-    assert len(new_goals) == len(step["goals"]["created"]) and all(g["created_at"] == iso_london(moment) for g in new_goals)
+    assert len(new_goals) == len(step["goals"]["created"]) and all(
+        g["created_at"] == iso_london(moment) for g in new_goals
+    )
 
     # A deleted client's goals answer 404, as for any unknown client; a deleted task too.
     for uuid in step["clients"]["deleted"]:
-        response = httpx.get(f"{sandbox.url}/api/v1/client/{uuid}/goal", headers={"Authorization": f"Bearer {sandbox.options.token}"})
+        response = httpx.get(
+            f"{sandbox.url}/api/v1/client/{uuid}/goal",
+            headers={"Authorization": f"Bearer {sandbox.options.token}"},
+        )
         assert response.status_code == 404
     gone_task = step["tasks"]["deleted"][0]
-    response = httpx.get(f"{sandbox.url}/api/v1/task/{gone_task}", headers={"Authorization": f"Bearer {sandbox.options.token}"})
+    response = httpx.get(
+        f"{sandbox.url}/api/v1/task/{gone_task}", headers={"Authorization": f"Bearer {sandbox.options.token}"}
+    )
     assert response.status_code == 404
 
 
@@ -155,7 +173,15 @@ def test_the_advance_endpoint_checks_its_input_and_needs_no_token_only_loopback(
         sandbox.advance(-1)
 
     def request_from(peer: str):
-        transport = type("Transport", (), {"get_extra_info": lambda self, name, default=None: (peer, 5555) if name == "peername" else default})()
+        transport = type(
+            "Transport",
+            (),
+            {
+                "get_extra_info": lambda self, name, default=None: (
+                    (peer, 5555) if name == "peername" else default
+                )
+            },
+        )()
         return make_mocked_request("POST", "/__sandbox/advance", transport=transport)
 
     assert _from_loopback(request_from("127.0.0.1")) and _from_loopback(request_from("::1"))
@@ -165,9 +191,29 @@ def test_the_advance_endpoint_checks_its_input_and_needs_no_token_only_loopback(
 def test_cli_advance_serves_the_firm_after_n_steps(make_sandbox, make_client):
     token = "cli-advance-token"
     process = subprocess.Popen(
-        [sys.executable, "-m", "plannr_pipeline.cli", "sandbox", "--port", "0", "--seed", "13", "--clients", "30",
-         "--token", token, "--advance", "3", "--rate-limit", "100000"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "plannr_pipeline.cli",
+            "sandbox",
+            "--port",
+            "0",
+            "--seed",
+            "13",
+            "--clients",
+            "30",
+            "--token",
+            token,
+            "--advance",
+            "3",
+            "--rate-limit",
+            "100000",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         banner = process.stdout.readline()

@@ -45,8 +45,30 @@ def test_include_expands_each_clients_assigned_staff(sandbox, make_client, path,
                 continue
             assert person["uuid"] == assigned[relationship] and person["uuid"] in staff
             expected = staff[person["uuid"]]
-            assert {k: person[k] for k in ("name", "first_name", "last_name", "email", "role", "type", "created_at", "updated_at")} == {
-                k: expected[k] for k in ("name", "first_name", "last_name", "email", "role", "type", "created_at", "updated_at")
+            assert {
+                k: person[k]
+                for k in (
+                    "name",
+                    "first_name",
+                    "last_name",
+                    "email",
+                    "role",
+                    "type",
+                    "created_at",
+                    "updated_at",
+                )
+            } == {
+                k: expected[k]
+                for k in (
+                    "name",
+                    "first_name",
+                    "last_name",
+                    "email",
+                    "role",
+                    "type",
+                    "created_at",
+                    "updated_at",
+                )
             }
             assert person["type"] == "employee"
     # Everyone has an adviser; some have no administrator or paraplanner, some do.
@@ -68,7 +90,11 @@ def test_without_include_the_relationships_stay_placeholders(sandbox, make_clien
 
 def test_unknown_includes_are_still_refused(sandbox, make_client):
     with pytest.raises(BadRequestError):
-        fetch(make_client(sandbox), "/api/v1/account", {**CLIENTS, "include": "assigned_adviser,assigned_chauffeur"})
+        fetch(
+            make_client(sandbox),
+            "/api/v1/account",
+            {**CLIENTS, "include": "assigned_adviser,assigned_chauffeur"},
+        )
 
 
 def test_the_employee_listing_is_exactly_the_firms_staff(sandbox, make_client):
@@ -79,7 +105,11 @@ def test_the_employee_listing_is_exactly_the_firms_staff(sandbox, make_client):
 
 
 def test_assignments_are_deterministic_for_a_seed(make_sandbox):
-    first, second, other = make_sandbox(clients=60, seed=5), make_sandbox(clients=60, seed=5), make_sandbox(clients=60, seed=6)
+    first, second, other = (
+        make_sandbox(clients=60, seed=5),
+        make_sandbox(clients=60, seed=5),
+        make_sandbox(clients=60, seed=6),
+    )
     assert first.firm.assignments == second.firm.assignments
     assert first.firm.goal_owners == second.firm.goal_owners
     assert first.firm.assignments != other.firm.assignments
@@ -92,7 +122,13 @@ def goals_with_owner(sandbox, make_client, include: bool) -> list[tuple[str, dic
     async def run():
         async with client:
             uuids = [c["uuid"] for c in sandbox.firm.clients]
-            return [(uuid, g) async for uuid, batch, _ in client.fan_out(uuids, lambda u: f"/api/v1/client/{u}/goal", params) for g in batch]
+            return [
+                (uuid, g)
+                async for uuid, batch, _ in client.fan_out(
+                    uuids, lambda u: f"/api/v1/client/{u}/goal", params
+                )
+                for g in batch
+            ]
 
     return asyncio.run(run())
 
@@ -124,8 +160,12 @@ def test_normalised_people_fill_their_columns_and_stay_out_of_extra_json(sandbox
     staff_rows = normalise.staff(staff_records, drift)["staff"]
     staff_uuids = {r["uuid"] for r in staff_rows}
     assert staff_uuids == {s["uuid"] for s in sandbox.firm.staff}
-    assert {r[f"{a}_uuid"] for r in rows for a in ASSIGNMENTS} - {None} <= staff_uuids  # every assignment joins
-    assert all(r["name"] and r["role"] in ("owner", "admin", "member") and r["created_at"] for r in staff_rows)
+    assert {r[f"{a}_uuid"] for r in rows for a in ASSIGNMENTS} - {
+        None
+    } <= staff_uuids  # every assignment joins
+    assert all(
+        r["name"] and r["role"] in ("owner", "admin", "member") and r["created_at"] for r in staff_rows
+    )
 
     goal_rows = [
         row
@@ -136,7 +176,9 @@ def test_normalised_people_fill_their_columns_and_stay_out_of_extra_json(sandbox
     assert owned and all(r["shared_owner_uuid"] == r["client_uuid"] for r in owned)
     assert all("shared_owner" not in json.loads(r["extra_json"] or "{}") for r in goal_rows)
 
-    task_rows = normalise.tasks(fetch(make_client(sandbox), "/api/v1/task", {"filter[show_child_tasks]": "true"}), drift)["tasks"]
+    task_rows = normalise.tasks(
+        fetch(make_client(sandbox), "/api/v1/task", {"filter[show_child_tasks]": "true"}), drift
+    )["tasks"]
     assert all(r["author_uuid"] in staff_uuids and r["assigned_to_uuid"] in staff_uuids for r in task_rows)
     assert any(r["completed_by_uuid"] in staff_uuids for r in task_rows)
     for row in task_rows:

@@ -22,17 +22,30 @@ HOUR = datetime(2026, 7, 15, 14, 15, tzinfo=ZoneInfo("Europe/London"))
 
 
 def evaluate(schedule, when):
-    context = dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def())
+    context = dg.build_schedule_context(
+        scheduled_execution_time=when, repository_def=defs.get_repository_def()
+    )
     return schedule.evaluate_tick(context).run_requests
 
 
 def test_nightly_refreshes_every_partition_in_one_run_and_sweeps_the_rest():
     [clients] = evaluate(nightly_clients, NIGHT)
-    assert (clients.tags[RANGE_START], clients.tags[RANGE_END]) == (client_months.get_first_partition_key(), "2026-07")
+    assert (clients.tags[RANGE_START], clients.tags[RANGE_END]) == (
+        client_months.get_first_partition_key(),
+        "2026-07",
+    )
     assert len(evaluate(nightly_sweeps, NIGHT)) == 1
     swept = {key.to_user_string() for key in sweeps_job.selection.resolve(defs.resolve_asset_graph())}
-    assert swept == {"staff", "circles", "tasks", "imports"}  # derived from the assets: every unpartitioned one
-    assert all(s.execution_timezone == "Europe/London" and s.cron_schedule == "0 2 * * *" for s in (nightly_clients, nightly_sweeps))
+    assert swept == {
+        "staff",
+        "circles",
+        "tasks",
+        "imports",
+    }  # derived from the assets: every unpartitioned one
+    assert all(
+        s.execution_timezone == "Europe/London" and s.cron_schedule == "0 2 * * *"
+        for s in (nightly_clients, nightly_sweeps)
+    )
 
 
 def test_hourly_refreshes_only_recent_data():

@@ -71,17 +71,23 @@ def test_progress_sensor_records_rising_progress_and_one_run_per_finished_import
         assert progress[uuid] == sorted(progress[uuid]) and progress[uuid][-1] == 100
     assert max(len(set(values)) for values in progress.values()) >= 3  # progress seen rising
     day = sandbox.firm.reference.date().isoformat()
-    assert all(r.partition_key is None for r in runs if r.job_name == "imports_job")  # imports are swept whole
+    assert all(
+        r.partition_key is None for r in runs if r.job_name == "imports_job"
+    )  # imports are swept whole
     clients_imports = [r for r in runs if r.job_name == "clients_job"]
     assert all(r.partition_key == day[:7] for r in clients_imports)
 
-    again, _ = tick(import_progress_sensor, cursor, plannr=plannr, storage=storage)  # nothing moved: nothing new
+    again, _ = tick(
+        import_progress_sensor, cursor, plannr=plannr, storage=storage
+    )  # nothing moved: nothing new
     assert again.run_requests == [] and again.asset_events == []
     assert again.skip_reason.skip_message == "no import changed"
 
     # every observation after the baseline is a row of import_progress_history, in order
     with duckdb.connect(str(tmp_path / "data" / "plannr.duckdb"), read_only=True) as db:
-        stored = db.execute("select import_uuid, progress from import_progress_history order by observed_at").fetchall()
+        stored = db.execute(
+            "select import_uuid, progress from import_progress_history order by observed_at"
+        ).fetchall()
     baseline = len(stored) - observed
     by_import: dict[str, list[int]] = defaultdict(list)
     for uuid, value in stored[baseline:]:
@@ -98,10 +104,15 @@ def test_a_tick_that_only_recorded_observations_says_so(moving_sandbox, tmp_path
         result, cursor = tick(import_progress_sensor, cursor, plannr=plannr, storage=storage)
         if result.asset_events and not result.run_requests:
             break
-    assert result.skip_reason.skip_message == f"recorded {len(result.asset_events)} import observation(s); no run needed"
+    assert (
+        result.skip_reason.skip_message
+        == f"recorded {len(result.asset_events)} import observation(s); no run needed"
+    )
 
 
-def test_failure_sensor_alerts_once_per_new_failure_and_lands_the_errors(moving_sandbox, alert_receiver, tmp_path):
+def test_failure_sensor_alerts_once_per_new_failure_and_lands_the_errors(
+    moving_sandbox, alert_receiver, tmp_path
+):
     sandbox, clock = moving_sandbox
     plannr, webhook = api_for(sandbox), AlertWebhook(url=alert_receiver.url)
     _, cursor = tick(import_failures_sensor, None, plannr=plannr, alert_webhook=webhook)
@@ -119,7 +130,9 @@ def test_failure_sensor_alerts_once_per_new_failure_and_lands_the_errors(moving_
     for sequence in by_import.values():
         counts = [a["failed_jobs"] for a in sequence]
         assert counts == sorted(counts)  # each alert is about failures not alerted before
-        for previous, alert in zip(sequence, sequence[1:], strict=False):  # no failure counted twice or skipped
+        for previous, alert in zip(
+            sequence, sequence[1:], strict=False
+        ):  # no failure counted twice or skipped
             assert alert["failed_jobs"] - alert["new_failed_jobs"] == previous["failed_jobs"]
         assert len({(a["failed_jobs"], a["status"]) for a in sequence}) == len(sequence)
     assert sandbox.options.token not in json.dumps(alerts)
@@ -129,8 +142,11 @@ def test_failure_sensor_alerts_once_per_new_failure_and_lands_the_errors(moving_
 
     data_dir = tmp_path / "data"
     assert {r.job_name for r in runs} == {"imports_job"}
-    result = dg.materialize(ASSETS, selection=["imports"],
-                            resources={"plannr": plannr, "storage": PlannrStorage(data_dir=str(data_dir))})
+    result = dg.materialize(
+        ASSETS,
+        selection=["imports"],
+        resources={"plannr": plannr, "storage": PlannrStorage(data_dir=str(data_dir))},
+    )
     assert result.success
     failed = next(iter(by_import))
     with duckdb.connect(str(data_dir / "plannr.duckdb"), read_only=True) as db:
@@ -161,8 +177,11 @@ def test_an_undelivered_alert_is_retried_not_lost(moving_sandbox, alert_receiver
 def test_an_api_error_skips_the_tick_and_keeps_the_cursor(moving_sandbox, tmp_path):
     sandbox, _ = moving_sandbox
     wrong = PlannrApi(base_url=sandbox.url, token="wrong-token-123", rate_limit_per_minute=100_000)
-    for sensor, extra in ((import_progress_sensor, {"storage": PlannrStorage(data_dir=str(tmp_path))}), (import_failures_sensor, {"alert_webhook": AlertWebhook()}),
-                          (changed_clients_sensor, {})):
+    for sensor, extra in (
+        (import_progress_sensor, {"storage": PlannrStorage(data_dir=str(tmp_path))}),
+        (import_failures_sensor, {"alert_webhook": AlertWebhook()}),
+        (changed_clients_sensor, {}),
+    ):
         _, cursor = tick(sensor, None, plannr=api_for(sandbox), **extra)
         assert cursor is not None
         result, kept = tick(sensor, cursor, plannr=wrong, **extra)
@@ -194,13 +213,21 @@ def test_run_failure_sensor_posts_an_alert(make_sandbox, alert_receiver, tmp_pat
     sandbox = make_sandbox(clients=3)
     wrong = PlannrApi(base_url=sandbox.url, token="wrong-token-456", rate_limit_per_minute=100_000)
     with dg.DagsterInstance.ephemeral() as instance:
-        result = dg.materialize(ASSETS, selection=["circles"], instance=instance,
-                                resources={"plannr": wrong, "storage": PlannrStorage(data_dir=str(tmp_path))}, raise_on_error=False)
+        result = dg.materialize(
+            ASSETS,
+            selection=["circles"],
+            instance=instance,
+            resources={"plannr": wrong, "storage": PlannrStorage(data_dir=str(tmp_path))},
+            raise_on_error=False,
+        )
         assert not result.success
         failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
         context = dg.build_run_status_sensor_context(
-            sensor_name="pipeline_run_failure_sensor", dagster_event=failure, dagster_instance=instance,
-            dagster_run=result.dagster_run, resources={"alert_webhook": AlertWebhook(url=alert_receiver.url)},
+            sensor_name="pipeline_run_failure_sensor",
+            dagster_event=failure,
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
+            resources={"alert_webhook": AlertWebhook(url=alert_receiver.url)},
         ).for_run_failure()
         pipeline_run_failure_sensor(context)
     [alert] = alert_receiver.received
@@ -208,9 +235,14 @@ def test_run_failure_sensor_posts_an_alert(make_sandbox, alert_receiver, tmp_pat
     assert "wrong-token-456" not in json.dumps(alert)
 
 
-@pytest.mark.parametrize("sensor, extra", [
-    (import_progress_sensor, "storage"), (import_failures_sensor, "alert_webhook"), (changed_clients_sensor, None),
-])
+@pytest.mark.parametrize(
+    "sensor, extra",
+    [
+        (import_progress_sensor, "storage"),
+        (import_failures_sensor, "alert_webhook"),
+        (changed_clients_sensor, None),
+    ],
+)
 def test_a_cursor_that_does_not_parse_is_reset_to_a_fresh_baseline(moving_sandbox, tmp_path, sensor, extra):
     sandbox, _ = moving_sandbox
     resources = {"plannr": api_for(sandbox)}
@@ -218,7 +250,11 @@ def test_a_cursor_that_does_not_parse_is_reset_to_a_fresh_baseline(moving_sandbo
         resources["storage"] = PlannrStorage(data_dir=str(tmp_path / "data"))
     elif extra == "alert_webhook":
         resources["alert_webhook"] = AlertWebhook()
-    for broken in ("{not json", '{"something": "else"}', '{"watermark": "yesterday", "uuids_at_watermark": []}'):
+    for broken in (
+        "{not json",
+        '{"something": "else"}',
+        '{"watermark": "yesterday", "uuids_at_watermark": []}',
+    ):
         result, cursor = tick(sensor, broken, **resources)
         assert result.run_requests == []  # a baseline: nothing replayed
         assert cursor != broken and json.loads(cursor)  # a fresh, readable cursor

@@ -28,12 +28,21 @@ ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 # As the probe on this kind of machine starts it: without the background-networking flags
 # Chromium keeps trying hosts this closed network refuses.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SANDBOX_CLIENTS = 30
 LOCATION = "plannr_pipeline"
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)"
+)
 
 
 @dataclass
@@ -43,7 +52,9 @@ class DagsterUI:
     data_dir: Path
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
-        response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30)
+        response = httpx.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30
+        )
         response.raise_for_status()
         body = response.json()
         assert "errors" not in body, body["errors"]
@@ -77,13 +88,23 @@ def dagster_ui(tmp_path_factory) -> DagsterUI:
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}
-    env.update({"DAGSTER_HOME": str(home), "PLANNR_DATA_DIR": str(data_dir), "PLANNR_SANDBOX_CLIENTS": str(SANDBOX_CLIENTS)})
+    env.update(
+        {
+            "DAGSTER_HOME": str(home),
+            "PLANNR_DATA_DIR": str(data_dir),
+            "PLANNR_SANDBOX_CLIENTS": str(SANDBOX_CLIENTS),
+        }
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "dagster-dev.log", "w")
     dagster = Path(sys.executable).with_name("dagster")
     process = subprocess.Popen(
         [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     ui = DagsterUI(f"http://127.0.0.1:{port}", port, data_dir)
 
@@ -130,7 +151,7 @@ def open_page(browser, url: str):
     return page
 
 
-IN_PROGRESS = '{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED]}) { ... on Runs { results { runId } } } }'
+IN_PROGRESS = "{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED]}) { ... on Runs { results { runId } } } }"
 BACKFILLS = "{ partitionBackfillsOrError(limit: 5) { ... on PartitionBackfills { results { id status runs(limit: 20) { runId status } } } } }"
 
 
@@ -147,12 +168,18 @@ def test_materialize_all_from_the_asset_graph(dagster_ui, browser):
     def backfill_done():
         results = dagster_ui.graphql(BACKFILLS)["partitionBackfillsOrError"]["results"]
         return results and results[0]["status"].startswith("COMPLETED") and results[0]
+
     backfill = wait_for(backfill_done, 600, 5, "the backfill to finish")
     assert backfill["status"] == "COMPLETED_SUCCESS", backfill
     assert backfill["runs"] and all(run["status"] == "SUCCESS" for run in backfill["runs"])
 
     # Sensors may start runs of their own (an import finished): let them end before the picture.
-    wait_for(lambda: not dagster_ui.graphql(IN_PROGRESS)["runsOrError"]["results"], 300, 3, "runs in progress to end")
+    wait_for(
+        lambda: not dagster_ui.graphql(IN_PROGRESS)["runsOrError"]["results"],
+        300,
+        3,
+        "runs in progress to end",
+    )
     page.goto(f"{dagster_ui.url}/runs?show_runs_within_backfills=true", wait_until="networkidle")
     page.get_by_text("Success").first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "runs.png"))
@@ -193,8 +220,12 @@ def test_turn_a_sensor_off_and_on_in_the_ui_and_see_it_tick(dagster_ui, browser)
     turned_on_at = datetime.now(UTC).timestamp()
     toggle.click()
     wait_for(lambda: state()["status"] == "RUNNING", 30, 1, "the sensor to start")
-    tick = wait_for(lambda: (t := state()["ticks"]) and t[0]["timestamp"] > turned_on_at and t[0],
-                    150, 3, "a tick after turning the sensor on")
+    tick = wait_for(
+        lambda: (t := state()["ticks"]) and t[0]["timestamp"] > turned_on_at and t[0],
+        150,
+        3,
+        "a tick after turning the sensor on",
+    )
     assert tick["status"] in ("SUCCESS", "SKIPPED")  # SKIPPED: nothing changed since the last poll
     page.reload(wait_until="networkidle")
     page.screenshot(path=str(ARTIFACTS / "sensor.png"))
@@ -209,17 +240,35 @@ MATERIALIZATIONS = """query ($key: [String!]!, $limit: Int!) { assetOrError(asse
 def test_graphql_client_launches_a_partitioned_run_and_reads_its_metadata(dagster_ui):
     client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_ui.port)
     run_id = client.submit_job_execution(
-        "clients_job", repository_location_name=LOCATION, repository_name="__repository__",
-        tags={"dagster/asset_partition_range_start": "2023-01", "dagster/asset_partition_range_end": datetime.now(UTC).strftime("%Y-%m")},
+        "clients_job",
+        repository_location_name=LOCATION,
+        repository_name="__repository__",
+        tags={
+            "dagster/asset_partition_range_start": "2023-01",
+            "dagster/asset_partition_range_end": datetime.now(UTC).strftime("%Y-%m"),
+        },
     )
-    status = wait_for(lambda: (s := client.get_run_status(run_id)) in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE) and s,
-                      300, 3, "the run to finish")
+    status = wait_for(
+        lambda: (
+            (s := client.get_run_status(run_id)) in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
+            and s
+        ),
+        300,
+        3,
+        "the run to finish",
+    )
     assert status == dg.DagsterRunStatus.SUCCESS
 
-    months = len(dg.MonthlyPartitionsDefinition(start_date="2023-01", fmt="%Y-%m", end_offset=1).get_partition_keys())
-    materializations = dagster_ui.graphql(MATERIALIZATIONS, {"key": ["clients"], "limit": months})["assetOrError"]["assetMaterializations"]
+    months = len(
+        dg.MonthlyPartitionsDefinition(start_date="2023-01", fmt="%Y-%m", end_offset=1).get_partition_keys()
+    )
+    materializations = dagster_ui.graphql(MATERIALIZATIONS, {"key": ["clients"], "limit": months})[
+        "assetOrError"
+    ]["assetMaterializations"]
     assert {m["runId"] for m in materializations} == {run_id} and len(materializations) == months
-    metadata = [{e["label"]: e.get("intValue", e.get("text")) for e in m["metadataEntries"]} for m in materializations]
+    metadata = [
+        {e["label"]: e.get("intValue", e.get("text")) for e in m["metadataEntries"]} for m in materializations
+    ]
     # each month carries its own row count; together they are every client
     assert sum(m["dagster/row_count"] for m in metadata) == SANDBOX_CLIENTS
     assert all(m["requests"] == 1 for m in metadata)  # one page of clients for the whole range
@@ -228,13 +277,17 @@ def test_graphql_client_launches_a_partitioned_run_and_reads_its_metadata(dagste
 
 def test_one_asset_alone_from_its_page(dagster_ui, browser):
     def latest_run() -> str | None:
-        found = dagster_ui.graphql(MATERIALIZATIONS, {"key": ["circles"], "limit": 1})["assetOrError"]["assetMaterializations"]
+        found = dagster_ui.graphql(MATERIALIZATIONS, {"key": ["circles"], "limit": 1})["assetOrError"][
+            "assetMaterializations"
+        ]
         return found[0]["runId"] if found else None
 
     before = latest_run()
     page = open_page(browser, f"{dagster_ui.url}/assets/circles")
     page.locator("button", has_text="Materialize").first.click()
-    run_id = wait_for(lambda: (r := latest_run()) != before and r, 300, 3, "circles to materialise on its own")
+    run_id = wait_for(
+        lambda: (r := latest_run()) != before and r, 300, 3, "circles to materialise on its own"
+    )
     client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_ui.port)
     assert client.get_run_status(run_id) == dg.DagsterRunStatus.SUCCESS
     page.close()
@@ -256,7 +309,9 @@ def test_the_views_sit_downstream_of_their_tables_with_column_lineage(dagster_ui
     page.close()
     [materialization] = dagster_ui.graphql(LINEAGE)["assetOrError"]["assetMaterializations"]
     [entry] = [e for e in materialization["metadataEntries"] if e["label"] == "dagster/column_lineage"]
-    deps = {column["columnName"]: [(d["assetKey"]["path"][0], d["columnName"]) for d in column["columnDeps"]]
-            for column in entry["lineage"]}
+    deps = {
+        column["columnName"]: [(d["assetKey"]["path"][0], d["columnName"]) for d in column["columnDeps"]]
+        for column in entry["lineage"]
+    }
     assert deps["adviser_name"] == [("staff", "name")]
     assert deps["target_gbp"] == [("goals", "target_amount_minor")]

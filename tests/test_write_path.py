@@ -39,7 +39,9 @@ def resources_for(url: str, token: str, data_dir: Path) -> dict:
 def stored_clients(data_dir: Path) -> list[tuple]:
     files = str(data_dir / "parquet" / "clients" / "*" / "data.parquet")
     with duckdb.connect() as connection:
-        return connection.execute(f"select * from read_parquet('{files}', union_by_name=true, hive_partitioning=false) order by uuid").fetchall()
+        return connection.execute(
+            f"select * from read_parquet('{files}', union_by_name=true, hive_partitioning=false) order by uuid"
+        ).fetchall()
 
 
 @pytest.fixture
@@ -56,8 +58,13 @@ def lying(make_sandbox, tmp_path):
 
 
 def materialise_clients(resources) -> dg.ExecuteInProcessResult:
-    return dg.materialize(ASSETS, selection=["clients"], resources=resources, raise_on_error=False,
-                          tags=range_tags(client_months))
+    return dg.materialize(
+        ASSETS,
+        selection=["clients"],
+        resources=resources,
+        raise_on_error=False,
+        tags=range_tags(client_months),
+    )
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -142,7 +149,9 @@ def test_a_record_that_cannot_be_stored_is_quarantined_and_the_rest_lands(lying)
     [materialisation] = {e.step_key: e for e in result.get_asset_materialization_events()}.values()
     assert materialisation.materialization.metadata["rejected_records"].value == 2
     assert len(stored_clients(data_dir)) == 1198
-    rejected = pq.read_table(next((data_dir / "parquet" / "rejected_records").glob("*/data.parquet"))).to_pylist()
+    rejected = pq.read_table(
+        next((data_dir / "parquet" / "rejected_records").glob("*/data.parquet"))
+    ).to_pylist()
     assert sorted(r["reason"] for r in rejected) == ["malformed created_at '01/03/2025'", "no uuid"]
     assert all(r["table_name"] == "clients" and json.loads(r["raw_json"]) for r in rejected)
 
@@ -158,7 +167,9 @@ def test_a_commit_killed_half_way_is_rolled_forward(tmp_path):
     first.write(CLIENTS, arrow(CLIENTS, [client("a", "2024-01")]), ["2024-01", "2024-02"])
     first.commit()
     second = StagedWrite(store)
-    second.write(CLIENTS, arrow(CLIENTS, [client("b", "2024-01"), client("c", "2024-02")]), ["2024-01", "2024-02"])
+    second.write(
+        CLIENTS, arrow(CLIENTS, [client("b", "2024-01"), client("c", "2024-02")]), ["2024-01", "2024-02"]
+    )
     for writer in second._writers.values():
         writer.close()
     # What commit does up to the journal, then one rename of two, then a kill.
@@ -176,7 +187,9 @@ def test_staged_files_of_a_dead_run_are_removed(tmp_path):
     store = ParquetStore(tmp_path / "parquet")
     folder = store.root / "clients" / "created_month=2024-01"
     folder.mkdir(parents=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = folder / f".data.parquet.{dead}-abc123.tmp"
     stale.write_bytes(b"half a file")
     live = folder / f".data.parquet.{os.getpid()}-def456.tmp"
@@ -187,8 +200,15 @@ def test_staged_files_of_a_dead_run_are_removed(tmp_path):
 
 def run_sync_cli(env: dict, cwd: Path, *args: str) -> subprocess.Popen:
     environ = {**{k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}, **env}
-    return subprocess.Popen([sys.executable, "-m", "plannr_pipeline.cli", "sync", *args], env=environ, cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "plannr_pipeline.cli", "sync", *args],
+        env=environ,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_an_unreachable_api_fails_the_sync_within_a_minute_in_one_clear_line(tmp_path):
@@ -199,8 +219,15 @@ def test_an_unreachable_api_fails_the_sync_within_a_minute_in_one_clear_line(tmp
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     started = time.monotonic()
-    sync = run_sync_cli({"PLANNR_BASE_URL": closed, "PLANNR_API_TOKEN": "t", "DAGSTER_HOME": str(tmp_path / "home"),
-                         "PLANNR_DATA_DIR": str(tmp_path / "data")}, tmp_path)
+    sync = run_sync_cli(
+        {
+            "PLANNR_BASE_URL": closed,
+            "PLANNR_API_TOKEN": "t",
+            "DAGSTER_HOME": str(tmp_path / "home"),
+            "PLANNR_DATA_DIR": str(tmp_path / "data"),
+        },
+        tmp_path,
+    )
     out, err = sync.communicate(timeout=120)
     assert sync.returncode == 1
     assert time.monotonic() - started < 60
@@ -214,11 +241,19 @@ def test_sigterm_stops_the_sync_with_143_and_leaves_stored_data_as_it_was(make_s
     import time
 
     sandbox = make_sandbox(clients=300, latency_ms=100)
-    env = {"PLANNR_BASE_URL": sandbox.url, "PLANNR_API_TOKEN": sandbox.options.token, "DAGSTER_HOME": str(tmp_path / "home"),
-           "PLANNR_DATA_DIR": str(tmp_path / "data"), "PLANNR_RATE_LIMIT_PER_MINUTE": "100000", "PLANNR_MAX_CONCURRENCY": "2"}
+    env = {
+        "PLANNR_BASE_URL": sandbox.url,
+        "PLANNR_API_TOKEN": sandbox.options.token,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "PLANNR_DATA_DIR": str(tmp_path / "data"),
+        "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
+        "PLANNR_MAX_CONCURRENCY": "2",
+    }
     sync = run_sync_cli(env, tmp_path, "--select", "clients,goals")
     deadline = time.monotonic() + 90
-    while sandbox.requests["/api/v1/account"] == 0 or sum(sandbox.requests.values()) < 20:  # into the goals fan-out
+    while (
+        sandbox.requests["/api/v1/account"] == 0 or sum(sandbox.requests.values()) < 20
+    ):  # into the goals fan-out
         assert time.monotonic() < deadline and sync.poll() is None, "sync never got going"
         time.sleep(0.1)
     os.killpg(sync.pid, signal.SIGTERM)
@@ -226,4 +261,6 @@ def test_sigterm_stops_the_sync_with_143_and_leaves_stored_data_as_it_was(make_s
     assert sync.returncode == 143, err[-2000:]
     assert "sync stopped by SIGTERM" in err
     assert not list((tmp_path / "data" / "parquet").glob("**/*.tmp"))  # the interrupted step cleaned up
-    assert not list((tmp_path / "data" / "parquet").glob("goals/*/data.parquet"))  # goals never landed half-way
+    assert not list(
+        (tmp_path / "data" / "parquet").glob("goals/*/data.parquet")
+    )  # goals never landed half-way

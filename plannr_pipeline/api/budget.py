@@ -36,7 +36,12 @@ def _budget_dir() -> Path:
 
 class RequestBudget:
     def __init__(
-        self, key: str, limit: int, directory: Path | None = None, window_seconds: float = 60.0, ceiling: int | None = None,
+        self,
+        key: str,
+        limit: int,
+        directory: Path | None = None,
+        window_seconds: float = 60.0,
+        ceiling: int | None = None,
         follow_server_limit: bool = True,
     ) -> None:
         """At most `limit` requests in any `window_seconds` (Plannr's window is a minute).
@@ -57,7 +62,9 @@ class RequestBudget:
         # One log file per token, limit and window: every process of one token at one limit shares it.
         db_path = self._directory / f"{self._key}-{limit}-{self.window_seconds:g}.sqlite"
         bucket = SQLiteBucket.init_from_file(
-            [Rate(limit, int(self.window_seconds * Duration.SECOND))], db_path=str(db_path), use_file_lock=True
+            [Rate(limit, int(self.window_seconds * Duration.SECOND))],
+            db_path=str(db_path),
+            use_file_lock=True,
         )
         self.limit = limit
         self._limiter = Limiter(bucket)

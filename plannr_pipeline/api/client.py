@@ -162,7 +162,9 @@ class PlannrClient:
     ) -> None:
         self.settings = settings
         self.stats = stats or RequestStats()
-        self.budget = budget or budget_for(settings.token, settings.base_url, settings.starting_budget, settings.rate_limit_per_minute)
+        self.budget = budget or budget_for(
+            settings.token, settings.base_url, settings.starting_budget, settings.rate_limit_per_minute
+        )
         self._max_attempts = max_attempts
         self._timeout = timeout_seconds
         self._backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
@@ -252,7 +254,9 @@ class PlannrClient:
             # Refused, unresolvable or silent: nobody is answering there (a retry or two covers a
             # blip). The aiohttp transport reports a refused connection as a ConnectTimeout.
             why = "connection refused" if _refused(error) else type(error).__name__
-            raise TransientHTTPError(f"could not connect to {self.settings.base_url} ({why})", unreachable=True) from None
+            raise TransientHTTPError(
+                f"could not connect to {self.settings.base_url} ({why})", unreachable=True
+            ) from None
         except httpx.TransportError as error:
             # Timeouts, dropped connections, bad status lines: name the kind, never echo the request.
             raise TransientHTTPError(f"{type(error).__name__} talking to {self.settings.base_url}") from None
@@ -264,7 +268,9 @@ class PlannrClient:
         status = response.status_code
         if status == 429:
             retry_after = _retry_after_seconds(response)
-            self.budget.pause_for(retry_after if retry_after is not None else self.budget.window_seconds / self.budget.limit)
+            self.budget.pause_for(
+                retry_after if retry_after is not None else self.budget.window_seconds / self.budget.limit
+            )
             # Without Retry-After, this caller falls back to exponential backoff.
             raise TransientHTTPError("429 Too Many Requests", retry_after=retry_after, status=429)
         if status >= 500:
@@ -290,9 +296,13 @@ class PlannrClient:
         if status == 422 and error_class is not None:
             field_errors = payload.get("errors") if isinstance(payload, dict) else None
             if isinstance(field_errors, dict):  # an API may echo what it was sent: never the token
-                field_errors = {redact(str(name), self.settings.token): [redact(str(m), self.settings.token)[:300] for m in
-                                (messages if isinstance(messages, list) else [messages])]
-                                for name, messages in field_errors.items()}
+                field_errors = {
+                    redact(str(name), self.settings.token): [
+                        redact(str(m), self.settings.token)[:300]
+                        for m in (messages if isinstance(messages, list) else [messages])
+                    ]
+                    for name, messages in field_errors.items()
+                }
             raise error_class(endpoint, message, field_errors)
         if error_class is not None:
             raise error_class(endpoint, message)
@@ -332,16 +342,22 @@ class PlannrClient:
                     last_page = max(last_page, page.last_page or last_page)
                     yield listing.take(page)
         if listing.shifted():
-            self._warn(f"GET {listing.endpoint}: {listing.shift_reason()}; reading the listing again to catch skipped records")
+            self._warn(
+                f"GET {listing.endpoint}: {listing.shift_reason()}; reading the listing again to catch skipped records"
+            )
             listing.rereading = True
             async for page in self._follow_next(path, params, None):
                 yield listing.take(page)
 
-    async def _follow_next(self, path: str, params: dict[str, Any], after: Page | None) -> AsyncIterator[Page]:
+    async def _follow_next(
+        self, path: str, params: dict[str, Any], after: Page | None
+    ) -> AsyncIterator[Page]:
         """Pages after `after` (from page 1 when None), one at a time, until the listing ends."""
         page = after
         # An empty page ends the walk even if the API claims there is more (no endless loop).
-        while page is None or (page.records and (page.has_next or (page.has_next is None and len(page.records) >= PAGE_SIZE))):
+        while page is None or (
+            page.records and (page.has_next or (page.has_next is None and len(page.records) >= PAGE_SIZE))
+        ):
             page = await self._get_page(path, params, 1 if page is None else page.number + 1)
             yield page
 
@@ -372,7 +388,9 @@ class PlannrClient:
                     records.extend(page.records)
                     total = page.total if page.total is not None else total
             except NotFoundError:
-                self._warn(f"{endpoint_of(path_for(parent_uuid))}: 404 for {parent_uuid}; deleted since it was listed, so it has none")
+                self._warn(
+                    f"{endpoint_of(path_for(parent_uuid))}: 404 for {parent_uuid}; deleted since it was listed, so it has none"
+                )
                 return parent_uuid, [], 0
             return parent_uuid, records, total
 
@@ -419,8 +437,12 @@ class _ListingPass:
         return Page(fresh, page.number, page.last_page, self.total, page.has_next)
 
     def shifted(self) -> bool:
-        return bool(self.duplicates or self.short_pages or self.total != self.first_total
-                    or (self.total is not None and self.received < self.total))
+        return bool(
+            self.duplicates
+            or self.short_pages
+            or self.total != self.first_total
+            or (self.total is not None and self.received < self.total)
+        )
 
     @property
     def received(self) -> int:

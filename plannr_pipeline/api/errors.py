@@ -87,7 +87,13 @@ class RetriesExhaustedError(PlannrError):
 class TransientHTTPError(PlannrError):
     """Internal: a failure worth retrying. Carries the server's Retry-After, if any."""
 
-    def __init__(self, problem: str, retry_after: float | None = None, status: int | None = None, unreachable: bool = False) -> None:
+    def __init__(
+        self,
+        problem: str,
+        retry_after: float | None = None,
+        status: int | None = None,
+        unreachable: bool = False,
+    ) -> None:
         self.retry_after = retry_after
         self.status = status
         self.unreachable = unreachable

@@ -18,7 +18,9 @@ class AlertWebhook(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> AlertWebhook:
-        return cls(url=dg.EnvVar("PLANNR_ALERT_WEBHOOK_URL") if os.environ.get("PLANNR_ALERT_WEBHOOK_URL") else None)
+        return cls(
+            url=dg.EnvVar("PLANNR_ALERT_WEBHOOK_URL") if os.environ.get("PLANNR_ALERT_WEBHOOK_URL") else None
+        )
 
     @property
     def configured(self) -> bool:

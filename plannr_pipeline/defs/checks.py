@@ -15,7 +15,10 @@ from plannr_pipeline.storage.warehouse import Warehouse
 
 def _count(warehouse: Warehouse, sql: str, *tables: Table) -> int:
     """Run `sql` with each `{name}` replaced by that table's Parquet files."""
-    sources = {t.name: f"read_parquet('{warehouse.store.glob_of(t)}', union_by_name = true, hive_partitioning = false)" for t in tables}
+    sources = {
+        t.name: f"read_parquet('{warehouse.store.glob_of(t)}', union_by_name = true, hive_partitioning = false)"
+        for t in tables
+    }
     if not all(warehouse.store.files_of(t) for t in tables):
         return 0
     with duckdb.connect() as connection:
@@ -24,7 +27,12 @@ def _count(warehouse: Warehouse, sql: str, *tables: Table) -> int:
 
 @dg.asset_check(asset="goals", blocking=True, description="Every goal belongs to a client that is stored.")
 def goals_reference_clients(storage: PlannrStorage) -> dg.AssetCheckResult:
-    orphans = _count(storage.warehouse(), "select count(*) from {goals} g anti join {clients} c on c.uuid = g.client_uuid", GOALS, CLIENTS)
+    orphans = _count(
+        storage.warehouse(),
+        "select count(*) from {goals} g anti join {clients} c on c.uuid = g.client_uuid",
+        GOALS,
+        CLIENTS,
+    )
     return dg.AssetCheckResult(passed=orphans == 0, metadata={"orphan_goals": orphans})
 
 

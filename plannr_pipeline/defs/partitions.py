@@ -24,7 +24,9 @@ def start_date(variable: str, default: str) -> date:
     except ValueError:
         raise ConfigurationError(f"{variable} must be a date like {default}, got {raw!r}.") from None
     if value > date.today():
-        raise ConfigurationError(f"{variable} is {raw}, in the future: set a past date (the firm's first client, say), or unset it for {default}.")
+        raise ConfigurationError(
+            f"{variable} is {raw}, in the future: set a past date (the firm's first client, say), or unset it for {default}."
+        )
     return value
 
 
@@ -35,7 +37,9 @@ client_months = dg.MonthlyPartitionsDefinition(
 )
 
 
-def created_filters(window: dg.TimeWindow, partitions_def: dg.TimeWindowPartitionsDefinition, after: str, before: str) -> dict[str, str]:
+def created_filters(
+    window: dg.TimeWindow, partitions_def: dg.TimeWindowPartitionsDefinition, after: str, before: str
+) -> dict[str, str]:
     """Date filters covering a window of partitions, a day wider on each side.
 
     Plannr does not say whether its date filters are inclusive, nor in which zone the date is

@@ -79,7 +79,9 @@ class PlannrApi(dg.ConfigurableResource):
             return f"embedded sandbox (seed {self.sandbox_seed}, {self.sandbox_clients} clients)"
         return urlparse(self.base_url or DEFAULT_BASE_URL).netloc
 
-    def client(self, on_warning: Callable[[str], None] | None = None, stats: RequestStats | None = None) -> PlannrClient:
+    def client(
+        self, on_warning: Callable[[str], None] | None = None, stats: RequestStats | None = None
+    ) -> PlannrClient:
         return PlannrClient(self.settings(), on_warning=on_warning, stats=stats)
 
     def run(
@@ -121,5 +123,7 @@ def storage_resources_from_env() -> tuple[PlannrStorage, DuckDBResource]:
     """One setting (PLANNR_DATA_DIR) places both: the DuckDB resource a user's own assets read
     through, and the storage the Plannr assets write, which keeps its views in that database."""
     data_dir = data_dir_from_env()
-    duckdb = DuckDBResource(database=str(Path(data_dir).absolute() / DATABASE_FILE), connection_config=CONNECT_CONFIG)
+    duckdb = DuckDBResource(
+        database=str(Path(data_dir).absolute() / DATABASE_FILE), connection_config=CONNECT_CONFIG
+    )
     return PlannrStorage(data_dir=data_dir, database=duckdb.database), duckdb

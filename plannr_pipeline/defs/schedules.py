@@ -17,7 +17,9 @@ NIGHTLY = "0 2 * * *"
 HOURLY = "15 * * * *"
 
 
-def whole_range(partitions_def: dg.TimeWindowPartitionsDefinition, context: dg.ScheduleEvaluationContext, name: str) -> dg.RunRequest:
+def whole_range(
+    partitions_def: dg.TimeWindowPartitionsDefinition, context: dg.ScheduleEvaluationContext, name: str
+) -> dg.RunRequest:
     keys = partitions_def.get_partition_keys(current_time=context.scheduled_execution_time)
     return dg.RunRequest(
         run_key=f"{name}:{context.scheduled_execution_time.isoformat()}",
@@ -25,37 +27,61 @@ def whole_range(partitions_def: dg.TimeWindowPartitionsDefinition, context: dg.S
     )
 
 
-def current_partition(partitions_def: dg.TimeWindowPartitionsDefinition, context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+def current_partition(
+    partitions_def: dg.TimeWindowPartitionsDefinition, context: dg.ScheduleEvaluationContext
+) -> dg.RunRequest:
     key = partitions_def.get_partition_keys(current_time=context.scheduled_execution_time)[-1]
     return dg.RunRequest(run_key=f"{key}:{context.scheduled_execution_time.isoformat()}", partition_key=key)
 
 
-@dg.schedule(default_status=dg.DefaultScheduleStatus.RUNNING, job=clients_job, cron_schedule=NIGHTLY, execution_timezone=TIMEZONE,
-             description="Nightly: every month of clients and their goals, in one run.")
+@dg.schedule(
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    job=clients_job,
+    cron_schedule=NIGHTLY,
+    execution_timezone=TIMEZONE,
+    description="Nightly: every month of clients and their goals, in one run.",
+)
 def nightly_clients(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     return whole_range(client_months, context, "nightly-clients")
 
 
 nightly_sweeps = dg.ScheduleDefinition(
-    name="nightly_sweeps", job=sweeps_job, default_status=dg.DefaultScheduleStatus.RUNNING, cron_schedule=NIGHTLY, execution_timezone=TIMEZONE,
+    name="nightly_sweeps",
+    job=sweeps_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    cron_schedule=NIGHTLY,
+    execution_timezone=TIMEZONE,
     description="Nightly: full sweeps of the unpartitioned collections (these also drop deleted records).",
 )
 
 
-@dg.schedule(default_status=dg.DefaultScheduleStatus.RUNNING, job=clients_job, cron_schedule=HOURLY, execution_timezone=TIMEZONE,
-             description="Hourly: this month's clients and their goals.")
+@dg.schedule(
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    job=clients_job,
+    cron_schedule=HOURLY,
+    execution_timezone=TIMEZONE,
+    description="Hourly: this month's clients and their goals.",
+)
 def hourly_current_clients(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     return current_partition(client_months, context)
 
 
 hourly_imports = dg.ScheduleDefinition(
-    name="hourly_imports", job=imports_job, default_status=dg.DefaultScheduleStatus.RUNNING, cron_schedule=HOURLY, execution_timezone=TIMEZONE,
+    name="hourly_imports",
+    job=imports_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    cron_schedule=HOURLY,
+    execution_timezone=TIMEZONE,
     description="Hourly: every import and its row errors (a request or two).",
 )
 
 
 hourly_tasks = dg.ScheduleDefinition(
-    name="hourly_tasks", job=tasks_incremental_job, default_status=dg.DefaultScheduleStatus.RUNNING, cron_schedule=HOURLY, execution_timezone=TIMEZONE,
+    name="hourly_tasks",
+    job=tasks_incremental_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    cron_schedule=HOURLY,
+    execution_timezone=TIMEZONE,
     description="Hourly: tasks changed since the stored watermark (incremental, usually one request).",
 )
 

@@ -31,12 +31,18 @@ GOAL_NAMES = [
 ]
 TIMEFRAMES = ["Within the year.", "In 1-3 years.", "In 3-5 years.", "Over 5 years."]
 TASK_NAMES = [
-    "Document the transaction", "Annual review meeting", "Send suitability report",
-    "Chase provider for valuation", "Update risk profile", "Check ID documents",
+    "Document the transaction",
+    "Annual review meeting",
+    "Send suitability report",
+    "Chase provider for valuation",
+    "Update risk profile",
+    "Check ID documents",
 ]
 TASK_STATUSES = [
-    ("Not started", False, True, False), ("Incomplete", False, False, False),
-    ("Completed", False, False, True), ("Archived", True, False, False),
+    ("Not started", False, True, False),
+    ("Incomplete", False, False, False),
+    ("Completed", False, False, True),
+    ("Archived", True, False, False),
 ]
 CUSTOM_FIELDS = [("Source of wealth", "text"), ("Vulnerable client", "boolean"), ("Fee agreed", "number")]
 
@@ -138,7 +144,9 @@ class _Maker:
             "complete_goal_by": iso_london(created + timedelta(days=self.rng.randint(180, 3650))),
             "created_at": iso_london(created),
             "updated_at": iso_london(updated),
-            "shared_owner_type": "individual" if client["role"] != "individual" and self.rng.random() < 0.5 else "shared",
+            "shared_owner_type": "individual"
+            if client["role"] != "individual" and self.rng.random() < 0.5
+            else "shared",
         }
 
     def account_summary(self, account: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +164,9 @@ class _Maker:
                 "updated_at": iso_london(group_created),
                 "participants_count": str(self.rng.randint(1, len(staff))),
             }
-            for name in self.rng.sample(["Finance", "Advice", "Admin", "Paraplanning"], k=self.rng.randint(0, 2))
+            for name in self.rng.sample(
+                ["Finance", "Advice", "Admin", "Paraplanning"], k=self.rng.randint(0, 2)
+            )
         ]
         return {
             "uuid": self.uuid(),
@@ -169,7 +179,9 @@ class _Maker:
             "groups": groups,
         }
 
-    def task(self, client: dict[str, Any], staff: list[dict[str, Any]], parent: dict[str, Any] | None) -> dict[str, Any]:
+    def task(
+        self, client: dict[str, Any], staff: list[dict[str, Any]], parent: dict[str, Any] | None
+    ) -> dict[str, Any]:
         created = self.moment_between(datetime.fromisoformat(client["created_at"]), self.reference)
         updated = self.moment_between(created, self.reference)
         status_name, archived, not_started, completed = self.rng.choice(TASK_STATUSES)
@@ -183,10 +195,15 @@ class _Maker:
             "priority": self.rng.choice(["low", "medium", "high"]),
             "position": self.rng.randint(1, 20),
             "status": {
-                "uuid": self.uuid(), "name": status_name, "colour": "#398898",
+                "uuid": self.uuid(),
+                "name": status_name,
+                "colour": "#398898",
                 "position": TASK_STATUSES.index((status_name, archived, not_started, completed)) + 1,
-                "created_at": iso_london(created), "updated_at": iso_london(created),
-                "is_archived": archived, "is_not_started": not_started, "is_type_completed": completed,
+                "created_at": iso_london(created),
+                "updated_at": iso_london(created),
+                "is_archived": archived,
+                "is_not_started": not_started,
+                "is_type_completed": completed,
             },
             "due_at": naive_london(due),
             "completed_at": naive_london(updated) if completed else None,
@@ -196,10 +213,13 @@ class _Maker:
             "recurring_next_run": naive_london(updated + timedelta(days=7)) if recurring else None,
             "taskable_type": self.rng.choice(["case", "plan"]),
             "taskable": {
-                "uuid": self.uuid(), "name": "finance", "slug": "finance",
+                "uuid": self.uuid(),
+                "name": "finance",
+                "slug": "finance",
                 "value": money(self.rng.randrange(0, 100_000) * 100),
                 "status": placeholder("CasesStatus"),
-                "group_uuids": [], "assigned_to_uuids": [assignee["uuid"]],
+                "group_uuids": [],
+                "assigned_to_uuids": [assignee["uuid"]],
                 "participants_count": self.rng.randint(1, 4),
             },
             "author": self.account_summary(self.rng.choice(staff)),
@@ -207,11 +227,20 @@ class _Maker:
             "completed_by": self.account_summary(assignee) if completed else None,
             "custom_fields": [
                 {
-                    "uuid": self.uuid(), "name": cf_name, "type": cf_type, "reference": cf_name.lower().replace(" ", "_"),
-                    "value": {"text": self.fake.word(), "boolean": self.rng.choice(["true", "false"]),
-                              "number": str(self.rng.randint(0, 5000))}[cf_type],
-                    "help_text": None, "is_required": False, "selection_options": [],
-                    "created_at": iso_london(created), "updated_at": iso_london(created),
+                    "uuid": self.uuid(),
+                    "name": cf_name,
+                    "type": cf_type,
+                    "reference": cf_name.lower().replace(" ", "_"),
+                    "value": {
+                        "text": self.fake.word(),
+                        "boolean": self.rng.choice(["true", "false"]),
+                        "number": str(self.rng.randint(0, 5000)),
+                    }[cf_type],
+                    "help_text": None,
+                    "is_required": False,
+                    "selection_options": [],
+                    "created_at": iso_london(created),
+                    "updated_at": iso_london(created),
                 }
                 for cf_name, cf_type in self.rng.sample(CUSTOM_FIELDS, k=self.rng.randint(0, 2))
             ],
@@ -227,7 +256,9 @@ def default_reference() -> datetime:
     return datetime.combine(datetime.now(UTC).date(), time(0), tzinfo=UTC)
 
 
-def generate_firm(seed: int = 42, size: FirmSize | None = None, reference: datetime | date | None = None) -> Firm:
+def generate_firm(
+    seed: int = 42, size: FirmSize | None = None, reference: datetime | date | None = None
+) -> Firm:
     size = size or FirmSize()
     if reference is None:
         reference = default_reference()
@@ -238,22 +269,32 @@ def generate_firm(seed: int = 42, size: FirmSize | None = None, reference: datet
 
     staff_count = size.staff if size.staff is not None else max(3, size.clients // 40)
     staff = [
-        make.account("employee", STAFF_ROLES[i % len(STAFF_ROLES)], make.moment_between(history_start, reference))
+        make.account(
+            "employee", STAFF_ROLES[i % len(STAFF_ROLES)], make.moment_between(history_start, reference)
+        )
         for i in range(staff_count)
     ]
     clients = [
-        make.account("client", make.rng.choice(CLIENT_ROLES), make.moment_between(history_start, reference - timedelta(days=1)))
+        make.account(
+            "client",
+            make.rng.choice(CLIENT_ROLES),
+            make.moment_between(history_start, reference - timedelta(days=1)),
+        )
         for _ in range(size.clients)
     ]
     goals_by_client = {}
     for client in clients:
         count = make.rng.randint(0, size.max_goals_per_client)
         created = datetime.fromisoformat(client["created_at"])
-        goals_by_client[client["uuid"]] = [make.goal(client, make.moment_between(created, reference)) for _ in range(count)]
+        goals_by_client[client["uuid"]] = [
+            make.goal(client, make.moment_between(created, reference)) for _ in range(count)
+        ]
 
     circles = []
     for _ in range(int(size.clients * size.circles_per_client)):
-        circles.append(make.circle(make.rng.sample(clients, k=min(len(clients), make.rng.randint(1, 4))), staff))
+        circles.append(
+            make.circle(make.rng.sample(clients, k=min(len(clients), make.rng.randint(1, 4))), staff)
+        )
 
     tasks: list[dict[str, Any]] = []
     for _ in range(int(size.clients * size.tasks_per_client)):
@@ -263,7 +304,9 @@ def generate_firm(seed: int = 42, size: FirmSize | None = None, reference: datet
             parent = None  # one level of subtasks, as in Plannr
         tasks.append(make.task(client, staff, parent))
 
-    imports = plan_imports(make.rng, make.uuid, reference, staff, clients, size.imports_history_days, size.imports_per_day)
+    imports = plan_imports(
+        make.rng, make.uuid, reference, staff, clients, size.imports_history_days, size.imports_per_day
+    )
     firm = Firm(reference, clients, staff, goals_by_client, circles, tasks, imports)
 
     # Drawn last, from a Random of their own, so that adding them left every record above as it was.

@@ -89,11 +89,17 @@ class ImportPlan:
         name = self.client_names[job % len(self.client_names)]
         field = list(FIELD_ERRORS)[job % len(FIELD_ERRORS)]
         first, _, last = name.partition(" ")
-        return {"client": {"row": job + 2, "first_name": first, "last_name": last}, "errors": {field: [FIELD_ERRORS[field]]}}
+        return {
+            "client": {"row": job + 2, "first_name": first, "last_name": last},
+            "errors": {field: [FIELD_ERRORS[field]]},
+        }
 
     def has_error_report(self, now: datetime) -> bool:
         """Whether the report exists at `now`: once the import has finished with failed rows."""
-        return bool(self.failing_jobs) and (now - self.created).total_seconds() >= self.pending_seconds + self.run_seconds
+        return (
+            bool(self.failing_jobs)
+            and (now - self.created).total_seconds() >= self.pending_seconds + self.run_seconds
+        )
 
     def error_report_csv(self) -> str:
         """The error report file: every failed row (not only the 25 the API lists), one line per error."""
@@ -105,7 +111,9 @@ class ImportPlan:
             client = row["client"]
             for field, messages in row["errors"].items():
                 for message in messages:
-                    writer.writerow([client["row"], client["first_name"], client["last_name"], field, message])
+                    writer.writerow(
+                        [client["row"], client["first_name"], client["last_name"], field, message]
+                    )
         return out.getvalue()
 
     def _error_report(self, uploaded: datetime, base_url: str) -> dict[str, Any]:
@@ -126,7 +134,13 @@ class ImportPlan:
         }
 
 
-def _plan(rng: random.Random, new_uuid: Callable[[], str], created: datetime, staff: list[dict], names: tuple[str, ...]) -> ImportPlan:
+def _plan(
+    rng: random.Random,
+    new_uuid: Callable[[], str],
+    created: datetime,
+    staff: list[dict],
+    names: tuple[str, ...],
+) -> ImportPlan:
     total = rng.randint(5, 400)
     failure_share = rng.choice([0.0, 0.0, 0.02, 0.1, 0.6])
     failing = tuple(sorted(rng.sample(range(total), k=int(total * failure_share))))
@@ -166,7 +180,9 @@ def plan_imports(
     return plans
 
 
-def live_import(seed: int, index: int, reference: datetime, interval: timedelta, staff: list[dict], clients: list[dict]) -> ImportPlan:
+def live_import(
+    seed: int, index: int, reference: datetime, interval: timedelta, staff: list[dict], clients: list[dict]
+) -> ImportPlan:
     """The index-th import created after the reference moment (deterministic per seed and index)."""
     rng = random.Random(f"{seed}:live:{index}")
 

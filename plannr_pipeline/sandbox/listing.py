@@ -36,11 +36,21 @@ class Listing:
 
 
 def _query_parts(query: Mapping[str, str]) -> tuple[dict[str, str], str | None, int, int, list[str]]:
-    filters = {key[len("filter["):-1]: value for key, value in query.items() if key.startswith("filter[") and key.endswith("]")}
+    filters = {
+        key[len("filter[") : -1]: value
+        for key, value in query.items()
+        if key.startswith("filter[") and key.endswith("]")
+    }
     per_page_raw = query.get("per_page", str(DEFAULT_PER_PAGE))
     page_raw = query.get("page", "1")
     if not per_page_raw.isdigit() or int(per_page_raw) < 1:
-        raise ListingError(422, {"message": "The per page field must be an integer.", "errors": {"per_page": ["The per page field must be an integer."]}})
+        raise ListingError(
+            422,
+            {
+                "message": "The per page field must be an integer.",
+                "errors": {"per_page": ["The per page field must be an integer."]},
+            },
+        )
     if int(per_page_raw) > MAX_PER_PAGE:
         message = f"The per page field must not be greater than {MAX_PER_PAGE}."
         raise ListingError(422, {"message": message, "errors": {"per_page": [message]}})
@@ -49,18 +59,35 @@ def _query_parts(query: Mapping[str, str]) -> tuple[dict[str, str], str | None, 
     return filters, query.get("sort"), int(per_page_raw), page, includes
 
 
-def paginate(records: list[Record], query: Mapping[str, str], listing: Listing, base_url: str) -> dict[str, Any]:
+def paginate(
+    records: list[Record], query: Mapping[str, str], listing: Listing, base_url: str
+) -> dict[str, Any]:
     filters, sort, per_page, page, includes = _query_parts(query)
     unknown = sorted(set(filters) - set(listing.filters))
     if unknown:
-        raise ListingError(400, {"message": f"Requested filter(s) `{', '.join(unknown)}` are not allowed. Allowed filter(s) are `{', '.join(sorted(listing.filters))}`."})
+        raise ListingError(
+            400,
+            {
+                "message": f"Requested filter(s) `{', '.join(unknown)}` are not allowed. Allowed filter(s) are `{', '.join(sorted(listing.filters))}`."
+            },
+        )
     bad_includes = sorted(set(includes) - listing.includes)
     if bad_includes:
-        raise ListingError(400, {"message": f"Requested include(s) `{', '.join(bad_includes)}` are not allowed. Allowed include(s) are `{', '.join(sorted(listing.includes))}`."})
+        raise ListingError(
+            400,
+            {
+                "message": f"Requested include(s) `{', '.join(bad_includes)}` are not allowed. Allowed include(s) are `{', '.join(sorted(listing.includes))}`."
+            },
+        )
     sort = sort or listing.default_sort
     field = sort.removeprefix("-")
     if field not in listing.sorts:
-        raise ListingError(400, {"message": f"Requested sort(s) `{sort}` is not allowed. Allowed sort(s) are `{', '.join(sorted(listing.sorts))}`."})
+        raise ListingError(
+            400,
+            {
+                "message": f"Requested sort(s) `{sort}` is not allowed. Allowed sort(s) are `{', '.join(sorted(listing.sorts))}`."
+            },
+        )
 
     for name, value in filters.items():
         records = [r for r in records if listing.filters[name](r, value)]
@@ -97,6 +124,7 @@ def paginate(records: list[Record], query: Mapping[str, str], listing: Listing, 
 
 
 # -- filter helpers ---------------------------------------------------------------------------
+
 
 def in_list(field: str) -> Filter:
     return lambda record, value: record.get(field) in set(value.split(","))

@@ -21,12 +21,26 @@ ADMINISTRATOR_ROLES = ("admin",)
 ADMINISTRATOR_SHARE = 0.7  # clients with an administrator; the rest have none (null)
 PARAPLANNER_SHARE = 0.5
 
-SUMMARY_KEYS = ("uuid", "name", "role", "type", "email", "first_name", "last_name", "photo_url", "created_at", "updated_at")
+SUMMARY_KEYS = (
+    "uuid",
+    "name",
+    "role",
+    "type",
+    "email",
+    "first_name",
+    "last_name",
+    "photo_url",
+    "created_at",
+    "updated_at",
+)
 
 
 def account_summary(account: Mapping[str, Any]) -> dict[str, Any]:
     """An account as Plannr nests it in other resources (task author, circle member, ...)."""
-    return {**{key: account[key] for key in SUMMARY_KEYS}, "external_references": placeholder("ExternalReference")}
+    return {
+        **{key: account[key] for key in SUMMARY_KEYS},
+        "external_references": placeholder("ExternalReference"),
+    }
 
 
 def assign(rng: random.Random, staff: list[dict[str, Any]]) -> dict[str, str | None]:
@@ -43,7 +57,9 @@ def assign(rng: random.Random, staff: list[dict[str, Any]]) -> dict[str, str | N
 
     return {
         "assigned_adviser": choose(advisers, adviser),
-        "assigned_administrator": choose(administrators, administrator) if has_administrator < ADMINISTRATOR_SHARE else None,
+        "assigned_administrator": choose(administrators, administrator)
+        if has_administrator < ADMINISTRATOR_SHARE
+        else None,
         "assigned_paraplanner": choose(staff, paraplanner) if has_paraplanner < PARAPLANNER_SHARE else None,
     }
 
@@ -81,5 +97,9 @@ def expand_goal(
     """`include=shared_owner`: the owning account for an `individual` goal, else null."""
     if "shared_owner" not in includes:
         return goal
-    owner = accounts.get(owners.get(goal["uuid"]) or "") if goal.get("shared_owner_type") == "individual" else None
+    owner = (
+        accounts.get(owners.get(goal["uuid"]) or "")
+        if goal.get("shared_owner_type") == "individual"
+        else None
+    )
     return {**goal, "shared_owner": account_summary(owner) if owner else None}

@@ -44,11 +44,15 @@ def _date_param(name: str, value: str) -> date:
 
 
 def created_on_or_after(name: str) -> Filter:
-    return lambda record, value: _instant(record["created_at"]).astimezone(LONDON).date() >= _date_param(name, value)
+    return lambda record, value: (
+        _instant(record["created_at"]).astimezone(LONDON).date() >= _date_param(name, value)
+    )
 
 
 def created_on_or_before(name: str) -> Filter:
-    return lambda record, value: _instant(record["created_at"]).astimezone(LONDON).date() <= _date_param(name, value)
+    return lambda record, value: (
+        _instant(record["created_at"]).astimezone(LONDON).date() <= _date_param(name, value)
+    )
 
 
 def _name_contains(record: dict[str, Any], value: str) -> bool:
@@ -67,8 +71,20 @@ ACCOUNT_SORTS = {
     "inactive_at": by_text("inactive_at"),
 }
 ACCOUNT_INCLUDES = frozenset(
-    {"primary_phone_number", "primary_email", "primary_address", "assigned_adviser", "assigned_administrator",
-     "assigned_paraplanner", "groups", "tags", "owners", "custom_fields", "external_references", "circles"}
+    {
+        "primary_phone_number",
+        "primary_email",
+        "primary_address",
+        "assigned_adviser",
+        "assigned_administrator",
+        "assigned_paraplanner",
+        "groups",
+        "tags",
+        "owners",
+        "custom_fields",
+        "external_references",
+        "circles",
+    }
 )
 
 _CLIENT_FILTERS: dict[str, Filter] = {

@@ -64,7 +64,12 @@ class SandboxOptions:
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=json.dumps(body, separators=(",", ":")), content_type="application/json", headers=headers)
+    return web.Response(
+        status=status,
+        body=json.dumps(body, separators=(",", ":")),
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 def _endpoint(request: web.Request) -> str:
@@ -133,7 +138,11 @@ class SandboxServer:
         done = []
         for _ in range(steps):
             self.step += 1
-            done.append(timeline.apply_step(self.firm, self.options.seed, self.step, self.options.size.max_goals_per_client))
+            done.append(
+                timeline.apply_step(
+                    self.firm, self.options.seed, self.step, self.options.size.max_goals_per_client
+                )
+            )
         self.changes.extend(done)
         self._reindex()
         return done
@@ -157,7 +166,10 @@ class SandboxServer:
         return {
             "requests": sum(self.endpoints.values()),
             "by_endpoint": dict(sorted(self.endpoints.items())),
-            "by_status": {str(status): count for status, count in sorted(self.statuses.items(), key=lambda item: str(item[0]))},
+            "by_status": {
+                str(status): count
+                for status, count in sorted(self.statuses.items(), key=lambda item: str(item[0]))
+            },
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -363,19 +375,30 @@ class SandboxServer:
         for index in range(count):
             if index not in self._live_imports:
                 self._live_imports[index] = live_import(
-                    self.options.seed, index, self.firm.reference, interval, self.firm.staff, self._import_clients
+                    self.options.seed,
+                    index,
+                    self.firm.reference,
+                    interval,
+                    self.firm.staff,
+                    self._import_clients,
                 )
             yield self._live_imports[index]
 
     async def _imports(self, request: web.Request) -> web.Response:
         now = self.options.clock()
-        states = [state for plan in self.import_plans(now) if (state := plan.state_at(now, base_url=self.url)) is not None]
+        states = [
+            state
+            for plan in self.import_plans(now)
+            if (state := plan.state_at(now, base_url=self.url)) is not None
+        ]
         return self._page(request, states, routes.IMPORTS)
 
     async def _import(self, request: web.Request) -> web.Response:
         now = self.options.clock()
         for plan in self.import_plans(now):
-            if plan.uuid == request.match_info["uuid"] and (state := plan.state_at(now, detail=True, base_url=self.url)):
+            if plan.uuid == request.match_info["uuid"] and (
+                state := plan.state_at(now, detail=True, base_url=self.url)
+            ):
                 return _json(200, state)
         return self._not_found("Import", request.match_info["uuid"])
 
@@ -405,5 +428,8 @@ def embedded_sandbox(seed: int = 42, clients: int = 250) -> SandboxServer:
         if _embedded is None:
             options = SandboxOptions(seed=seed, size=FirmSize(clients=clients))
             _embedded = SandboxServer(options).start()
-            log.info("No PLANNR_API_TOKEN or PLANNR_BASE_URL set: serving the embedded sandbox at %s", _embedded.url)
+            log.info(
+                "No PLANNR_API_TOKEN or PLANNR_BASE_URL set: serving the embedded sandbox at %s",
+                _embedded.url,
+            )
         return _embedded

@@ -52,14 +52,20 @@ def apply_step(firm: Firm, seed: int, step: int, max_goals_per_client: int = 4) 
     changed: dict[str, dict[str, list[str]]] = {kind: {op: [] for op in OPERATIONS} for kind in KINDS}
 
     # -- updates ----------------------------------------------------------------------------
-    unfinished = [(client["uuid"], goal) for client in firm.clients for goal in firm.goals_by_client[client["uuid"]]
-                  if int(goal["progress"]) < 100]
+    unfinished = [
+        (client["uuid"], goal)
+        for client in firm.clients
+        for goal in firm.goals_by_client[client["uuid"]]
+        if int(goal["progress"]) < 100
+    ]
     for _, goal in rng.sample(unfinished, k=min(GOALS_PROGRESSED, len(unfinished))):
         goal["progress"] = str(min(100, int(goal["progress"]) + rng.randint(1, 25)))
         goal["updated_at"] = stamp
         changed["goals"]["updated"].append(goal["uuid"])
 
-    advisers = [s["uuid"] for s in firm.staff if s["role"] in ADVISER_ROLES] or [s["uuid"] for s in firm.staff]
+    advisers = [s["uuid"] for s in firm.staff if s["role"] in ADVISER_ROLES] or [
+        s["uuid"] for s in firm.staff
+    ]
     if len(advisers) > 1:
         for client in rng.sample(firm.clients, k=min(CLIENTS_REASSIGNED, len(firm.clients))):
             people = firm.assignments[client["uuid"]]
@@ -67,14 +73,21 @@ def apply_step(firm: Firm, seed: int, step: int, max_goals_per_client: int = 4) 
             client["updated_at"] = stamp
             changed["clients"]["updated"].append(client["uuid"])
 
-    open_tasks = [t for t in firm.tasks if not t["status"]["is_type_completed"] and not t["status"]["is_archived"]]
+    open_tasks = [
+        t for t in firm.tasks if not t["status"]["is_type_completed"] and not t["status"]["is_archived"]
+    ]
     name, archived, not_started, completed = next(s for s in TASK_STATUSES if s[3])
     for task in rng.sample(open_tasks, k=min(TASKS_COMPLETED, len(open_tasks))):
         task["status"] = {
-            "uuid": _uuid(rng), "name": name, "colour": task["status"]["colour"],
+            "uuid": _uuid(rng),
+            "name": name,
+            "colour": task["status"]["colour"],
             "position": TASK_STATUSES.index((name, archived, not_started, completed)) + 1,
-            "created_at": stamp, "updated_at": stamp,
-            "is_archived": archived, "is_not_started": not_started, "is_type_completed": completed,
+            "created_at": stamp,
+            "updated_at": stamp,
+            "is_archived": archived,
+            "is_not_started": not_started,
+            "is_type_completed": completed,
         }
         task["completed_at"] = naive_london(moment)
         task["completed_by"] = dict(task["assigned_to"]) if task.get("assigned_to") else None
@@ -87,7 +100,9 @@ def apply_step(firm: Firm, seed: int, step: int, max_goals_per_client: int = 4) 
         client_uuid for client_uuid, goal in unfinished if goal["uuid"] in progressed
     }
     in_circles = {account["uuid"] for circle in firm.circles for account in circle["accounts"]}
-    candidates = [c for c in firm.clients if c["uuid"] not in untouched_clients and c["uuid"] not in in_circles]
+    candidates = [
+        c for c in firm.clients if c["uuid"] not in untouched_clients and c["uuid"] not in in_circles
+    ]
     for client in rng.sample(candidates, k=min(1, len(candidates))):
         firm.clients.remove(client)
         firm.assignments.pop(client["uuid"], None)
@@ -96,8 +111,12 @@ def apply_step(firm: Firm, seed: int, step: int, max_goals_per_client: int = 4) 
             firm.goal_owners.pop(goal["uuid"], None)
             changed["goals"]["deleted"].append(goal["uuid"])
 
-    goals = [(client["uuid"], goal) for client in firm.clients for goal in firm.goals_by_client[client["uuid"]]
-             if goal["uuid"] not in progressed]
+    goals = [
+        (client["uuid"], goal)
+        for client in firm.clients
+        for goal in firm.goals_by_client[client["uuid"]]
+        if goal["uuid"] not in progressed
+    ]
     for client_uuid, goal in rng.sample(goals, k=min(1, len(goals))):
         firm.goals_by_client[client_uuid].remove(goal)
         firm.goal_owners.pop(goal["uuid"], None)
@@ -116,7 +135,9 @@ def apply_step(firm: Firm, seed: int, step: int, max_goals_per_client: int = 4) 
         client = make.account("client", make.rng.choice(CLIENT_ROLES), moment)
         client["inactive_at"] = None  # a new arrival is active
         firm.clients.append(client)
-        firm.goals_by_client[client["uuid"]] = [make.goal(client, moment) for _ in range(make.rng.randint(1, max(1, max_goals_per_client)))]
+        firm.goals_by_client[client["uuid"]] = [
+            make.goal(client, moment) for _ in range(make.rng.randint(1, max(1, max_goals_per_client)))
+        ]
         add_people(firm, make.rng, client)
         changed["clients"]["created"].append(client["uuid"])
         changed["goals"]["created"].extend(goal["uuid"] for goal in firm.goals_by_client[client["uuid"]])
@@ -131,4 +152,6 @@ def _uuid(rng: random.Random) -> str:
 
 def totals(steps: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Counts summed over several steps."""
-    return {kind: {op: sum(step["counts"][kind][op] for step in steps) for op in OPERATIONS} for kind in KINDS}
+    return {
+        kind: {op: sum(step["counts"][kind][op] for step in steps) for op in OPERATIONS} for kind in KINDS
+    }

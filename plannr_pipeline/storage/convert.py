@@ -19,7 +19,10 @@ def is_placeholder(value: Any) -> bool:
     if isinstance(value, str):
         return value.startswith(PLACEHOLDER_PREFIX) or value == "Object"
     if isinstance(value, dict) and value:
-        return all(isinstance(v, dict) and "description" in v and ("example" in v or "collection" in v) for v in value.values())
+        return all(
+            isinstance(v, dict) and "description" in v and ("example" in v or "collection" in v)
+            for v in value.values()
+        )
     return False
 
 

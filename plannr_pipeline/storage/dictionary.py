@@ -18,17 +18,42 @@ def markdown() -> str:
     for table in ALL_TABLES:
         key = ", ".join(table.key)
         partition = f"; partitioned by `{table.partition_column}`" if table.partition_column else ""
-        lines += ["", f"### `{table.name}`", "", f"{table.description} Key: `{key}`{partition}.", "",
-                  "| column | type | meaning |", "| --- | --- | --- |"]
+        lines += [
+            "",
+            f"### `{table.name}`",
+            "",
+            f"{table.description} Key: `{key}`{partition}.",
+            "",
+            "| column | type | meaning |",
+            "| --- | --- | --- |",
+        ]
         lines += [f"| `{c.name}` | {c.duckdb_type} | {c.description} |" for c in table.columns]
-    lines += ["", "### History: " + ", ".join(f"`{name}_history`" for name in HISTORY_OF), "",
-              "Every version of each record since the first sync: every column of the table, plus", "",
-              "| column | type | meaning |", "| --- | --- | --- |"]
+    lines += [
+        "",
+        "### History: " + ", ".join(f"`{name}_history`" for name in HISTORY_OF),
+        "",
+        "Every version of each record since the first sync: every column of the table, plus",
+        "",
+        "| column | type | meaning |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| `{name}` | TIMESTAMPTZ | {text} |" for name, text in VALIDITY_COLUMNS.items()]
-    lines += ["", "```sql", f"select uuid, name, valid_from, valid_to, deleted_at from {TABLES[HISTORY_OF[0]].name}_history order by uuid, valid_from;", "```"]
+    lines += [
+        "",
+        "```sql",
+        f"select uuid, name, valid_from, valid_to, deleted_at from {TABLES[HISTORY_OF[0]].name}_history order by uuid, valid_from;",
+        "```",
+    ]
     for view in ANALYST_VIEWS:
-        lines += ["", f"### `{view.name}` (view)", "", f"{view.description} Reads: " + ", ".join(f"`{r}`" for r in view.reads) + ".", "",
-                  "| column | type | meaning |", "| --- | --- | --- |"]
+        lines += [
+            "",
+            f"### `{view.name}` (view)",
+            "",
+            f"{view.description} Reads: " + ", ".join(f"`{r}`" for r in view.reads) + ".",
+            "",
+            "| column | type | meaning |",
+            "| --- | --- | --- |",
+        ]
         lines += [f"| `{c.name}` | {c.duckdb_type} | {c.description} |" for c in view.columns]
         lines += ["", "```sql", view.example, "```"]
     lines += ["", END]

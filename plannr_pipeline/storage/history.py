@@ -92,8 +92,10 @@ def events_for(
     with duckdb.connect() as db:
         db.execute("SET TimeZone = 'UTC'")
         files = ", ".join(_quote(str(f)) for f in staged_files)
-        db.execute(f"CREATE TEMP TABLE staged AS SELECT {columns}, {_hash_sql(table)} AS row_hash "
-                   f"FROM read_parquet([{files}], union_by_name = true, hive_partitioning = false)")
+        db.execute(
+            f"CREATE TEMP TABLE staged AS SELECT {columns}, {_hash_sql(table)} AS row_hash "
+            f"FROM read_parquet([{files}], union_by_name = true, hive_partitioning = false)"
+        )
         if history_glob:
             db.execute(f"""CREATE TEMP TABLE latest AS
                 SELECT uuid, arg_max(row_hash, valid_from) AS row_hash, arg_max(change, valid_from) AS change,
@@ -101,12 +103,17 @@ def events_for(
                 FROM read_parquet({_quote(history_glob)}, union_by_name = true, hive_partitioning = false)
                 GROUP BY uuid""")
         else:
-            db.execute("CREATE TEMP TABLE latest (uuid VARCHAR, row_hash VARCHAR, change VARCHAR, part VARCHAR)")
+            db.execute(
+                "CREATE TEMP TABLE latest (uuid VARCHAR, row_hash VARCHAR, change VARCHAR, part VARCHAR)"
+            )
         params = [now, batch]
-        versions = db.sql("""
+        versions = db.sql(
+            """
             SELECT s.*, ?::TIMESTAMPTZ AS valid_from, 'upsert' AS change, ?::VARCHAR AS batch FROM staged s
             LEFT JOIN latest l ON l.uuid = s.uuid
-            WHERE l.uuid IS NULL OR l.change = 'delete' OR l.row_hash <> s.row_hash""", params=params).to_arrow_table()
+            WHERE l.uuid IS NULL OR l.change = 'delete' OR l.row_hash <> s.row_hash""",
+            params=params,
+        ).to_arrow_table()
         gone = versions.schema.empty_table()
         covers_something = scope_partitions is None or bool(scope_partitions)
         if history_glob and covers_something:
@@ -114,7 +121,8 @@ def events_for(
             if scope_partitions is not None:
                 in_scope = "AND l.part IN (" + ", ".join(_quote(p) for p in scope_partitions) + ")"
             # A deletion keeps the record's identity; its other columns stay as the last version had them.
-            gone = db.sql(f"""
+            gone = db.sql(
+                f"""
                 SELECT h.* EXCLUDE (valid_from, change, batch), ?::TIMESTAMPTZ AS valid_from, 'delete' AS change,
                        ?::VARCHAR AS batch
                 FROM latest l
@@ -122,9 +130,14 @@ def events_for(
                   ON h.uuid = l.uuid AND h.row_hash = l.row_hash AND h.change = 'upsert'
                 WHERE l.change = 'upsert' {in_scope} AND l.uuid NOT IN (SELECT uuid FROM staged)
                 QUALIFY row_number() OVER (PARTITION BY h.uuid ORDER BY h.valid_from DESC) = 1""",
-                          params=params).to_arrow_table()
-    events = pa.concat_tables([versions.select(log_table.schema.names).cast(log_table.schema),
-                               gone.select(log_table.schema.names).cast(log_table.schema)])
+                params=params,
+            ).to_arrow_table()
+    events = pa.concat_tables(
+        [
+            versions.select(log_table.schema.names).cast(log_table.schema),
+            gone.select(log_table.schema.names).cast(log_table.schema),
+        ]
+    )
     return HistoryEvents(events, versions.num_rows, gone.num_rows)
 
 
@@ -134,8 +147,10 @@ def view_sql(table: Table, history_glob: str | None) -> str:
     name = f"{table.name}_history"
     if history_glob is None:
         nulls = ", ".join(f'CAST(NULL AS {c.duckdb_type}) AS "{c.name}"' for c in table.columns)
-        return (f'CREATE OR REPLACE VIEW "{name}" AS SELECT {nulls}, CAST(NULL AS TIMESTAMPTZ) AS valid_from, '
-                f"CAST(NULL AS TIMESTAMPTZ) AS valid_to, CAST(NULL AS TIMESTAMPTZ) AS deleted_at WHERE false")
+        return (
+            f'CREATE OR REPLACE VIEW "{name}" AS SELECT {nulls}, CAST(NULL AS TIMESTAMPTZ) AS valid_from, '
+            f"CAST(NULL AS TIMESTAMPTZ) AS valid_to, CAST(NULL AS TIMESTAMPTZ) AS deleted_at WHERE false"
+        )
     return f"""CREATE OR REPLACE VIEW "{name}" AS
         WITH events AS (
             SELECT *, lead(valid_from) OVER w AS next_at, lead(change) OVER w AS next_change

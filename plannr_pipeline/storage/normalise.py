@@ -27,9 +27,9 @@ class Drift:
     unparsed_values: Counter = field(default_factory=Counter)
 
     def summary(self) -> list[str]:
-        return [f"new field {name} in {count} rows" for name, count in sorted(self.unknown_fields.items())] + [
-            f"uncastable {name} in {count} rows" for name, count in sorted(self.unparsed_values.items())
-        ]
+        return [
+            f"new field {name} in {count} rows" for name, count in sorted(self.unknown_fields.items())
+        ] + [f"uncastable {name} in {count} rows" for name, count in sorted(self.unparsed_values.items())]
 
 
 def _dig(record: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -63,7 +63,9 @@ def to_row(table: t.Table, record: dict[str, Any], drift: Drift, **fixed: Any) -
     for key in extra:
         drift.unknown_fields[f"{table.name}.{key}"] += 1
     # Relationships we do not model may arrive expanded (include=...): keep them too.
-    extra.update({k: v for k, v in record.items() if k in table.handled and v is not None and not is_placeholder(v)})
+    extra.update(
+        {k: v for k, v in record.items() if k in table.handled and v is not None and not is_placeholder(v)}
+    )
     if unparsed:
         extra["_unparsed"] = unparsed
     if any(column.name == "extra_json" for column in table.columns):
@@ -77,7 +79,10 @@ def arrow(table: t.Table, rows: list[dict[str, Any]]) -> pa.Table:
 
 # -- per collection --------------------------------------------------------------------------
 
-def clients(records: Iterable[dict], drift: Drift, partition_of: Callable[[dict], str]) -> dict[str, list[dict]]:
+
+def clients(
+    records: Iterable[dict], drift: Drift, partition_of: Callable[[dict], str]
+) -> dict[str, list[dict]]:
     return {"clients": [to_row(t.CLIENTS, r, drift, created_month=partition_of(r)) for r in records]}
 
 
@@ -94,7 +99,9 @@ def circles(records: Iterable[dict], drift: Drift) -> dict[str, list[dict]]:
     for record in records:
         out["circles"].append(to_row(t.CIRCLES, record, drift))
         for account in _list_of(record.get("accounts")):
-            out["circle_accounts"].append(to_row(t.CIRCLE_ACCOUNTS, account, drift, circle_uuid=record["uuid"]))
+            out["circle_accounts"].append(
+                to_row(t.CIRCLE_ACCOUNTS, account, drift, circle_uuid=record["uuid"])
+            )
         for group in _list_of(record.get("groups")):
             out["circle_groups"].append(to_row(t.CIRCLE_GROUPS, group, drift, circle_uuid=record["uuid"]))
     return out
@@ -106,7 +113,9 @@ def tasks(records: Iterable[dict], drift: Drift) -> dict[str, list[dict]]:
         uuid = record["uuid"]
         out["tasks"].append(to_row(t.TASKS, record, drift))
         for custom_field in _list_of(record.get("custom_fields")):
-            out["task_custom_fields"].append(to_row(t.TASK_CUSTOM_FIELDS, custom_field, drift, task_uuid=uuid))
+            out["task_custom_fields"].append(
+                to_row(t.TASK_CUSTOM_FIELDS, custom_field, drift, task_uuid=uuid)
+            )
         assignees = {}
         assigned = record.get("assigned_to")
         if isinstance(assigned, dict) and isinstance(assigned.get("uuid"), str):
@@ -115,12 +124,15 @@ def tasks(records: Iterable[dict], drift: Drift) -> dict[str, list[dict]]:
         for account_uuid in (taskable.get("assigned_to_uuids") or []) if isinstance(taskable, dict) else []:
             assignees[(account_uuid, "taskable")] = None
         out["task_assignees"].extend(
-            {"task_uuid": uuid, "account_uuid": account_uuid, "source": source} for account_uuid, source in assignees
+            {"task_uuid": uuid, "account_uuid": account_uuid, "source": source}
+            for account_uuid, source in assignees
         )
     return out
 
 
-def imports(records: Iterable[dict], drift: Drift, partition_of: Callable[[dict], str]) -> dict[str, list[dict]]:
+def imports(
+    records: Iterable[dict], drift: Drift, partition_of: Callable[[dict], str]
+) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {"imports": [], "import_errors": []}
     for record in records:
         day = partition_of(record)
@@ -140,14 +152,16 @@ def import_error_rows(record: dict[str, Any], day: str) -> list[dict]:
         client = item.get("client")
         for field_name, messages in (item.get("errors") or {}).items():
             for message in messages if isinstance(messages, list) else [messages]:
-                rows.append({
-                    "import_uuid": record["uuid"],
-                    "error_index": index,
-                    "field": field_name,
-                    "message": str(message),
-                    "client_json": json.dumps(client, sort_keys=True) if client is not None else None,
-                    "created_day": day,
-                })
+                rows.append(
+                    {
+                        "import_uuid": record["uuid"],
+                        "error_index": index,
+                        "field": field_name,
+                        "message": str(message),
+                        "client_json": json.dumps(client, sort_keys=True) if client is not None else None,
+                        "created_day": day,
+                    }
+                )
     return rows
 
 

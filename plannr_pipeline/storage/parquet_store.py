@@ -76,7 +76,9 @@ class StagedWrite:
         for partition in pc.unique(values).to_pylist():
             target = self._store.path_of(table, partition)
             if target not in self._writers:
-                raise ValueError(f"{table.name}: row for partition {partition!r}, which this write does not replace")
+                raise ValueError(
+                    f"{table.name}: row for partition {partition!r}, which this write does not replace"
+                )
             self._writers[target].write_table(rows.filter(pc.equal(values, partition)))
 
     @property
@@ -107,10 +109,14 @@ class StagedWrite:
             _fsync(temp)
         with self._store.lock():
             journal = self._store.root / f".commit-{self._id}.json"
-            journal.write_text(json.dumps({
-                "renames": [[str(temp), str(target)] for target, temp in self._staged.items()],
-                "removals": [str(path) for path in sorted(self._removals)],
-            }))
+            journal.write_text(
+                json.dumps(
+                    {
+                        "renames": [[str(temp), str(target)] for target, temp in self._staged.items()],
+                        "removals": [str(path) for path in sorted(self._removals)],
+                    }
+                )
+            )
             _fsync(journal)
             self._store.apply_journal(journal)
         return list(self._staged)
@@ -222,7 +228,9 @@ class ParquetStore:
             raise
         write.commit()
 
-    def read(self, table: Table, partitions: Iterable[str] | None = None, columns: list[str] | None = None) -> pa.Table:
+    def read(
+        self, table: Table, partitions: Iterable[str] | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
         if table.partition_column and partitions is not None:
             files = [self.path_of(table, p) for p in partitions]
         else:

@@ -20,8 +20,13 @@ INT32 = pa.int32()
 
 
 DUCKDB_TYPES = {
-    pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN", pa.int16(): "SMALLINT", pa.int32(): "INTEGER",
-    pa.int64(): "BIGINT", pa.date32(): "DATE", TS: "TIMESTAMPTZ",
+    pa.string(): "VARCHAR",
+    pa.bool_(): "BOOLEAN",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.date32(): "DATE",
+    TS: "TIMESTAMPTZ",
 }
 
 
@@ -39,7 +44,9 @@ class Column:
         return DUCKDB_TYPES[self.type]
 
 
-def col(name: str, type_: pa.DataType, path: str | None, convert: Callable[[Any], Any] | None, description: str) -> Column:
+def col(
+    name: str, type_: pa.DataType, path: str | None, convert: Callable[[Any], Any] | None, description: str
+) -> Column:
     return Column(name, type_, tuple(path.split(".")) if path else None, convert, description)
 
 
@@ -64,7 +71,13 @@ def whole(name: str, description: str, path: str | None = None, type_: pa.DataTy
     return col(name, type_, path or name, c.to_int, description)
 
 
-EXTRA = col("extra_json", pa.string(), None, None, "Fields the API sent that this table does not model yet, as JSON (kept, never dropped); `_unparsed` holds values that could not be cast.")
+EXTRA = col(
+    "extra_json",
+    pa.string(),
+    None,
+    None,
+    "Fields the API sent that this table does not model yet, as JSON (kept, never dropped); `_unparsed` holds values that could not be cast.",
+)
 
 
 @dataclass(frozen=True)
@@ -85,13 +98,30 @@ class Table:
 
     @cached_property
     def known_fields(self) -> frozenset[str]:
-        return frozenset(column.path[0] for column in self.columns if column.path) | self.handled | self.children
+        return (
+            frozenset(column.path[0] for column in self.columns if column.path) | self.handled | self.children
+        )
 
 
 ACCOUNT_RELATIONSHIPS = frozenset(
-    {"firm", "tags", "groups", "owners", "assigned_adviser", "assigned_administrator", "assigned_paraplanner",
-     "introduced_by", "primary_email", "primary_phone_number", "primary_address", "custom_fields",
-     "external_references", "current_time_entry", "joint_account_circle", "circles"}
+    {
+        "firm",
+        "tags",
+        "groups",
+        "owners",
+        "assigned_adviser",
+        "assigned_administrator",
+        "assigned_paraplanner",
+        "introduced_by",
+        "primary_email",
+        "primary_phone_number",
+        "primary_address",
+        "custom_fields",
+        "external_references",
+        "current_time_entry",
+        "joint_account_circle",
+        "circles",
+    }
 )
 # Stored as `<name>_uuid` columns (the people are stored once, in `staff`), never in extra_json.
 ASSIGNMENTS = frozenset({"assigned_adviser", "assigned_administrator", "assigned_paraplanner"})
@@ -114,16 +144,39 @@ CLIENTS = Table(
         stamp("next_review_date", "Next review (UTC)."),
         stamp("previous_review_date", "Previous review (UTC)."),
         stamp("anniversary_review_date", "Anniversary review (UTC)."),
-        stamp("last_interaction_at", "Last interaction; Plannr sends UK local time without a zone (UTC here)."),
-        col("inactive_at", pa.date32(), "inactive_at", c.to_date, "Date the client became inactive; null while active."),
+        stamp(
+            "last_interaction_at", "Last interaction; Plannr sends UK local time without a zone (UTC here)."
+        ),
+        col(
+            "inactive_at",
+            pa.date32(),
+            "inactive_at",
+            c.to_date,
+            "Date the client became inactive; null while active.",
+        ),
         flag("with_login", "Has a client-portal login."),
         flag("has_joint_account", "Is part of a joint account."),
-        flag("can_be_deleted", "Plannr allows deletion (sent as the string \"true\"/\"false\")."),
+        flag("can_be_deleted", 'Plannr allows deletion (sent as the string "true"/"false").'),
         whole("ownership_percentage", "Ownership percentage."),
-        text("assigned_adviser_uuid", "The client's adviser (joins to staff.uuid); null unless the listing asks `include=assigned_adviser`.", path="assigned_adviser.uuid"),
-        text("assigned_administrator_uuid", "The client's administrator (joins to staff.uuid); null when none, or unless asked with `include=assigned_administrator`.", path="assigned_administrator.uuid"),
-        text("assigned_paraplanner_uuid", "The client's paraplanner (joins to staff.uuid); null when none, or unless asked with `include=assigned_paraplanner`.", path="assigned_paraplanner.uuid"),
-        filled("created_month", "Partition: month the client was created, `YYYY-MM` in UK time; clients older than the first partition are in it."),
+        text(
+            "assigned_adviser_uuid",
+            "The client's adviser (joins to staff.uuid); null unless the listing asks `include=assigned_adviser`.",
+            path="assigned_adviser.uuid",
+        ),
+        text(
+            "assigned_administrator_uuid",
+            "The client's administrator (joins to staff.uuid); null when none, or unless asked with `include=assigned_administrator`.",
+            path="assigned_administrator.uuid",
+        ),
+        text(
+            "assigned_paraplanner_uuid",
+            "The client's paraplanner (joins to staff.uuid); null when none, or unless asked with `include=assigned_paraplanner`.",
+            path="assigned_paraplanner.uuid",
+        ),
+        filled(
+            "created_month",
+            "Partition: month the client was created, `YYYY-MM` in UK time; clients older than the first partition are in it.",
+        ),
         EXTRA,
     ),
     partition_column="created_month",
@@ -142,13 +195,31 @@ STAFF = Table(
         text("role", "Staff role as Plannr sends it: owner, admin or member."),
         stamp("created_at", "When the account was created (UTC)."),
         stamp("updated_at", "When the account was last updated (UTC)."),
-        col("inactive_at", pa.date32(), "inactive_at", c.to_date, "Date the account became inactive; null while active."),
+        col(
+            "inactive_at",
+            pa.date32(),
+            "inactive_at",
+            c.to_date,
+            "Date the account became inactive; null while active.",
+        ),
         EXTRA,
     ),
     # Account fields that mean little for staff: not drift, kept in extra_json.
-    handled=ACCOUNT_RELATIONSHIPS | frozenset(
-        {"type", "photo_url", "first_contact_date", "next_review_date", "previous_review_date", "anniversary_review_date",
-         "last_interaction_at", "with_login", "has_joint_account", "can_be_deleted", "ownership_percentage"}
+    handled=ACCOUNT_RELATIONSHIPS
+    | frozenset(
+        {
+            "type",
+            "photo_url",
+            "first_contact_date",
+            "next_review_date",
+            "previous_review_date",
+            "anniversary_review_date",
+            "last_interaction_at",
+            "with_login",
+            "has_joint_account",
+            "can_be_deleted",
+            "ownership_percentage",
+        }
     ),
 )
 
@@ -163,13 +234,32 @@ GOALS = Table(
         text("timeframe", "Free-text timeframe."),
         whole("priority", "Priority 1-5 (sent as a string).", type_=pa.int16()),
         whole("progress", "Progress percent 0-100 (sent as a string).", type_=pa.int16()),
-        col("target_amount_minor", pa.int64(), "target_amount", c.money_minor, "Target amount in minor units (pennies)."),
-        col("target_currency", pa.string(), "target_amount", c.money_currency, "ISO currency of the target amount."),
+        col(
+            "target_amount_minor",
+            pa.int64(),
+            "target_amount",
+            c.money_minor,
+            "Target amount in minor units (pennies).",
+        ),
+        col(
+            "target_currency",
+            pa.string(),
+            "target_amount",
+            c.money_currency,
+            "ISO currency of the target amount.",
+        ),
         stamp("complete_goal_by", "Target completion (UTC)."),
         stamp("created_at", "Created (UTC)."),
         stamp("updated_at", "Updated (UTC)."),
-        text("shared_owner_type", "`individual` (the goal belongs to one owner of a joint/trust/business client) or `shared`."),
-        text("shared_owner_uuid", "For an `individual` goal, the owning account's UUID; null unless the listing asks `include=shared_owner`.", path="shared_owner.uuid"),
+        text(
+            "shared_owner_type",
+            "`individual` (the goal belongs to one owner of a joint/trust/business client) or `shared`.",
+        ),
+        text(
+            "shared_owner_uuid",
+            "For an `individual` goal, the owning account's UUID; null unless the listing asks `include=shared_owner`.",
+            path="shared_owner.uuid",
+        ),
         filled("created_month", "Partition: the client's created month (goals follow their client)."),
         EXTRA,
     ),
@@ -255,11 +345,31 @@ TASKS = Table(
         text("taskable_type", "What the task hangs on: case or plan."),
         text("taskable_uuid", "That case or plan's UUID.", path="taskable.uuid"),
         text("taskable_name", "That case or plan's name.", path="taskable.name"),
-        col("taskable_value_minor", pa.int64(), "taskable.value", c.money_minor, "Case or plan value in minor units."),
-        col("taskable_value_currency", pa.string(), "taskable.value", c.money_currency, "Currency of that value."),
+        col(
+            "taskable_value_minor",
+            pa.int64(),
+            "taskable.value",
+            c.money_minor,
+            "Case or plan value in minor units.",
+        ),
+        col(
+            "taskable_value_currency",
+            pa.string(),
+            "taskable.value",
+            c.money_currency,
+            "Currency of that value.",
+        ),
         text("author_uuid", "Account that created the task (joins to staff.uuid).", path="author.uuid"),
-        text("assigned_to_uuid", "Account the task is assigned to (joins to staff.uuid).", path="assigned_to.uuid"),
-        text("completed_by_uuid", "Account that completed it (joins to staff.uuid); null while open.", path="completed_by.uuid"),
+        text(
+            "assigned_to_uuid",
+            "Account the task is assigned to (joins to staff.uuid).",
+            path="assigned_to.uuid",
+        ),
+        text(
+            "completed_by_uuid",
+            "Account that completed it (joins to staff.uuid); null while open.",
+            path="completed_by.uuid",
+        ),
         stamp("created_at", "Created (UTC)."),
         stamp("updated_at", "Updated (UTC); the incremental refresh's watermark."),
         EXTRA,
@@ -294,7 +404,9 @@ TASK_ASSIGNEES = Table(
     (
         filled("task_uuid", "Task (joins to tasks.uuid)."),
         filled("account_uuid", "Assigned account."),
-        filled("source", "`assigned_to` (the task's own assignee) or `taskable` (assigned on its case/plan)."),
+        filled(
+            "source", "`assigned_to` (the task's own assignee) or `taskable` (assigned on its case/plan)."
+        ),
     ),
     key=("task_uuid", "account_uuid", "source"),
 )
@@ -313,8 +425,15 @@ IMPORTS = Table(
         whole("progress", "Progress percent 0-100."),
         text("initiated_by_uuid", "Account that started the import.", path="account.uuid"),
         text("error_report_uuid", "Error report file UUID.", path="error_report.uuid"),
-        text("error_report_url", "Where to download the full error report.", path="error_report.download_url"),
-        whole("error_report_size", "Error report size in bytes (sent as a string).", path="error_report.size", type_=pa.int64()),
+        text(
+            "error_report_url", "Where to download the full error report.", path="error_report.download_url"
+        ),
+        whole(
+            "error_report_size",
+            "Error report size in bytes (sent as a string).",
+            path="error_report.size",
+            type_=pa.int64(),
+        ),
         stamp("created_at", "Created (UTC)."),
         stamp("updated_at", "Updated (UTC)."),
         filled("created_day", "Day the import was created, `YYYY-MM-DD` in UK time."),
@@ -371,5 +490,19 @@ REJECTED_RECORDS = Table(
     partition_column="batch",
 )
 
-ALL_TABLES = (CLIENTS, STAFF, GOALS, CIRCLES, CIRCLE_ACCOUNTS, CIRCLE_GROUPS, TASKS, TASK_CUSTOM_FIELDS, TASK_ASSIGNEES, IMPORTS, IMPORT_ERRORS, IMPORT_PROGRESS_HISTORY, REJECTED_RECORDS)
+ALL_TABLES = (
+    CLIENTS,
+    STAFF,
+    GOALS,
+    CIRCLES,
+    CIRCLE_ACCOUNTS,
+    CIRCLE_GROUPS,
+    TASKS,
+    TASK_CUSTOM_FIELDS,
+    TASK_ASSIGNEES,
+    IMPORTS,
+    IMPORT_ERRORS,
+    IMPORT_PROGRESS_HISTORY,
+    REJECTED_RECORDS,
+)
 TABLES = {table.name: table for table in ALL_TABLES}

@@ -60,8 +60,20 @@ GOAL_PROGRESS = AnalystView(
         c("target_currency", "VARCHAR", "Currency of the target.", "goals.target_currency"),
         c("progress", "SMALLINT", "Progress percent 0-100.", "goals.progress"),
         c("complete_goal_by", "TIMESTAMPTZ", "Target completion date.", "goals.complete_goal_by"),
-        c("days_to_target", "BIGINT", "Days from today to the target date (negative once past).", "goals.complete_goal_by"),
-        c("on_track", "BOOLEAN", f"On track: {ON_TRACK_RULE}.", "goals.progress", "goals.created_at", "goals.complete_goal_by"),
+        c(
+            "days_to_target",
+            "BIGINT",
+            "Days from today to the target date (negative once past).",
+            "goals.complete_goal_by",
+        ),
+        c(
+            "on_track",
+            "BOOLEAN",
+            f"On track: {ON_TRACK_RULE}.",
+            "goals.progress",
+            "goals.created_at",
+            "goals.complete_goal_by",
+        ),
     ),
     """
     SELECT g.uuid AS goal_uuid, g.name AS goal_name, g.client_uuid, cl.name AS client_name,
@@ -93,10 +105,26 @@ CLIENT_OVERVIEW = AnalystView(
         c("adviser_uuid", "VARCHAR", "Assigned adviser.", "clients.assigned_adviser_uuid"),
         c("adviser_name", "VARCHAR", "The adviser's name.", "staff.name"),
         c("goals", "BIGINT", "Number of current goals.", "goals.uuid"),
-        c("goals_target_gbp", "DOUBLE", "Total target of those goals, in pounds.", "goals.target_amount_minor"),
-        c("adviser_open_tasks", "BIGINT", "Open tasks assigned to the client's adviser.", "tasks.assigned_to_uuid", "tasks.status_is_completed"),
+        c(
+            "goals_target_gbp",
+            "DOUBLE",
+            "Total target of those goals, in pounds.",
+            "goals.target_amount_minor",
+        ),
+        c(
+            "adviser_open_tasks",
+            "BIGINT",
+            "Open tasks assigned to the client's adviser.",
+            "tasks.assigned_to_uuid",
+            "tasks.status_is_completed",
+        ),
         c("adviser_overdue_tasks", "BIGINT", "Of those, past their due date.", "tasks.due_at"),
-        c("last_changed_at", "TIMESTAMPTZ", "When the pipeline last recorded a change to this client.", "clients_history.valid_from"),
+        c(
+            "last_changed_at",
+            "TIMESTAMPTZ",
+            "When the pipeline last recorded a change to this client.",
+            "clients_history.valid_from",
+        ),
     ),
     """
     WITH goal_totals AS (
@@ -161,7 +189,13 @@ IMPORT_HEALTH = AnalystView(
         c("jobs", "BIGINT", "Rows (jobs) in them.", "imports.total_jobs"),
         c("failed_jobs", "BIGINT", "Jobs that failed.", "imports.failed_jobs"),
         c("job_failure_rate", "DOUBLE", "failed_jobs / jobs.", "imports.failed_jobs", "imports.total_jobs"),
-        c("latest_error", "VARCHAR", "`field: message` of the newest import's first row error.", "import_errors.field", "import_errors.message"),
+        c(
+            "latest_error",
+            "VARCHAR",
+            "`field: message` of the newest import's first row error.",
+            "import_errors.field",
+            "import_errors.message",
+        ),
     ),
     """
     WITH first_errors AS (
@@ -190,11 +224,21 @@ GOAL_PROGRESS_HISTORY = AnalystView(
         c("client_uuid", "VARCHAR", "Its client.", "goals_history.client_uuid"),
         c("goal_name", "VARCHAR", "Goal name at the time.", "goals_history.name"),
         c("progress", "SMALLINT", "Progress percent in this version.", "goals_history.progress"),
-        c("progress_change", "INTEGER", "Change from the previous version (NULL for the first).", "goals_history.progress"),
+        c(
+            "progress_change",
+            "INTEGER",
+            "Change from the previous version (NULL for the first).",
+            "goals_history.progress",
+        ),
         c("target_gbp", "DOUBLE", "Target in pounds in this version.", "goals_history.target_amount_minor"),
         c("valid_from", "TIMESTAMPTZ", "From when this version held.", "goals_history.valid_from"),
         c("valid_to", "TIMESTAMPTZ", "Until when (NULL: still current).", "goals_history.valid_to"),
-        c("deleted_at", "TIMESTAMPTZ", "When the goal was found deleted, on its last version.", "goals_history.deleted_at"),
+        c(
+            "deleted_at",
+            "TIMESTAMPTZ",
+            "When the goal was found deleted, on its last version.",
+            "goals_history.deleted_at",
+        ),
     ),
     """
     SELECT uuid AS goal_uuid, client_uuid, name AS goal_name, progress,

@@ -33,7 +33,9 @@ def _quote(text: str) -> str:
 
 def view_sql(table: Table, store: ParquetStore) -> str:
     if store.files_of(table):
-        source = f"read_parquet({_quote(store.glob_of(table))}, union_by_name = true, hive_partitioning = false)"
+        source = (
+            f"read_parquet({_quote(store.glob_of(table))}, union_by_name = true, hive_partitioning = false)"
+        )
         columns = ", ".join(f'"{c.name}"' for c in table.columns)
         return f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT {columns} FROM {source}'
     # Not materialised yet: an empty view of the right shape, so queries and joins still work.
@@ -42,8 +44,10 @@ def view_sql(table: Table, store: ParquetStore) -> str:
 
 
 def _comments(relation: str, description: str, columns: dict[str, str]) -> list[str]:
-    return [f'COMMENT ON VIEW "{relation}" IS {_quote(description)}',
-            *(f'COMMENT ON COLUMN "{relation}"."{name}" IS {_quote(text)}' for name, text in columns.items())]
+    return [
+        f'COMMENT ON VIEW "{relation}" IS {_quote(description)}',
+        *(f'COMMENT ON COLUMN "{relation}"."{name}" IS {_quote(text)}' for name, text in columns.items()),
+    ]
 
 
 class Warehouse:
@@ -57,16 +61,27 @@ class Warehouse:
         dependency order, each with its comments: the data dictionary lives in the database too."""
         statements = {}
         for table in ALL_TABLES:
-            statements[table.name] = [view_sql(table, self.store), *_comments(
-                table.name, table.description, {c.name: c.description for c in table.columns})]
+            statements[table.name] = [
+                view_sql(table, self.store),
+                *_comments(table.name, table.description, {c.name: c.description for c in table.columns}),
+            ]
         for name in history.HISTORY_OF:
             table = TABLES[name]
             log_table = history.history_table(table)
             glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
-            statements[log_table.name] = [history.view_sql(table, glob), *_comments(
-                log_table.name, log_table.description, {**{c.name: c.description for c in table.columns}, **history.VALIDITY_COLUMNS})]
+            statements[log_table.name] = [
+                history.view_sql(table, glob),
+                *_comments(
+                    log_table.name,
+                    log_table.description,
+                    {**{c.name: c.description for c in table.columns}, **history.VALIDITY_COLUMNS},
+                ),
+            ]
         for view in ANALYST_VIEWS:
-            statements[view.name] = [view.create_sql, *_comments(view.name, view.description, {c.name: c.description for c in view.columns})]
+            statements[view.name] = [
+                view.create_sql,
+                *_comments(view.name, view.description, {c.name: c.description for c in view.columns}),
+            ]
         return statements
 
     def refresh_views(self, only: Collection[str] | None = None) -> str | None:
@@ -87,7 +102,6 @@ class Warehouse:
             log.warning(reason)
             return reason
         return None
-
 
     def count(self, relation: str) -> int | None:
         """Rows in a relation, read-only; None if the database is busy elsewhere."""

@@ -22,11 +22,17 @@ def asset_of(relation: str) -> str:
 
 
 def column_lineage(view: AnalystView) -> dg.TableColumnLineage:
-    return dg.TableColumnLineage(deps_by_column={
-        column.name: [dg.TableColumnDep(asset_key=dg.AssetKey(asset_of(source.split(".")[0])), column_name=source.split(".")[1])
-                      for source in column.sources]
-        for column in view.columns
-    })
+    return dg.TableColumnLineage(
+        deps_by_column={
+            column.name: [
+                dg.TableColumnDep(
+                    asset_key=dg.AssetKey(asset_of(source.split(".")[0])), column_name=source.split(".")[1]
+                )
+                for source in column.sources
+            ]
+            for column in view.columns
+        }
+    )
 
 
 def view_asset(view: AnalystView) -> dg.AssetsDefinition:
@@ -40,8 +46,11 @@ def view_asset(view: AnalystView) -> dg.AssetsDefinition:
         automation_condition=dg.AutomationCondition.eager(),
         metadata={
             "dagster/table_name": view.name,
-            "dagster/column_schema": dg.TableSchema(columns=[dg.TableColumn(c.name, c.duckdb_type, description=c.description)
-                                                             for c in view.columns]),
+            "dagster/column_schema": dg.TableSchema(
+                columns=[
+                    dg.TableColumn(c.name, c.duckdb_type, description=c.description) for c in view.columns
+                ]
+            ),
             "dagster/column_lineage": column_lineage(view),
             "sql": dg.MetadataValue.md(f"```sql\n{view.sql.strip()}\n```"),
         },
@@ -52,13 +61,20 @@ def view_asset(view: AnalystView) -> dg.AssetsDefinition:
         if problem:  # the definition already in the database still reads the current Parquet
             context.log.warning(problem)
             return dg.MaterializeResult(metadata={"views_refreshed": False, "views_problem": problem})
-        return dg.MaterializeResult(metadata={"views_refreshed": True, "dagster/row_count": warehouse.count(view.name),
-                                              "database": str(warehouse.db_path),
-                                              # the UI draws column lineage from the latest materialisation
-                                              "dagster/column_lineage": column_lineage(view)})
+        return dg.MaterializeResult(
+            metadata={
+                "views_refreshed": True,
+                "dagster/row_count": warehouse.count(view.name),
+                "database": str(warehouse.db_path),
+                # the UI draws column lineage from the latest materialisation
+                "dagster/column_lineage": column_lineage(view),
+            }
+        )
 
     return _view
 
 
 VIEW_ASSETS = [view_asset(view) for view in ANALYST_VIEWS]
-assert all(asset_of(r) in TABLES for view in ANALYST_VIEWS for r in view.reads), "a view reads a relation no asset writes"
+assert all(asset_of(r) in TABLES for view in ANALYST_VIEWS for r in view.reads), (
+    "a view reads a relation no asset writes"
+)

@@ -15,6 +15,7 @@ CIRCLE_TABLES = (CIRCLES, CIRCLE_ACCOUNTS, CIRCLE_GROUPS)
 @collection_asset(CIRCLE_TABLES, "GET /api/v1/circles", NIGHTLY_FRESHNESS)
 def circles(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrStorage):
     landing = Landing(context, storage, CIRCLE_TABLES)
-    fetch(context, plannr, lambda api: land_listing(api, landing, endpoints.CIRCLES, normalise.circles), landing)
+    fetch(
+        context, plannr, lambda api: land_listing(api, landing, endpoints.CIRCLES, normalise.circles), landing
+    )
     yield from landing.finish(plannr.source())
-

@@ -29,12 +29,20 @@ API_POOL = "plannr_api"
 
 # Matching the schedules (schedules.py): what the hourly refresh touches should be at most an
 # hour and a bit old; what only the nightly refresh touches should have run since 02:00.
-HOURLY_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=3), warn_window=timedelta(minutes=90))
-NIGHTLY_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 4 * * *", lower_bound_delta=timedelta(hours=2), timezone="Europe/London")
+HOURLY_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=3), warn_window=timedelta(minutes=90)
+)
+NIGHTLY_FRESHNESS = dg.FreshnessPolicy.cron(
+    deadline_cron="0 4 * * *", lower_bound_delta=timedelta(hours=2), timezone="Europe/London"
+)
 
 
 def collection_asset(
-    tables: Sequence[Table], listing: str, freshness: dg.FreshnessPolicy, deps: Sequence[str] = (), **asset_args: Any
+    tables: Sequence[Table],
+    listing: str,
+    freshness: dg.FreshnessPolicy,
+    deps: Sequence[str] = (),
+    **asset_args: Any,
 ) -> Callable:
     """`@dg.asset` for one Plannr collection: its first table names the asset, the others are
     child tables written in the same validated commit."""
@@ -62,7 +70,10 @@ def collection_asset(
 
 
 def fetch(
-    context: dg.AssetExecutionContext, plannr: PlannrApi, work: Callable[[PlannrClient], Awaitable[None]], landing: Landing
+    context: dg.AssetExecutionContext,
+    plannr: PlannrApi,
+    work: Callable[[PlannrClient], Awaitable[None]],
+    landing: Landing,
 ) -> None:
     """Run `work` through the API bridge, counting requests into the landing's stats.
 
@@ -79,7 +90,9 @@ def fetch(
         if isinstance(error, PlannrError):  # the message already says what went wrong and what to do
             raise dg.Failure(description=f"{context.asset_key.to_user_string()}: {error}") from error
         raise
-    context.log.info(f"{stats.requests} requests, {stats.retries} retries, {stats.budget_wait_seconds:.1f}s waiting on the budget")
+    context.log.info(
+        f"{stats.requests} requests, {stats.retries} retries, {stats.budget_wait_seconds:.1f}s waiting on the budget"
+    )
 
 
 async def land_listing(

@@ -13,13 +13,19 @@ from plannr_pipeline.storage.tables import CLIENTS, GOALS
 
 
 @collection_asset(
-    (GOALS,), "GET /api/v1/client/{uuid}/goal for each client", HOURLY_FRESHNESS, deps=["clients"],
-    partitions_def=client_months, backfill_policy=dg.BackfillPolicy.single_run(),
+    (GOALS,),
+    "GET /api/v1/client/{uuid}/goal for each client",
+    HOURLY_FRESHNESS,
+    deps=["clients"],
+    partitions_def=client_months,
+    backfill_policy=dg.BackfillPolicy.single_run(),
 )
 def goals(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrStorage):
     """Goals of the clients stored for these partitions; a goal sits in its client's partition."""
     landing = Landing(context, storage, (GOALS,), context.partition_keys, client_months.get_partition_keys())
-    stored = landing.store.read(CLIENTS, partitions=landing.partitions, columns=["uuid", "created_month"]).to_pylist()
+    stored = landing.store.read(
+        CLIENTS, partitions=landing.partitions, columns=["uuid", "created_month"]
+    ).to_pylist()
     month_of_client = {row["uuid"]: row["created_month"] for row in stored}
 
     async def work(api: PlannrClient) -> None:
@@ -28,10 +34,18 @@ def goals(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrS
             month_of_client, lambda uuid: endpoints.goals_of(uuid).path, endpoints.GOALS_INCLUDE
         ):
             landing.count_listing(f"goals of client {client_uuid}", total, len(records))
-            landing.stage({"goals": normalise.goals(client_uuid, landing.accept(records), landing.drift, month_of_client[client_uuid])})
+            landing.stage(
+                {
+                    "goals": normalise.goals(
+                        client_uuid, landing.accept(records), landing.drift, month_of_client[client_uuid]
+                    )
+                }
+            )
             done += 1
             landing.progress(done, len(month_of_client), "clients")
 
-    context.log.info(f"goals: fanning out over {len(month_of_client)} clients in {len(landing.partitions)} partition(s)")
+    context.log.info(
+        f"goals: fanning out over {len(month_of_client)} clients in {len(landing.partitions)} partition(s)"
+    )
     fetch(context, plannr, work, landing)
     yield from landing.finish(plannr.source(), clients=len(month_of_client))

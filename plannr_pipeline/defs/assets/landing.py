@@ -45,15 +45,25 @@ def keys_check_name(table: Table) -> str:
 def check_specs(table: Table, listing: str) -> list[dg.AssetCheckSpec]:
     """The checks every collection asset reports from its own write (no extra request)."""
     return [
-        dg.AssetCheckSpec(complete_check_name(table), asset=table.name, blocking=True,
-                          description=f"Every record {listing} reported (meta.total) was received and staged before commit."),
-        dg.AssetCheckSpec(keys_check_name(table), asset=table.name, blocking=True,
-                          description=f"Every {table.name} row has a uuid, and no uuid appears twice in the whole table."),
+        dg.AssetCheckSpec(
+            complete_check_name(table),
+            asset=table.name,
+            blocking=True,
+            description=f"Every record {listing} reported (meta.total) was received and staged before commit.",
+        ),
+        dg.AssetCheckSpec(
+            keys_check_name(table),
+            asset=table.name,
+            blocking=True,
+            description=f"Every {table.name} row has a uuid, and no uuid appears twice in the whole table.",
+        ),
     ]
 
 
 def column_schema(table: Table) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(c.name, c.duckdb_type, description=c.description) for c in table.columns])
+    return dg.TableSchema(
+        columns=[dg.TableColumn(c.name, c.duckdb_type, description=c.description) for c in table.columns]
+    )
 
 
 def rejection(table: Table, record: Any) -> str | None:
@@ -131,10 +141,15 @@ class Landing:
                 good.append(record)
                 continue
             uuid = record.get("uuid") if isinstance(record, dict) else None
-            self.rejected.append({
-                "table_name": self.root.name, "uuid": uuid if isinstance(uuid, str) else None, "reason": reason,
-                "raw_json": json.dumps(record, sort_keys=True, default=str), "rejected_at": now,
-            })
+            self.rejected.append(
+                {
+                    "table_name": self.root.name,
+                    "uuid": uuid if isinstance(uuid, str) else None,
+                    "reason": reason,
+                    "raw_json": json.dumps(record, sort_keys=True, default=str),
+                    "rejected_at": now,
+                }
+            )
         return good
 
     def stage(self, rows_by_table: dict[str, list[dict[str, Any]]]) -> None:
@@ -187,7 +202,11 @@ class Landing:
         """Staged uuids already stored in partitions this write does not replace."""
         if not self.root.partition_column or not self._keys:
             return 0, []
-        kept = [p for p in self.store.partitions_of(self.root) if p not in self.partitions and p not in self._stale_partitions()]
+        kept = [
+            p
+            for p in self.store.partitions_of(self.root)
+            if p not in self.partitions and p not in self._stale_partitions()
+        ]
         if not kept:
             return 0, []
         stored = self.store.read(self.root, partitions=kept, columns=["uuid", self.root.partition_column])
@@ -230,13 +249,23 @@ class Landing:
         received = sum(r for _, _, r in self.listings)
         return [
             dg.AssetCheckResult(
-                asset_key=self.root.name, check_name=complete_check_name(self.root), passed=not complete,
-                metadata={"api_total": sum(totals), "records_received": received, "listings": len(self.listings),
-                          "rows_staged": self.rows[self.root.name], "rejected": len(self.rejected),
-                          "problems": dg.MetadataValue.json(complete[:20]), "requests": 0},
+                asset_key=self.root.name,
+                check_name=complete_check_name(self.root),
+                passed=not complete,
+                metadata={
+                    "api_total": sum(totals),
+                    "records_received": received,
+                    "listings": len(self.listings),
+                    "rows_staged": self.rows[self.root.name],
+                    "rejected": len(self.rejected),
+                    "problems": dg.MetadataValue.json(complete[:20]),
+                    "requests": 0,
+                },
             ),
             dg.AssetCheckResult(
-                asset_key=self.root.name, check_name=keys_check_name(self.root), passed=not keys,
+                asset_key=self.root.name,
+                check_name=keys_check_name(self.root),
+                passed=not keys,
                 metadata={"duplicate_uuids": self._duplicate_keys, "problems": dg.MetadataValue.json(keys)},
             ),
         ]
@@ -263,7 +292,9 @@ class Landing:
         for line in self.drift.summary():
             self.context.log.warning(f"schema drift: {line} (kept in extra_json)")
         if self.rejected:
-            self.context.log.warning(f"{self.root.name}: {len(self.rejected)} record(s) could not be stored and are in rejected_records")
+            self.context.log.warning(
+                f"{self.root.name}: {len(self.rejected)} record(s) could not be stored and are in rejected_records"
+            )
         if problem:
             self.context.log.warning(problem)
         self._partition_metadata(replaced)
@@ -279,13 +310,19 @@ class Landing:
         for partition in self.partitions or [None]:
             replaced[partition or ""] = self.store.rows_in(self.store.path_of(self.root, partition))
         for partition in self._stale_partitions():
-            self.context.log.warning(f"{self.root.name}: removing partition {partition}, outside the configured range")
+            self.context.log.warning(
+                f"{self.root.name}: removing partition {partition}, outside the configured range"
+            )
             for table in self.tables:
                 if table.partition_column:
                     self.write.remove(self.store.path_of(table, partition))
         if self.rejected:
             batch = self.write.id
-            self.write.write(REJECTED_RECORDS, arrow(REJECTED_RECORDS, [{**r, "batch": batch} for r in self.rejected]), [batch])
+            self.write.write(
+                REJECTED_RECORDS,
+                arrow(REJECTED_RECORDS, [{**r, "batch": batch} for r in self.rejected]),
+                [batch],
+            )
         self.write.commit()
         return replaced
 
@@ -294,11 +331,15 @@ class Landing:
         log_table = history_table(self.root)
         glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
         scope = (self.partitions if self.root.partition_column else None) if self.covers_scope else ()
-        found = events_for(self.root, self.write.staged_files_of(self.root), glob, scope, datetime.now(UTC), self.write.id)
+        found = events_for(
+            self.root, self.write.staged_files_of(self.root), glob, scope, datetime.now(UTC), self.write.id
+        )
         self.history = {"versions": found.versions, "deletions": found.deletions}
         if found.events.num_rows:
             self.write.write(log_table, found.events, [self.write.id])
-        self.context.log.info(f"{self.root.name}: history records {found.versions} new version(s) and {found.deletions} deletion(s)")
+        self.context.log.info(
+            f"{self.root.name}: history records {found.versions} new version(s) and {found.deletions} deletion(s)"
+        )
 
     def _partition_metadata(self, replaced: dict[str, int]) -> None:
         """Each partition's own row count: a range run would otherwise stamp the whole run's."""
@@ -306,12 +347,22 @@ class Landing:
             return
         for partition in self.partitions:
             self.context.add_asset_metadata(
-                {"dagster/row_count": self.rows_by_partition[partition], "rows_replaced": replaced.get(partition, 0)},
-                asset_key=self.root.name, partition_key=partition,
+                {
+                    "dagster/row_count": self.rows_by_partition[partition],
+                    "rows_replaced": replaced.get(partition, 0),
+                },
+                asset_key=self.root.name,
+                partition_key=partition,
             )
 
-    def _metadata(self, stats: RequestStats, source: str, replaced: dict[str, int], views_problem: str | None,
-                  extra: dict[str, Any]) -> dict[str, Any]:
+    def _metadata(
+        self,
+        stats: RequestStats,
+        source: str,
+        replaced: dict[str, int],
+        views_problem: str | None,
+        extra: dict[str, Any],
+    ) -> dict[str, Any]:
         metadata: dict[str, Any] = {
             "dagster/row_count": self.rows[self.root.name],
             "dagster/column_schema": column_schema(self.root),

@@ -36,7 +36,9 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
     # An incremental walk sees only what changed: it can record versions, never deletions.
     landing = Landing(context, storage, TASK_TABLES, covers_scope=watermark is None)
     if watermark is None:
-        fetch(context, plannr, lambda api: land_listing(api, landing, endpoints.TASKS, normalise.tasks), landing)
+        fetch(
+            context, plannr, lambda api: land_listing(api, landing, endpoints.TASKS, normalise.tasks), landing
+        )
         yield from landing.finish(plannr.source(), mode="full sweep")
         return
 
@@ -49,7 +51,9 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
             for name, rows in rows_by_table.items():
                 fetched[name].extend(rows)
             landing.progress(len(fetched["tasks"]), None, "changed tasks")
-            page_oldest = min((row["updated_at"] for row in rows_by_table["tasks"] if row["updated_at"]), default=None)
+            page_oldest = min(
+                (row["updated_at"] for row in rows_by_table["tasks"] if row["updated_at"]), default=None
+            )
             if page_oldest is not None and page_oldest < watermark - WATERMARK_OVERLAP:
                 break  # newest first: everything after this page is older still
 
@@ -60,7 +64,12 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
         for table in TASK_TABLES:
             key = "uuid" if table is TASKS else "task_uuid"
             kept = store.read(table)
-            kept_rows[table.name] = kept.filter(pc.invert(pc.is_in(kept.column(key), value_set=refreshed))).to_pylist()
+            kept_rows[table.name] = kept.filter(
+                pc.invert(pc.is_in(kept.column(key), value_set=refreshed))
+            ).to_pylist()
         landing.stage({name: kept_rows[name] + fetched[name] for name in fetched})
-        yield from landing.finish(plannr.source(), mode=f"incremental from {watermark.isoformat()}",
-                                  fetched_rows=len(fetched["tasks"]))
+        yield from landing.finish(
+            plannr.source(),
+            mode=f"incremental from {watermark.isoformat()}",
+            fetched_rows=len(fetched["tasks"]),
+        )

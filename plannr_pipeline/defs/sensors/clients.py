@@ -54,20 +54,30 @@ def changed_clients_sensor(context: dg.SensorEvaluationContext, plannr: PlannrAp
         return dg.SkipReason(f"Plannr API error; state kept, will retry next tick: {error}")
     # Clients updated exactly at the watermark were seen last tick unless their uuid is new.
     seen_at_watermark = set(state["uuids_at_watermark"]) if state else set()
-    news = [c for c in changed if not (to_utc(c["updated_at"]) == watermark and c["uuid"] in seen_at_watermark)]
+    news = [
+        c for c in changed if not (to_utc(c["updated_at"]) == watermark and c["uuid"] in seen_at_watermark)
+    ]
     if not changed:
         return dg.SkipReason("no clients yet" if state is None else "no changed clients")
     newest = max(to_utc(c["updated_at"]) for c in changed)
-    cursor = json.dumps({
-        "watermark": newest.isoformat(),
-        "uuids_at_watermark": sorted(c["uuid"] for c in changed if to_utc(c["updated_at"]) == newest),
-    })
+    cursor = json.dumps(
+        {
+            "watermark": newest.isoformat(),
+            "uuids_at_watermark": sorted(c["uuid"] for c in changed if to_utc(c["updated_at"]) == newest),
+        }
+    )
     if state is None:  # first tick: a baseline, not a replay of every client
         return dg.SensorResult(cursor=cursor, skip_reason=f"baseline at {newest.isoformat()}")
     if not news:
         return dg.SensorResult(cursor=cursor, skip_reason="no changed clients")
     months = sorted({partition_key_of(to_utc(c["created_at"]), client_months) for c in news})
     context.log.info(f"{len(news)} changed clients in {len(months)} month(s), {requests} request(s)")
-    runs = [dg.RunRequest(job_name=clients_job.name, partition_key=month, run_key=f"clients-changed:{month}:{newest.isoformat()}")
-            for month in months]
+    runs = [
+        dg.RunRequest(
+            job_name=clients_job.name,
+            partition_key=month,
+            run_key=f"clients-changed:{month}:{newest.isoformat()}",
+        )
+        for month in months
+    ]
     return dg.SensorResult(run_requests=runs, cursor=cursor)

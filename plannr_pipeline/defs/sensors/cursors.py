@@ -18,5 +18,7 @@ def load_cursor(context: dg.SensorEvaluationContext, required: set[str]) -> dict
             raise ValueError("missing keys")
         return state
     except ValueError:
-        context.log.warning(f"the cursor could not be read ({context.cursor[:60]!r}); starting again from a fresh baseline")
+        context.log.warning(
+            f"the cursor could not be read ({context.cursor[:60]!r}); starting again from a fresh baseline"
+        )
         return None

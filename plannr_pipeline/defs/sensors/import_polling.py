@@ -76,7 +76,9 @@ async def _fetch(api: PlannrClient, since: str, older_uuids: list[str]) -> list[
     return records
 
 
-def poll_imports(plannr: PlannrApi, now: datetime, still_unfinished: list[str]) -> tuple[list[ImportSnapshot], int]:
+def poll_imports(
+    plannr: PlannrApi, now: datetime, still_unfinished: list[str]
+) -> tuple[list[ImportSnapshot], int]:
     """Recent imports and the older ones still tracked; also the number of requests made."""
     since = (now.astimezone(LONDON) - timedelta(days=RECENT_DAYS)).date().isoformat()
     stats = RequestStats()

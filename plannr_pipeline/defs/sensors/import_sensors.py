@@ -65,7 +65,13 @@ def _finished_runs(snapshot: ImportSnapshot) -> list[dg.RunRequest]:
         # New clients are created as the import runs; updates to existing clients reach their
         # own months through changed_clients_sensor, which watches updated_at.
         month = partition_key_of(snapshot.updated_at, client_months)
-        runs.append(dg.RunRequest(job_name=clients_job.name, partition_key=month, run_key=f"clients-import-finished:{snapshot.uuid}"))
+        runs.append(
+            dg.RunRequest(
+                job_name=clients_job.name,
+                partition_key=month,
+                run_key=f"clients-import-finished:{snapshot.uuid}",
+            )
+        )
     return runs
 
 
@@ -101,13 +107,25 @@ def import_progress_sensor(context: dg.SensorEvaluationContext, plannr: PlannrAp
     return _result(runs, events, now_tracked)
 
 
-def _record_progress(context: dg.SensorEvaluationContext, storage: PlannrStorage, snapshots: list[ImportSnapshot]) -> None:
+def _record_progress(
+    context: dg.SensorEvaluationContext, storage: PlannrStorage, snapshots: list[ImportSnapshot]
+) -> None:
     """Append what this tick observed to import_progress_history (one small Parquet file a tick)."""
     warehouse = storage.warehouse()
     observed_at = datetime.now(UTC)
     write = StagedWrite(warehouse.store)
-    rows = [{"import_uuid": s.uuid, "observed_at": observed_at, "status": s.status, "progress": s.progress,
-             "jobs_remaining": s.jobs_remaining, "failed_jobs": s.failed_jobs, "batch": write.id} for s in snapshots]
+    rows = [
+        {
+            "import_uuid": s.uuid,
+            "observed_at": observed_at,
+            "status": s.status,
+            "progress": s.progress,
+            "jobs_remaining": s.jobs_remaining,
+            "failed_jobs": s.failed_jobs,
+            "batch": write.id,
+        }
+        for s in snapshots
+    ]
     try:
         write.write(IMPORT_PROGRESS_HISTORY, arrow(IMPORT_PROGRESS_HISTORY, rows), [write.id])
         write.commit()
@@ -118,7 +136,9 @@ def _record_progress(context: dg.SensorEvaluationContext, storage: PlannrStorage
         context.log.warning(problem)
 
 
-def _result(runs: list[dg.RunRequest], events: list[dg.AssetObservation], tracked: dict[str, dict[str, Any]]) -> dg.SensorResult:
+def _result(
+    runs: list[dg.RunRequest], events: list[dg.AssetObservation], tracked: dict[str, dict[str, Any]]
+) -> dg.SensorResult:
     """A tick that only recorded observations says so, instead of "returned an empty result"."""
     if runs:
         return dg.SensorResult(run_requests=runs, asset_events=events, cursor=_dump(tracked))
@@ -153,7 +173,9 @@ def failure_alert(snapshot: ImportSnapshot, new_failed_jobs: int, source: str) -
         "an observation on `imports` and, if PLANNR_ALERT_WEBHOOK_URL is set, a JSON POST."
     ),
 )
-def import_failures_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi, alert_webhook: AlertWebhook):
+def import_failures_sensor(
+    context: dg.SensorEvaluationContext, plannr: PlannrApi, alert_webhook: AlertWebhook
+):
     tracked = _load(context)
     try:
         snapshots = _poll(context, plannr, tracked or {})
@@ -162,7 +184,11 @@ def import_failures_sensor(context: dg.SensorEvaluationContext, plannr: PlannrAp
     events, runs, now_tracked = [], [], {}
     for snapshot in snapshots:
         before = (tracked or {}).get(snapshot.uuid, {"failed_jobs": 0, "failed": False})
-        current = {"failed_jobs": snapshot.failed_jobs, "failed": snapshot.failed, "finished": snapshot.finished}
+        current = {
+            "failed_jobs": snapshot.failed_jobs,
+            "failed": snapshot.failed,
+            "finished": snapshot.finished,
+        }
         new_failed_jobs = snapshot.failed_jobs - before["failed_jobs"]
         if tracked is not None and (new_failed_jobs > 0 or (snapshot.failed and not before["failed"])):
             alert = failure_alert(snapshot, max(new_failed_jobs, 0), plannr.source())
@@ -171,13 +197,21 @@ def import_failures_sensor(context: dg.SensorEvaluationContext, plannr: PlannrAp
                 context.log.warning(f"import {snapshot.uuid}: {problem}; the alert will be retried next tick")
                 current = {**before, "finished": snapshot.finished}  # not alerted yet: keep the old count
             else:
-                context.log.warning(f"import {snapshot.uuid} ({snapshot.type}): {snapshot.failed_jobs} failed jobs, status {snapshot.status}")
-                events.append(dg.AssetObservation(
-                    asset_key="imports",
-                    description=f"Import {snapshot.uuid} has {snapshot.failed_jobs} failed jobs ({snapshot.status}).",
-                    metadata={"alert": dg.MetadataValue.json(alert), "webhook": alert_webhook.configured},
-                ))
-            runs.append(dg.RunRequest(job_name=imports_job.name,
-                                      run_key=f"import-errors:{snapshot.uuid}:{snapshot.failed_jobs}:{snapshot.status}"))
+                context.log.warning(
+                    f"import {snapshot.uuid} ({snapshot.type}): {snapshot.failed_jobs} failed jobs, status {snapshot.status}"
+                )
+                events.append(
+                    dg.AssetObservation(
+                        asset_key="imports",
+                        description=f"Import {snapshot.uuid} has {snapshot.failed_jobs} failed jobs ({snapshot.status}).",
+                        metadata={"alert": dg.MetadataValue.json(alert), "webhook": alert_webhook.configured},
+                    )
+                )
+            runs.append(
+                dg.RunRequest(
+                    job_name=imports_job.name,
+                    run_key=f"import-errors:{snapshot.uuid}:{snapshot.failed_jobs}:{snapshot.status}",
+                )
+            )
         now_tracked[snapshot.uuid] = current
     return _result(runs, events, now_tracked)

@@ -23,4 +23,8 @@ def pipeline_run_failure_sensor(context: dg.RunFailureSensorContext, alert_webho
     if problem:
         context.log.warning(f"run {run.run_id} failed; {problem}")
     else:
-        context.log.info(f"run {run.run_id} of {run.job_name} failed; alert sent" if alert_webhook.configured else f"run {run.run_id} failed")
+        context.log.info(
+            f"run {run.run_id} of {run.job_name} failed; alert sent"
+            if alert_webhook.configured
+            else f"run {run.run_id} failed"
+        )
