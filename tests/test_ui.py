@@ -184,16 +184,28 @@ def test_materialize_all_from_the_asset_graph(dagster_ui, browser):
     page.get_by_text("Success").first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "runs.png"))
     page.set_viewport_size({"width": 1600, "height": 1400})
-    page.goto(f"{dagster_ui.url}/asset-groups/plannr", wait_until="networkidle")
-    page.get_by_text("Materialized").first.wait_for()
-    page.mouse.move(1100, 600)
-    page.keyboard.down("Control")  # ctrl+wheel zooms the graph; one step out fits it with the checks legible
-    for _ in range(1):
+
+    def quiet() -> bool:
+        return not dagster_ui.graphql(IN_PROGRESS)["runsOrError"]["results"]
+
+    for _ in range(10):  # the README's picture: taken while no run is under way, checks settled
+        wait_for(quiet, 300, 3, "runs in progress to end")
+        page.goto(f"{dagster_ui.url}/asset-groups/plannr", wait_until="networkidle")
+        page.get_by_text("Materialized").first.wait_for()
+        page.mouse.move(1100, 600)
+        page.keyboard.down("Control")  # ctrl+wheel zooms the graph; one step out fits it, checks legible
         page.mouse.wheel(0, 100)
-        page.wait_for_timeout(300)
-    page.keyboard.up("Control")
-    page.wait_for_timeout(1500)
-    page.screenshot(path=str(ARTIFACTS / "asset-graph.png"))
+        page.keyboard.up("Control")
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(ARTIFACTS / "asset-graph.png"))
+        if (
+            quiet()
+            and not page.get_by_text("Materializing").count()
+            and not page.get_by_text("Loading").count()
+        ):
+            break
+    else:
+        raise AssertionError("no moment without a run under way for the asset-graph picture")
     page.close()
 
     assert dagster_ui.count("clients") == SANDBOX_CLIENTS
@@ -301,7 +313,7 @@ LINEAGE = """query { assetOrError(assetKey: {path: ["goal_progress"]}) { ... on 
 def test_the_views_sit_downstream_of_their_tables_with_column_lineage(dagster_ui, browser):
     page = open_page(browser, f"{dagster_ui.url}/assets/goal_progress?view=lineage")
     for name in ("goals", "clients", "staff", "goal_progress"):  # the view and the tables it reads
-        page.get_by_role("button", name=name, exact=False).first.wait_for()
+        page.get_by_text(name, exact=True).first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "goal-progress-lineage.png"))
     page.goto(f"{dagster_ui.url}/assets/goal_progress", wait_until="networkidle")
     page.get_by_text("adviser_name").first.wait_for()  # its columns, in DuckDB's types
