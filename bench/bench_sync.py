@@ -498,7 +498,7 @@ def main() -> int:
         "# bench/bench_sync.py results",
         "",
         f"Measured {started:%Y-%m-%d %H:%M} UTC by `.venv/bin/python bench/bench_sync.py {' '.join(sys.argv[1:])}` "
-        f'on the package at commit {package_commit()}: "before" figures for the current design.',
+        f"on the package at commit {package_commit()}, validation before commit and history on.",
         f"Machine: nproc {os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}, "
         f"sandbox latency {LATENCY_MS:.0f} ms per request, sync with PLANNR_MAX_CONCURRENCY=32, dlt with 32 extract workers.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
