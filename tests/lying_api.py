@@ -23,6 +23,8 @@ class LyingApi:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.lies: dict[str, Lie] = {}  # exact path -> lie
+        # exact path -> called with the query before the request is forwarded (to change the world)
+        self.before: dict[str, Callable[[dict[str, str]], None]] = {}
         self.requests: list[str] = []
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -44,6 +46,8 @@ class LyingApi:
 
     async def _forward(self, request: web.Request) -> web.Response:
         self.requests.append(request.path)
+        if (hook := self.before.get(request.path)) is not None:
+            hook(dict(request.query))
         headers = {
             k: v
             for k, v in request.headers.items()

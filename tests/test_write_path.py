@@ -264,3 +264,56 @@ def test_sigterm_stops_the_sync_with_143_and_leaves_stored_data_as_it_was(make_s
     assert not list(
         (tmp_path / "data" / "parquet").glob("goals/*/data.parquet")
     )  # goals never landed half-way
+
+
+def test_a_record_shown_on_two_pages_is_stored_once(lying):
+    """Page-number paging over a list that shifts can show a record twice."""
+    _, proxy, data_dir, resources = lying
+    before = stored_clients(data_dir)
+    first_page: list[dict] = []
+    shifted: list[bool] = []
+
+    def repeat_a_record(path, query, body):
+        if query.get("page") == "1":
+            first_page[:] = body["data"][:1]
+        elif query.get("page") == "2" and first_page and not shifted:  # once: a transient shift
+            shifted.append(True)
+            body["data"] = first_page + body["data"][:-1]  # one from page 1 again, one pushed off
+        return body
+
+    proxy.lies[ACCOUNTS] = repeat_a_record
+    result = materialise_clients(resources)
+    assert shifted and result.success  # the re-read found the record the shift pushed off
+    stored = stored_clients(data_dir)
+    assert len(stored) == len({row[0] for row in stored}) == 1200
+    assert stored == before
+
+
+def test_a_listing_that_grows_while_it_is_read_is_read_to_its_new_end(make_sandbox, tmp_path):
+    """Clients created while the listing is read (oldest first) land on pages that did not exist
+    when page 1 was read; they are fetched too, and the completeness check holds."""
+    import uuid as uuids
+    from datetime import UTC, datetime
+
+    sandbox = make_sandbox(clients=990)  # two pages; twenty new clients make a third
+    proxy = LyingApi(sandbox.url)
+    grown = []
+
+    def grow_once(query):
+        if query.get("page") == "2" and query.get("filter[type]") == "client" and not grown:
+            now = datetime.now(UTC).replace(microsecond=0).isoformat()
+            for template in sandbox.firm.clients[:20]:
+                new = {**template, "uuid": str(uuids.uuid4()), "created_at": now, "updated_at": now}
+                sandbox.firm.clients.append(new)
+                sandbox.firm.goals_by_client[new["uuid"]] = []
+            grown.append(True)
+
+    proxy.before[ACCOUNTS] = grow_once
+    try:
+        resources = resources_for(proxy.url, sandbox.options.token, tmp_path / "data")
+        result = materialise_clients(resources)
+    finally:
+        proxy.close()
+    assert grown
+    assert result.success, [e.message for e in result.all_events if e.is_step_failure]
+    assert {row[0] for row in stored_clients(tmp_path / "data")} == {c["uuid"] for c in sandbox.firm.clients}
