@@ -325,7 +325,12 @@ def test_one_asset_alone_from_its_page(dagster_ui, browser):
         lambda: (r := latest_run()) != before and r, 300, 3, "circles to materialise on its own"
     )
     client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_ui.port)
-    assert client.get_run_status(run_id) == dg.DagsterRunStatus.SUCCESS
+    # the materialisation is recorded a moment before the run itself ends
+    finished = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
+    status = wait_for(
+        lambda: (s := client.get_run_status(run_id)) in finished and s, 120, 2, "the run to end"
+    )
+    assert status == dg.DagsterRunStatus.SUCCESS
     page.close()
 
 
