@@ -57,17 +57,20 @@ def view_asset(view: AnalystView) -> dg.AssetsDefinition:
     )
     def _view(context: dg.AssetExecutionContext, storage: PlannrStorage) -> dg.MaterializeResult:
         warehouse = storage.warehouse()
+        # The UI draws column lineage from the latest materialisation, so every one carries it.
+        metadata = {"dagster/column_lineage": column_lineage(view), "database": str(warehouse.db_path)}
         problem = warehouse.refresh_views(only=[view.name])
         if problem:  # the definition already in the database still reads the current Parquet
             context.log.warning(problem)
-            return dg.MaterializeResult(metadata={"views_refreshed": False, "views_problem": problem})
+            return dg.MaterializeResult(
+                metadata={**metadata, "views_refreshed": False, "views_problem": problem}
+            )
+        rows = warehouse.count(view.name)  # None if another program took the database meanwhile
         return dg.MaterializeResult(
             metadata={
+                **metadata,
                 "views_refreshed": True,
-                "dagster/row_count": warehouse.count(view.name),
-                "database": str(warehouse.db_path),
-                # the UI draws column lineage from the latest materialisation
-                "dagster/column_lineage": column_lineage(view),
+                **({"dagster/row_count": rows} if rows is not None else {}),
             }
         )
 
