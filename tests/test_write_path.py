@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -22,7 +23,7 @@ from plannr_pipeline.defs.partitions import client_months
 from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage.normalise import arrow
 from plannr_pipeline.storage.parquet_store import ParquetStore, StagedWrite
-from plannr_pipeline.storage.tables import CLIENTS
+from plannr_pipeline.storage.tables import CLIENTS, TASK_CUSTOM_FIELDS
 from plannr_pipeline.sync import range_tags
 from tests.lying_api import LyingApi
 
@@ -198,6 +199,29 @@ def test_staged_files_of_a_dead_run_are_removed(tmp_path):
     assert not stale.exists() and live.exists()
 
 
+def test_taking_back_a_record_takes_back_its_child_rows_too(tmp_path):
+    """A newer copy of a task replaces the older copy's custom fields, not only its own row."""
+    store = ParquetStore(tmp_path / "parquet")
+    write = StagedWrite(store)
+    rows = [
+        {"task_uuid": task, "custom_field_uuid": f"{task}-{n}", "value": str(n)}
+        for task in ("older", "other")
+        for n in range(3)
+    ]
+    write.write(TASK_CUSTOM_FIELDS, arrow(TASK_CUSTOM_FIELDS, rows))
+    taken_back = write.drop_rows(TASK_CUSTOM_FIELDS, TASK_CUSTOM_FIELDS.record_key, {"older"})
+    write.write(TASK_CUSTOM_FIELDS, arrow(TASK_CUSTOM_FIELDS, [{**rows[0], "value": "newer"}]))
+    write.commit()
+    assert taken_back.num_rows == 3
+    stored = pq.read_table(store.path_of(TASK_CUSTOM_FIELDS)).to_pylist()
+    assert sorted((r["task_uuid"], r["value"]) for r in stored) == [
+        ("older", "newer"),
+        ("other", "0"),
+        ("other", "1"),
+        ("other", "2"),
+    ]
+
+
 def run_sync_cli(env: dict, cwd: Path, *args: str) -> subprocess.Popen:
     environ = {**{k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}, **env}
     return subprocess.Popen(
@@ -287,6 +311,39 @@ def test_a_record_shown_on_two_pages_is_stored_once(lying):
     stored = stored_clients(data_dir)
     assert len(stored) == len({row[0] for row in stored}) == 1200
     assert stored == before
+
+
+@pytest.mark.parametrize("shift", [timedelta(days=1), -timedelta(days=1)], ids=["newer", "older"])
+def test_a_record_shown_twice_keeps_its_newest_copy(lying, shift):
+    """Page 1 is always read first; the last page shows one of its records again, changed, with
+    an updated_at a day later (it must replace page 1's copy) or a day earlier (it must not).
+    The lie holds on the re-read too, so neither "first wins" nor "last wins" passes."""
+    _, proxy, data_dir, resources = lying
+    shown: dict = {}
+
+    def show_again(path, query, body):
+        if query.get("page") == "1" and "record" not in shown:
+            record = shown["record"] = json.loads(json.dumps(body["data"][0]))
+            updated = datetime.fromisoformat(record["updated_at"]) + shift
+            shown["copy"] = {**record, "first_name": "Shown-Again", "updated_at": updated.isoformat()}
+        elif query.get("page") == "3" and "copy" in shown:
+            body["data"].append(shown["copy"])
+        return body
+
+    proxy.lies[ACCOUNTS] = show_again
+    result = materialise_clients(resources)
+    assert "copy" in shown and result.success
+    files = str(data_dir / "parquet" / "clients" / "*" / "data.parquet")
+    with duckdb.connect() as connection:
+        rows = connection.execute(
+            f"select first_name from read_parquet('{files}') where uuid = ?", [shown["record"]["uuid"]]
+        ).fetchall()
+        total, distinct = connection.execute(
+            f"select count(*), count(distinct uuid) from read_parquet('{files}')"
+        ).fetchone()
+    assert total == distinct == 1200
+    expected = "Shown-Again" if shift > timedelta(0) else shown["record"]["first_name"]
+    assert rows == [(expected,)]
 
 
 def test_a_listing_that_grows_while_it_is_read_is_read_to_its_new_end(make_sandbox, tmp_path):

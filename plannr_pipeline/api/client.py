@@ -11,7 +11,7 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -50,6 +50,9 @@ class Page:
     last_page: int | None  # None when the API did not say and it cannot be worked out
     total: int | None
     has_next: bool | None = None  # from links.next, when the API sent links
+    # Records shown earlier in this listing that came again with a newer `updated_at`: they
+    # replace the earlier copy (not counted again against the total).
+    newer_copies: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _page_of(body: Any, endpoint: str, number: int, per_page: int) -> Page:
@@ -369,7 +372,11 @@ class PlannrClient:
             yield listing.take(page)
 
     async def list_all(self, path: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        return [record async for page in self.iter_pages(path, params) for record in page.records]
+        records: list[dict[str, Any]] = []
+        async for page in self.iter_pages(path, params):
+            records.extend(page.records)
+            records = with_newer_copies(records, page.newer_copies)
+        return records
 
     async def fan_out(
         self,
@@ -386,6 +393,7 @@ class PlannrClient:
             try:
                 async for page in self.iter_pages(path_for(parent_uuid), params):
                     records.extend(page.records)
+                    records = with_newer_copies(records, page.newer_copies)
                     total = page.total if page.total is not None else total
             except NotFoundError:
                 self._warn(
@@ -399,12 +407,32 @@ class PlannrClient:
             yield result
 
 
+def with_newer_copies(records: list[dict[str, Any]], newer: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`records` with each record that has a newer copy replaced by it (same uuid)."""
+    if not newer:
+        return records
+    newest = {record["uuid"]: record for record in newer}
+    return [newest.get(record.get("uuid"), record) for record in records]
+
+
+def _instant(value: Any) -> datetime | None:
+    """An ISO 8601 `updated_at` as an aware datetime (None when absent or unreadable)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 class _ListingPass:
     """What one listing has shown so far: seen uuids, the total, and signs that it shifted."""
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        self.seen: set[str] = set()
+        # uuid -> updated_at of the copy kept: a record shown twice keeps its newest copy
+        self.seen: dict[str, datetime | None] = {}
         self.first_total: int | None = None
         self.total: int | None = None
         self.duplicates = 0
@@ -418,7 +446,7 @@ class _ListingPass:
             self.total = page.total
         if page.last_page is not None and page.number < page.last_page and len(page.records) < PAGE_SIZE:
             self.short_pages += 1
-        fresh = []
+        fresh, newer = [], []
         for record in page.records:
             uuid = record.get("uuid")
             if uuid is None:
@@ -428,13 +456,17 @@ class _ListingPass:
             elif uuid in self.seen:
                 if not self.rereading:
                     self.duplicates += 1
+                kept, this = self.seen[uuid], _instant(record.get("updated_at"))
+                if this is not None and (kept is None or this > kept):
+                    self.seen[uuid] = this
+                    newer.append(record)
                 continue
             else:
-                self.seen.add(uuid)
+                self.seen[uuid] = _instant(record.get("updated_at"))
             fresh.append(record)
         if len(fresh) == len(page.records) and page.total == self.total:
             return page
-        return Page(fresh, page.number, page.last_page, self.total, page.has_next)
+        return Page(fresh, page.number, page.last_page, self.total, page.has_next, newer)
 
     def shifted(self) -> bool:
         return bool(

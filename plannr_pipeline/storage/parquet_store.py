@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,15 +92,30 @@ class StagedWrite:
     def targets(self) -> list[Path]:
         return list(self._staged)
 
-    def staged_files_of(self, table: Table) -> list[Path]:
-        """The staged (not yet committed) files of a table, closed and readable."""
+    def _staged_of(self, table: Table) -> Iterator[tuple[Path, Path]]:
+        """(target, temp file) of each file staged for a table, its writer closed."""
         folder = self._store.root / table.name
-        files = []
         for target, temp in self._staged.items():
             if folder in target.parents:
                 self._writers[target].close()
-                files.append(temp)
-        return files
+                yield target, temp
+
+    def staged_files_of(self, table: Table) -> list[Path]:
+        """The staged (not yet committed) files of a table, closed and readable."""
+        return [temp for _, temp in self._staged_of(table)]
+
+    def drop_rows(self, table: Table, column: str, values: Collection[str]) -> pa.Table:
+        """Take back staged rows whose `column` is one of `values` (records staged again in a
+        newer copy); return the rows taken back. Rare, so each file is simply rewritten."""
+        value_set = pa.array(sorted(values), pa.string())
+        dropped = [table.schema.empty_table()]
+        for target, temp in list(self._staged_of(table)):
+            staged = pq.read_table(temp, schema=table.schema)
+            hit = pc.fill_null(pc.is_in(staged.column(column), value_set=value_set), False)
+            dropped.append(staged.filter(hit))
+            writer = self._writers[target] = pq.ParquetWriter(temp, table.schema, compression="zstd")
+            writer.write_table(staged.filter(pc.invert(hit)))
+        return pa.concat_tables(dropped)
 
     def commit(self) -> list[Path]:
         for writer in self._writers.values():

@@ -92,6 +92,12 @@ class Table:
     handled: frozenset[str] = field(default_factory=frozenset)
     children: frozenset[str] = field(default_factory=frozenset)
 
+    @property
+    def record_key(self) -> str:
+        """The column naming the API record a row came from: `uuid` in a collection's own
+        table, the parent's uuid (`task_uuid`, `circle_uuid`, ...) in its child tables."""
+        return self.key[0]
+
     @cached_property
     def schema(self) -> pa.Schema:
         return pa.schema([pa.field(column.name, column.type) for column in self.columns])

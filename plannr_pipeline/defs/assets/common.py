@@ -112,5 +112,7 @@ async def land_listing(
         received += len(page.records)
         total = page.total
         landing.stage(rows_of(landing.accept(page.records), landing.drift))
+        if page.newer_copies:
+            landing.stage_newer_copies(rows_of(landing.accept(page.newer_copies), landing.drift))
         landing.progress(received, total)
     landing.count_listing(listing.path, total, received)

@@ -124,6 +124,8 @@ class Landing:
         self.rejected: list[dict[str, Any]] = []
         self._keys: set[str] = set()
         self._duplicate_keys = 0
+        # uuid -> rows per table of a record that came again with a newer updated_at
+        self._newer_copies: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self._buffers: dict[str, list[dict[str, Any]]] = {table.name: [] for table in self.tables}
         # Every named partition (or unpartitioned table) is replaced, even one that gets no rows.
         for table in self.tables:
@@ -152,20 +154,49 @@ class Landing:
             )
         return good
 
-    def stage(self, rows_by_table: dict[str, list[dict[str, Any]]]) -> None:
+    def stage(self, rows_by_table: dict[str, list[dict[str, Any]]], known_keys: bool = False) -> None:
         """Stage normalised rows; rows of a partitioned table outside this write's partitions are
-        left alone (the listing's date filter is deliberately a little wide)."""
+        left alone (the listing's date filter is deliberately a little wide). `known_keys`: the
+        rows replace ones taken back (a newer copy), so their uuids are not duplicates."""
         for table in self.tables:
             rows = rows_by_table.get(table.name, [])
             if table.partition_column:
                 rows = [row for row in rows if row[table.partition_column] in self.partitions]
             if table is self.root:
-                self._track_keys(rows)
+                self._track_keys(rows, known_keys)
             buffer = self._buffers[table.name]
             buffer.extend(rows)
             if len(buffer) >= STAGE_BATCH_ROWS:
                 self._flush(table)
             self.rows[table.name] += len(rows)
+
+    def stage_newer_copies(self, rows_by_table: dict[str, list[dict[str, Any]]]) -> None:
+        """Rows of records the listing showed again with a newer `updated_at`: at `finish` they
+        replace every row staged for the earlier copy, in each table (by the record's uuid)."""
+        for uuid in {row["uuid"] for row in rows_by_table.get(self.root.name, [])}:
+            self._newer_copies[uuid] = {
+                table.name: [
+                    row for row in rows_by_table.get(table.name, []) if row[table.record_key] == uuid
+                ]
+                for table in self.tables
+            }
+
+    def _replace_older_copies(self) -> None:
+        if not self._newer_copies:
+            return
+        uuids = set(self._newer_copies)
+        for table in self.tables:
+            dropped = self.write.drop_rows(table, table.record_key, uuids)
+            self.rows[table.name] -= dropped.num_rows
+            if table is self.root and table.partition_column:
+                self.rows_by_partition.subtract(dropped.column(table.partition_column).to_pylist())
+        for rows_by_table in self._newer_copies.values():
+            self.stage(rows_by_table, known_keys=True)
+        for table in self.tables:
+            self._flush(table)
+        self.context.log.info(
+            f"{self.root.name}: {len(uuids)} record(s) shown twice by the API; kept the copy with the newest updated_at"
+        )
 
     def _flush(self, table: Table) -> None:
         """Write a table's buffered rows: a few large row groups, not one per page or per client."""
@@ -174,9 +205,9 @@ class Landing:
             self.write.write(table, arrow(table, buffer), self.partitions)
             buffer.clear()
 
-    def _track_keys(self, rows: list[dict[str, Any]]) -> None:
+    def _track_keys(self, rows: list[dict[str, Any]], known_keys: bool = False) -> None:
         for row in rows:
-            if row["uuid"] in self._keys:
+            if row["uuid"] in self._keys and not known_keys:
                 self._duplicate_keys += 1
             self._keys.add(row["uuid"])
             if self.root.partition_column:
@@ -274,6 +305,7 @@ class Landing:
         """Validate; on success commit and yield the materialisation with its check results."""
         for table in self.tables:
             self._flush(table)
+        self._replace_older_copies()
         complete, keys = self.problems()
         checks = self._check_results(complete, keys)
         if complete or keys:

@@ -50,6 +50,8 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
             rows_by_table = normalise.tasks(landing.accept(page.records), landing.drift)
             for name, rows in rows_by_table.items():
                 fetched[name].extend(rows)
+            if page.newer_copies:
+                landing.stage_newer_copies(normalise.tasks(landing.accept(page.newer_copies), landing.drift))
             landing.progress(len(fetched["tasks"]), None, "changed tasks")
             page_oldest = min(
                 (row["updated_at"] for row in rows_by_table["tasks"] if row["updated_at"]), default=None
@@ -62,10 +64,9 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
         refreshed = pa.array({row["uuid"] for row in fetched["tasks"]}, pa.string())
         kept_rows = {}
         for table in TASK_TABLES:
-            key = "uuid" if table is TASKS else "task_uuid"
             kept = store.read(table)
             kept_rows[table.name] = kept.filter(
-                pc.invert(pc.is_in(kept.column(key), value_set=refreshed))
+                pc.invert(pc.is_in(kept.column(table.record_key), value_set=refreshed))
             ).to_pylist()
         landing.stage({name: kept_rows[name] + fetched[name] for name in fetched})
         yield from landing.finish(
