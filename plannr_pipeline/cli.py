@@ -54,6 +54,8 @@ def _sync(args: argparse.Namespace) -> int:
         )
         return 2
     print(f"plannr-pipeline sync: from {source} into {data_dir}", flush=True)
+    if moved := Warehouse(data_dir).follow_a_move():
+        print(moved, flush=True)
     on_terminal = sys.stderr.isatty()
     if on_terminal:  # live bars instead of the run log's progress lines
         progress.SINK = bars = progress.TerminalBars()

@@ -63,6 +63,52 @@ def test_a_users_own_asset_reads_a_view_through_the_definitions_resource(make_sa
     assert metadata["goals_off_track"].value == off_track
 
 
+def test_views_follow_the_data_folder_when_it_is_moved_or_copied(make_sandbox, monkeypatch, tmp_path):
+    """Views name absolute paths (an analyst's DuckDB finds them from any directory); a moved or
+    copied folder's views are pointed at it by the next thing of ours that opens it."""
+    import shutil
+
+    from plannr_pipeline.storage.warehouse import Warehouse
+
+    sandbox = make_sandbox(clients=40)
+    monkeypatch.setenv("PLANNR_DATA_DIR", str(tmp_path / "data"))
+    from plannr_pipeline.definitions import ASSETS, resources
+
+    built = resources()
+    built["plannr"] = PlannrApi(
+        base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000
+    )
+    assert run_sync(resources_by_key=built, echo=lambda _: None).ok
+
+    def clients_in(folder: Path) -> int:
+        with duckdb.connect(str(folder / "plannr.duckdb"), read_only=True) as db:
+            return db.execute("select count(*) from clients").fetchone()[0]
+
+    copied = tmp_path / "copy"
+    shutil.copytree(tmp_path / "data", copied)
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "data", moved)
+    with pytest.raises(duckdb.IOException):
+        clients_in(moved)  # still reading the old place, now gone
+
+    assert "moved or copied" in Warehouse(copied).follow_a_move()
+    assert Warehouse(copied).follow_a_move() is None  # once is enough
+    shutil.rmtree(moved / "parquet" / "clients")  # the copy reads its own files, not these
+    assert clients_in(copied) == 40
+
+    # A user's asset through the definitions' DuckDB resource, on the moved folder.
+    shutil.rmtree(moved)
+    shutil.copytree(copied, moved)
+    shutil.rmtree(copied)
+    monkeypatch.setenv("PLANNR_DATA_DIR", str(moved))
+    example = load_example()
+    result = dg.materialize(
+        [*ASSETS, example.adviser_workload], selection=[example.adviser_workload], resources=resources()
+    )
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    assert clients_in(moved) == 40
+
+
 @pytest.mark.parametrize(
     "view, upstream",
     [

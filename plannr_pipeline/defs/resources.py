@@ -119,11 +119,24 @@ def data_dir_from_env() -> str:
     return os.environ.get("PLANNR_DATA_DIR") or "data"
 
 
-def storage_resources_from_env() -> tuple[PlannrStorage, DuckDBResource]:
+class PlannrDuckDB(DuckDBResource):
+    """The Plannr database for a user's own assets. Before a run uses it, views left pointing at
+    another folder (the data folder was moved or copied) are pointed at `data_dir`."""
+
+    data_dir: str
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if moved := Warehouse(os.path.abspath(self.data_dir), self.database).follow_a_move():
+            context.log.warning(moved)
+
+
+def storage_resources_from_env() -> tuple[PlannrStorage, PlannrDuckDB]:
     """One setting (PLANNR_DATA_DIR) places both: the DuckDB resource a user's own assets read
     through, and the storage the Plannr assets write, which keeps its views in that database."""
     data_dir = data_dir_from_env()
-    duckdb = DuckDBResource(
-        database=str(Path(data_dir).absolute() / DATABASE_FILE), connection_config=CONNECT_CONFIG
+    duckdb = PlannrDuckDB(
+        database=str(Path(data_dir).absolute() / DATABASE_FILE),
+        connection_config=CONNECT_CONFIG,
+        data_dir=data_dir,
     )
     return PlannrStorage(data_dir=data_dir, database=duckdb.database), duckdb

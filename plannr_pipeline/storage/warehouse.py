@@ -9,6 +9,8 @@ free, and only their definitions live in it.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Collection
 from pathlib import Path
 
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 # open; a database created with this setting opens in both (docs/design.md, Dagster notes).
 DATABASE_FILE = "plannr.duckdb"
 CONNECT_CONFIG = {"storage_compatibility_version": "v1.5.0"}
+
+
+# The first file or glob a stored view reads (views name absolute paths; see `follow_a_move`).
+_VIEW_SOURCE = re.compile(r"read_parquet\(\[?'([^']*)'")
 
 
 def _quote(text: str) -> str:
@@ -102,6 +108,37 @@ class Warehouse:
             log.warning(reason)
             return reason
         return None
+
+    def views_read_elsewhere(self) -> str | None:
+        """A path the stored views read outside this data folder (it was moved or copied), or None.
+
+        Views name absolute paths, so an analyst's DuckDB finds the Parquet from any working
+        directory; the price is that a moved or copied folder's views still point at the old
+        place, until they are rewritten here."""
+        if not self.db_path.exists():
+            return None
+        try:
+            with duckdb.connect(str(self.db_path), read_only=True) as connection:
+                stored = connection.execute("SELECT sql FROM duckdb_views() WHERE NOT internal").fetchall()
+        except duckdb.Error:
+            return None  # busy or unreadable: the next refresh deals with it
+        here = str(self.store.root) + os.sep
+        for (sql,) in stored:
+            match = _VIEW_SOURCE.search(sql or "")
+            if match and not match.group(1).startswith(here):
+                return match.group(1)
+        return None
+
+    def follow_a_move(self) -> str | None:
+        """Point the views at this folder if they read another; say what happened, or None."""
+        elsewhere = self.views_read_elsewhere()
+        if elsewhere is None:
+            return None
+        problem = self.refresh_views()
+        return problem or (
+            f"views in {self.db_path} read {elsewhere} (the data folder was moved or copied); "
+            f"they now read {self.store.root}"
+        )
 
     def count(self, relation: str) -> int | None:
         """Rows in a relation, read-only; None if the database is busy elsewhere."""
