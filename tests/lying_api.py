@@ -25,6 +25,8 @@ class LyingApi:
         self.lies: dict[str, Lie] = {}  # exact path -> lie
         # exact path -> called with the query before the request is forwarded (to change the world)
         self.before: dict[str, Callable[[dict[str, str]], None]] = {}
+        # (path, query) -> a status to answer instead of forwarding (a server in trouble), or None
+        self.trouble: Callable[[str, dict[str, str]], int | None] = lambda path, query: None
         self.requests: list[str] = []
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -48,6 +50,8 @@ class LyingApi:
         self.requests.append(request.path)
         if (hook := self.before.get(request.path)) is not None:
             hook(dict(request.query))
+        if (status := self.trouble(request.path, dict(request.query))) is not None:
+            return web.json_response({"message": "Service Unavailable"}, status=status)
         headers = {
             k: v
             for k, v in request.headers.items()

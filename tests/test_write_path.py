@@ -199,6 +199,52 @@ def test_staged_files_of_a_dead_run_are_removed(tmp_path):
     assert not stale.exists() and live.exists()
 
 
+def test_a_fan_out_that_outlasts_its_retries_resumes_where_it_stopped(make_sandbox, tmp_path, monkeypatch):
+    """One client's goals fail every retry (503); the fan-out pauses and resumes with the clients
+    not yet fetched: none fetched before the trouble is asked for again."""
+    from collections import Counter
+
+    from plannr_pipeline.api import client as client_module
+    from plannr_pipeline.defs.assets import common
+
+    monkeypatch.setattr(common, "RESUME_PAUSE_SECONDS", 0.0)
+    monkeypatch.setattr(client_module, "wait_exponential_jitter", lambda **_: lambda state: 0.0)
+    sandbox = make_sandbox(clients=30)
+    proxy = LyingApi(sandbox.url)
+    goal_requests: Counter[str] = Counter()
+    troubled: list[str] = []
+
+    def eleventh_client_in_trouble(path, query):
+        if not path.endswith("/goal"):
+            return None
+        goal_requests[path] += 1
+        if len(goal_requests) == 11 and not troubled:
+            troubled.append(path)
+        return 503 if troubled and path == troubled[0] and goal_requests[path] <= 6 else None
+
+    proxy.trouble = eleventh_client_in_trouble
+    resources = {
+        "plannr": PlannrApi(
+            base_url=proxy.url, token=sandbox.options.token, rate_limit_per_minute=100_000, max_concurrency=1
+        ),
+        "storage": PlannrStorage(data_dir=str(tmp_path / "data")),
+    }
+    try:
+        result = dg.materialize(
+            ASSETS, selection=["clients", "goals"], resources=resources, tags=range_tags(client_months)
+        )
+    finally:
+        proxy.close()
+    assert result.success
+    assert len(goal_requests) == 30
+    assert goal_requests.pop(troubled[0]) == 7  # six failures, then the resumption
+    assert set(goal_requests.values()) == {1}
+    files = str(tmp_path / "data" / "parquet" / "goals" / "*" / "data.parquet")
+    with duckdb.connect() as connection:
+        stored = connection.execute(f"select count(*) from read_parquet('{files}')").fetchone()[0]
+    assert stored == sum(len(goals) for goals in sandbox.firm.goals_by_client.values())
+
+
 def test_taking_back_a_record_takes_back_its_child_rows_too(tmp_path):
     """A newer copy of a task replaces the older copy's custom fields, not only its own row."""
     store = ParquetStore(tmp_path / "parquet")

@@ -3,6 +3,7 @@ and how API trouble becomes a step outcome."""
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -69,27 +70,51 @@ def collection_asset(
     )
 
 
+# A fan-out that outlasted the client's retries pauses this long, then resumes with the parents
+# it has not finished, keeping what it fetched (a step retry would start from the first again).
+RESUME_PAUSE_SECONDS = 60.0
+RESUME_ROUNDS = 2
+
+
 def fetch(
     context: dg.AssetExecutionContext,
     plannr: PlannrApi,
     work: Callable[[PlannrClient], Awaitable[None]],
     landing: Landing,
+    left_to_do: Callable[[], int] | None = None,
 ) -> None:
     """Run `work` through the API bridge, counting requests into the landing's stats.
 
     Transient trouble that outlasted the client's own retries asks Dagster to retry the step
-    later; errors that retrying cannot fix (401, 403, 404, 422, a malformed body) fail it as they are.
+    later; errors that retrying cannot fix (401, 403, 404, 422, a malformed body) fail it as they
+    are. A resumable `work` (one that only does what `left_to_do` still counts, like the goals
+    fan-out) is instead resumed in this step after a pause, with what it fetched kept.
     """
     stats = landing.stats
-    try:
-        plannr.run(work, on_warning=context.log.warning, stats=stats)
-    except BaseException as error:
-        landing.abort()  # nothing staged survives a failed or interrupted fetch
-        if isinstance(error, RetriesExhaustedError):
-            raise dg.RetryRequested(max_retries=2, seconds_to_wait=60) from error
-        if isinstance(error, PlannrError):  # the message already says what went wrong and what to do
-            raise dg.Failure(description=f"{context.asset_key.to_user_string()}: {error}") from error
-        raise
+    asset = context.asset_key.to_user_string()
+    for round_number in range(RESUME_ROUNDS + 1):
+        try:
+            plannr.run(work, on_warning=context.log.warning, stats=stats)
+            break
+        except RetriesExhaustedError as error:
+            if left_to_do is None:
+                landing.abort()
+                raise dg.RetryRequested(max_retries=2, seconds_to_wait=60) from error
+            if round_number == RESUME_ROUNDS:
+                landing.abort()
+                raise dg.Failure(
+                    description=f"{asset}: {error} ({left_to_do():,} left after {RESUME_ROUNDS} resumptions; nothing replaced)"
+                ) from error
+            context.log.warning(
+                f"{asset}: {error} Resuming in {RESUME_PAUSE_SECONDS:g}s with the {left_to_do():,} not yet "
+                "fetched; what was fetched is kept."
+            )
+            time.sleep(RESUME_PAUSE_SECONDS)
+        except BaseException as error:
+            landing.abort()  # nothing staged survives a failed or interrupted fetch
+            if isinstance(error, PlannrError):  # the message already says what went wrong and what to do
+                raise dg.Failure(description=f"{asset}: {error}") from error
+            raise
     context.log.info(
         f"{stats.requests} requests, {stats.retries} retries, {stats.budget_wait_seconds:.1f}s waiting on the budget"
     )

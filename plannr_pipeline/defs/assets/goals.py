@@ -27,11 +27,11 @@ def goals(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrS
         CLIENTS, partitions=landing.partitions, columns=["uuid", "created_month"]
     ).to_pylist()
     month_of_client = {row["uuid"]: row["created_month"] for row in stored}
+    pending = dict(month_of_client)  # clients whose goals are not staged yet: a resumption starts here
 
     async def work(api: PlannrClient) -> None:
-        done = 0
         async for client_uuid, records, total in api.fan_out(
-            month_of_client, lambda uuid: endpoints.goals_of(uuid).path, endpoints.GOALS_INCLUDE
+            list(pending), lambda uuid: endpoints.goals_of(uuid).path, endpoints.GOALS_INCLUDE
         ):
             landing.count_listing(f"goals of client {client_uuid}", total, len(records))
             landing.stage(
@@ -41,11 +41,11 @@ def goals(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrS
                     )
                 }
             )
-            done += 1
-            landing.progress(done, len(month_of_client), "clients")
+            del pending[client_uuid]
+            landing.progress(len(month_of_client) - len(pending), len(month_of_client), "clients")
 
     context.log.info(
         f"goals: fanning out over {len(month_of_client)} clients in {len(landing.partitions)} partition(s)"
     )
-    fetch(context, plannr, work, landing)
+    fetch(context, plannr, work, landing, left_to_do=lambda: len(pending))
     yield from landing.finish(plannr.source(), clients=len(month_of_client))
