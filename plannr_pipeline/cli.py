@@ -11,7 +11,7 @@ import time
 
 from plannr_pipeline import progress
 from plannr_pipeline.api import PlannrError, PlannrSettings
-from plannr_pipeline.api.config import DEFAULT_BASE_URL
+from plannr_pipeline.api.config import DEFAULT_BASE_URL, budget_dir_from_env
 from plannr_pipeline.instance import prepare_instance
 
 
@@ -19,6 +19,7 @@ def _sync(args: argparse.Namespace) -> int:
     try:
         if not PlannrSettings.wants_sandbox():
             PlannrSettings.from_env()  # fail now, clearly, rather than inside every step
+        budget_dir_from_env(os.environ)  # the sandbox's token has a budget file too
         # Importing the definitions reads the rest of the settings (partitions, budget).
         from plannr_pipeline.sync import ASSET_NAMES, run_sync
     except PlannrError as error:

@@ -101,9 +101,9 @@ def test_recovers_from_429_without_losing_records(make_sandbox, make_client, sen
     sandbox = make_sandbox(
         clients=60, rate_limit_per_minute=30, rate_window_seconds=1.0, send_retry_after=send_retry_after
     )
-    # A budget far above what the server allows. Without Retry-After only backoff spaces the
-    # retries, so it must be able to outgrow the server's window (1 s here; 30 s cap by default).
-    client = make_client(sandbox, max_attempts=10, backoff_max=1.0)
+    # A budget far above what the server allows, on the server's window (1 s here, a minute for
+    # Plannr). Without Retry-After each 429 holds every caller for that window.
+    client = make_client(sandbox, window_seconds=1.0, max_attempts=10, backoff_max=1.0)
     clients, goals = asyncio.run(sweep(client))
     assert len(clients) == 60
     assert len(goals) == sum(len(g) for g in sandbox.firm.goals_by_client.values())

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from plannr_pipeline.api import ConfigurationError, PlannrSettings
@@ -107,3 +109,26 @@ def test_a_422_that_echoes_the_token_never_shows_it():
     assert "sekret-token-42" not in str(raised.value) and "sekret-token-42" not in repr(
         raised.value.field_errors
     )
+
+
+def test_budget_dir_defaults_under_the_temp_dir_and_may_be_set(tmp_path):
+    import tempfile
+
+    from plannr_pipeline.api.config import budget_dir_from_env
+
+    assert budget_dir_from_env({}) == Path(tempfile.gettempdir()) / "plannr-pipeline-budget"
+    assert budget_dir_from_env({"PLANNR_BUDGET_DIR": str(tmp_path / "b")}) == tmp_path / "b"
+    assert (tmp_path / "b").is_dir()
+
+
+@pytest.mark.parametrize(
+    "value, says",
+    [("relative/dir", "absolute path"), ("{file}", "is a file"), ("{file}/sub", "cannot be created")],
+)
+def test_unusable_budget_dir_is_one_line_naming_the_variable(tmp_path, value, says):
+    from plannr_pipeline.api.config import budget_dir_from_env
+
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigurationError, match=says) as raised:
+        budget_dir_from_env({"PLANNR_BUDGET_DIR": value.format(file=tmp_path / "f")})
+    assert str(raised.value).startswith("PLANNR_BUDGET_DIR") and "\n" not in str(raised.value)

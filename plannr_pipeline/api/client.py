@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -105,6 +107,21 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
             seconds = (parsedate_to_datetime(raw) - datetime.now(UTC)).total_seconds()
         except (TypeError, ValueError):
             return None
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _reset_seconds(response: httpx.Response) -> float | None:
+    """X-RateLimit-Reset as seconds from now: a Unix time (Laravel, GitHub) or, if small, a delay."""
+    raw = response.headers.get("X-RateLimit-Reset")
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    if value is None or math.isnan(value):
+        return None
+    seconds = value - time.time() if value > 1_000_000_000 else value
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
@@ -207,7 +224,7 @@ class PlannrClient:
     def _wait_before_retry(self, retry_state: RetryCallState) -> float:
         error = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(error, TransientHTTPError) and error.retry_after is not None:
-            # The budget already holds every caller until Retry-After has passed; add jitter
+            # The budget already holds every caller until the server's window has passed; add jitter
             # so the callers do not all return in the same instant.
             return random.uniform(0.0, 0.25)
         return self._backoff(retry_state)
@@ -270,12 +287,17 @@ class PlannrClient:
         self.stats.budget_per_minute = self.budget.limit
         status = response.status_code
         if status == 429:
-            retry_after = _retry_after_seconds(response)
-            self.budget.pause_for(
-                retry_after if retry_after is not None else self.budget.window_seconds / self.budget.limit
-            )
-            # Without Retry-After, this caller falls back to exponential backoff.
-            raise TransientHTTPError("429 Too Many Requests", retry_after=retry_after, status=429)
+            # Hold every process of this token (the pause is in the shared budget file) until the
+            # server's window has passed: Retry-After, else X-RateLimit-Reset, else a whole window
+            # (the server counts requests we cannot see, so take the window as spent). The budget
+            # then paces the retries; no backoff on top.
+            hold = _retry_after_seconds(response)
+            if hold is None:
+                hold = _reset_seconds(response)
+            if hold is None:
+                hold = self.budget.window_seconds
+            self.budget.pause_everyone(hold)
+            raise TransientHTTPError("429 Too Many Requests", retry_after=hold, status=429)
         if status >= 500:
             raise TransientHTTPError(f"{status} server error", status=status)
         if status >= 400:

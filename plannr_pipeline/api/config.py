@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
 from plannr_pipeline.api.errors import ConfigurationError, redact
@@ -108,3 +110,33 @@ def budget_from_env(env: Mapping[str, str]) -> int | None:
 
 def concurrency_from_env(env: Mapping[str, str]) -> int:
     return positive_int(env, "PLANNR_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY)
+
+
+def budget_dir_from_env(env: Mapping[str, str]) -> Path:
+    """PLANNR_BUDGET_DIR, or `plannr-pipeline-budget` under the temp directory: where the request
+    budget file lives (api/budget.py). Every process using one token must see the same directory.
+
+    Created if needed; one line naming the variable (or the default path) and the fix if it
+    cannot be used.
+    """
+    raw = env.get("PLANNR_BUDGET_DIR", "").strip()
+    path = Path(raw).expanduser() if raw else Path(tempfile.gettempdir()) / "plannr-pipeline-budget"
+    where = f"PLANNR_BUDGET_DIR ({path})" if raw else f"The request budget directory {path}"
+    fix = (
+        "set PLANNR_BUDGET_DIR to a directory you can write"
+        if raw
+        else "make it writable, or set PLANNR_BUDGET_DIR to a directory you can write"
+    )
+    if raw and not path.is_absolute():
+        raise ConfigurationError(
+            f"PLANNR_BUDGET_DIR must be an absolute path, got {raw!r}: every process using the token must find the same directory."
+        )
+    if path.exists() and not path.is_dir():
+        raise ConfigurationError(f"{where} is a file, not a directory: {fix}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigurationError(f"{where} cannot be created ({error.strerror or error}): {fix}.") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"{where} is not writable: {fix}.")
+    return path

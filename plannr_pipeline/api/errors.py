@@ -85,7 +85,7 @@ class RetriesExhaustedError(PlannrError):
 
 
 class TransientHTTPError(PlannrError):
-    """Internal: a failure worth retrying. Carries the server's Retry-After, if any."""
+    """Internal: a failure worth retrying. A 429 carries how long the budget holds every caller."""
 
     def __init__(
         self,
