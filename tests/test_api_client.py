@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -17,7 +19,9 @@ from plannr_pipeline.api import (
     RetriesExhaustedError,
     ValidationError,
 )
+from plannr_pipeline.api.budget import RequestBudget
 from plannr_pipeline.sandbox.firm import FirmSize
+from tests.broken_http import FAULTS, GOOD_PAGE, BrokenHttpServer
 
 CLIENTS = {"filter[type]": "client"}
 
@@ -271,3 +275,37 @@ def test_retry_after_may_be_an_http_date():
 
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     assert 25 <= _retry_after_seconds(httpx.Response(429, headers={"Retry-After": when})) <= 30
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_broken_http_is_retried_and_then_read(fault, tmp_path):
+    """Each transport fault is transient: the retry gets the good answer."""
+    server = BrokenHttpServer([FAULTS[fault]])
+    try:
+        client = _client_for(server.url, tmp_path, max_attempts=3)
+        assert asyncio.run(_get(client, "/api/v1/account")) == json.loads(GOOD_PAGE)
+        # aiohttp itself retries a GET once on a connection closed without an answer
+        assert server.requests == 2 and client.stats.retries <= 1
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_broken_http_that_persists_is_the_projects_own_error(fault, tmp_path):
+    server = BrokenHttpServer([FAULTS[fault]] * 10)
+    try:
+        client = _client_for(server.url, tmp_path, max_attempts=3)
+        with pytest.raises(RetriesExhaustedError) as caught:
+            asyncio.run(_get(client, "/api/v1/account"))
+        assert "failed 3 times" in str(caught.value) and server.requests >= 3
+        assert "secret-token" not in str(caught.value)
+    finally:
+        server.close()
+
+
+def _client_for(url: str, tmp_path, max_attempts: int) -> PlannrClient:
+    settings = PlannrSettings(base_url=url, token="secret-token", rate_limit_per_minute=100_000)
+    budget = RequestBudget(uuid.uuid4().hex, 100_000, directory=tmp_path, follow_server_limit=False)
+    return PlannrClient(
+        settings, budget=budget, max_attempts=max_attempts, backoff_initial=0.01, backoff_max=0.05
+    )

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
@@ -125,10 +126,10 @@ def _reset_seconds(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
-def _refused(error: BaseException) -> bool:
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, ConnectionRefusedError):
+        if isinstance(seen, kind):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -271,14 +272,20 @@ class PlannrClient:
         try:
             response = await self._http.get(path, params=params)
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-            # Refused, unresolvable or silent: nobody is answering there (a retry or two covers a
-            # blip). The aiohttp transport reports a refused connection as a ConnectTimeout.
-            why = "connection refused" if _refused(error) else type(error).__name__
+            # The aiohttp transport reports every lost connection as a ConnectTimeout: one the
+            # server closed without answering is a dropped connection, retried like any other.
+            if _caused_by(error, aiohttp.ServerDisconnectedError):
+                raise TransientHTTPError(
+                    f"{self.settings.base_url} closed the connection without answering"
+                ) from None
+            # Refused, unresolvable or silent: nobody is answering there (a retry or two covers a blip).
+            why = "connection refused" if _caused_by(error, ConnectionRefusedError) else type(error).__name__
             raise TransientHTTPError(
                 f"could not connect to {self.settings.base_url} ({why})", unreachable=True
             ) from None
-        except httpx.TransportError as error:
-            # Timeouts, dropped connections, bad status lines: name the kind, never echo the request.
+        except (httpx.TransportError, httpx.DecodingError, aiohttp.ClientError) as error:
+            # Timeouts, bad status lines, oversized headers, bad gzip (the aiohttp transport lets
+            # some of these through as aiohttp's own errors): name the kind, never echo the request.
             raise TransientHTTPError(f"{type(error).__name__} talking to {self.settings.base_url}") from None
         body = response.content
         self.stats.record(path, response.status_code, len(body))
