@@ -81,6 +81,38 @@ def test_uncastable_values_are_kept_not_lost():
     assert normalise.arrow(GOALS, [row]).num_rows == 1
 
 
+def test_a_number_too_large_for_its_column_is_kept_not_fatal():
+    """progress is SMALLINT, the target BIGINT pennies: one wild number must not sink the batch."""
+    drift = normalise.Drift()
+    wild = goal(progress=70_000, target_amount={"amount": str(2**63), "currency": "GBP"})
+    rows = normalise.goals("c1", [wild, goal(uuid="g2")], drift, "2025-04")
+    assert rows[0]["progress"] is None and rows[0]["target_amount_minor"] is None
+    assert json.loads(rows[0]["extra_json"])["_unparsed"] == {
+        "progress": 70_000,
+        "target_amount_minor": {"amount": str(2**63), "currency": "GBP"},
+    }
+    assert normalise.arrow(GOALS, rows).num_rows == 2
+    assert rows[1]["progress"] == 68
+
+
+def test_an_import_with_nonsense_counts_still_gives_a_snapshot():
+    from plannr_pipeline.defs.sensors.import_polling import ImportSnapshot
+
+    record = {
+        "uuid": "i1",
+        "created_at": "2025-04-02T13:27:55+01:00",
+        "progress": "lots",
+        "total_jobs": 2**40,
+    }
+    snapshot = ImportSnapshot.of({**record, "jobs_remaining": 3, "failed_jobs": None})
+    assert (snapshot.progress, snapshot.total_jobs, snapshot.jobs_remaining, snapshot.failed_jobs) == (
+        None,
+        None,
+        3,
+        0,
+    )
+
+
 def test_import_errors_as_list_or_map():
     as_list = {"uuid": "i1", "errors": [{"client": {"row": 2}, "errors": {"email": ["bad", "worse"]}}]}
     as_map = {"uuid": "i1", "errors": {"0": {"client": {"row": 2}, "errors": {"email": ["bad", "worse"]}}}}

@@ -10,6 +10,8 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pyarrow as pa
+
 LONDON = ZoneInfo("Europe/London")
 PLACEHOLDER_PREFIX = "App\\Http\\Resources\\"
 
@@ -69,6 +71,22 @@ def to_int(value: Any) -> int | None:
     if not number.is_integer():
         raise ValueError(f"expected a whole number, got {value!r}")
     return int(number)
+
+
+# What each signed integer column can hold.
+INTEGER_BOUNDS = {
+    type_: (-(2 ** (type_.bit_width - 1)), 2 ** (type_.bit_width - 1) - 1)
+    for type_ in (pa.int8(), pa.int16(), pa.int32(), pa.int64())
+}
+
+
+def fitting(value: Any, type_: pa.DataType) -> Any:
+    """`value` unchanged, unless it is a whole number a column of integer type `type_` cannot hold:
+    that is a ValueError, so one wild number lands in `_unparsed` instead of sinking the batch."""
+    if type(value) is int and (bounds := INTEGER_BOUNDS.get(type_)):
+        if not bounds[0] <= value <= bounds[1]:
+            raise ValueError(f"{value} does not fit {type_}")
+    return value
 
 
 def to_bool(value: Any) -> bool | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from plannr_pipeline.storage import convert as c
 from plannr_pipeline.storage import tables as t
 from plannr_pipeline.storage.convert import is_placeholder
 
@@ -50,7 +51,7 @@ def to_row(table: t.Table, record: dict[str, Any], drift: Drift, **fixed: Any) -
             continue
         raw = _dig(record, column.path)
         try:
-            row[column.name] = column.convert(raw) if column.convert else raw
+            row[column.name] = c.fitting(column.convert(raw) if column.convert else raw, column.type)
         except (ValueError, TypeError):
             row[column.name] = None
             unparsed[column.name] = raw

@@ -12,12 +12,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
+
 from plannr_pipeline.api import PlannrClient, RequestStats, endpoints
 from plannr_pipeline.defs.resources import PlannrApi
-from plannr_pipeline.storage.convert import LONDON, to_int, to_utc, uk_day
+from plannr_pipeline.storage.convert import LONDON, fitting, to_int, to_utc, uk_day
 
 TERMINAL_STATUSES = {"completed", "complete", "finished", "failed", "cancelled", "canceled"}
 RECENT_DAYS = 1
+
+
+def _count(value: Any) -> int | None:
+    """A job count as a whole number, None when it is not one (nonsense must not stop the sensor)."""
+    try:
+        return fitting(to_int(value), pa.int32())
+    except (ValueError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -42,10 +52,10 @@ class ImportSnapshot:
             uuid=record["uuid"],
             type=record.get("type"),
             status=record.get("status"),
-            progress=to_int(record.get("progress")),
-            total_jobs=to_int(record.get("total_jobs")),
-            jobs_remaining=to_int(record.get("jobs_remaining")),
-            failed_jobs=to_int(record.get("failed_jobs")) or 0,
+            progress=_count(record.get("progress")),
+            total_jobs=_count(record.get("total_jobs")),
+            jobs_remaining=_count(record.get("jobs_remaining")),
+            failed_jobs=_count(record.get("failed_jobs")) or 0,
             created_day=uk_day(to_utc(record["created_at"])),
             updated_at=to_utc(record.get("updated_at")),
             error_report_url=report.get("download_url") if isinstance(report, dict) else None,
