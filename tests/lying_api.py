@@ -27,6 +27,9 @@ class LyingApi:
         self.before: dict[str, Callable[[dict[str, str]], None]] = {}
         # (path, query) -> a status to answer instead of forwarding (a server in trouble), or None
         self.trouble: Callable[[str, dict[str, str]], int | None] = lambda path, query: None
+        # A status to answer every request with, its body echoing the token it was sent (as
+        # careless APIs do in error messages and field errors)
+        self.echo_token_with: int | None = None
         self.requests: list[str] = []
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -52,6 +55,12 @@ class LyingApi:
             hook(dict(request.query))
         if (status := self.trouble(request.path, dict(request.query))) is not None:
             return web.json_response({"message": "Service Unavailable"}, status=status)
+        if self.echo_token_with is not None:
+            sent = request.headers.get("Authorization", "")
+            return web.json_response(
+                {"message": f"Request with {sent} refused", "errors": {sent: [f"{sent} is not valid here"]}},
+                status=self.echo_token_with,
+            )
         headers = {
             k: v
             for k, v in request.headers.items()

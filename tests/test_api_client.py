@@ -15,6 +15,7 @@ from plannr_pipeline.api import (
     NotFoundError,
     PermissionDeniedError,
     PlannrClient,
+    PlannrError,
     PlannrSettings,
     RetriesExhaustedError,
     ValidationError,
@@ -22,6 +23,7 @@ from plannr_pipeline.api import (
 from plannr_pipeline.api.budget import RequestBudget
 from plannr_pipeline.sandbox.firm import FirmSize
 from tests.broken_http import FAULTS, GOOD_PAGE, BrokenHttpServer
+from tests.lying_api import LyingApi
 
 CLIENTS = {"filter[type]": "client"}
 
@@ -309,3 +311,21 @@ def _client_for(url: str, tmp_path, max_attempts: int) -> PlannrClient:
     return PlannrClient(
         settings, budget=budget, max_attempts=max_attempts, backoff_initial=0.01, backoff_max=0.05
     )
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422, 500])
+def test_an_api_that_echoes_the_token_never_gets_it_shown(make_sandbox, tmp_path, status):
+    """Over real HTTP, every error status with a body (message and field errors) echoing the token."""
+    proxy = LyingApi(make_sandbox(clients=1).url)
+    proxy.echo_token_with = status
+    try:
+        client = _client_for(proxy.url, tmp_path, max_attempts=2)
+        with pytest.raises(PlannrError) as caught:
+            asyncio.run(_get(client, "/api/v1/account"))
+    finally:
+        proxy.close()
+    shown = (
+        f"{caught.value} {caught.value!r} {getattr(caught.value, 'field_errors', '')} {client.stats.warnings}"
+    )
+    assert "secret-token" not in shown
+    assert status == 500 or "[redacted]" in shown  # the echo reached the message, redacted

@@ -23,6 +23,7 @@ from plannr_pipeline.sandbox.firm import FirmSize
 from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 from plannr_pipeline.storage.warehouse import Warehouse
 from plannr_pipeline.sync import run_sync
+from tests.lying_api import LyingApi
 
 LONDON = ZoneInfo("Europe/London")
 
@@ -283,11 +284,18 @@ def run_cli(env_overrides: dict, data_dir: Path) -> subprocess.CompletedProcess:
 
 
 def test_sync_with_a_wrong_token_fails_clearly_without_the_token(make_sandbox, tmp_path):
+    """The API answers 401 with a body that echoes the token it was sent: never shown."""
     sandbox = make_sandbox(clients=5)
+    proxy = LyingApi(sandbox.url)
+    proxy.echo_token_with = 401
     secret = "not-the-right-token-9f8e7d"
-    done = run_cli({"PLANNR_BASE_URL": sandbox.url, "PLANNR_API_TOKEN": secret}, tmp_path / "data")
+    try:
+        done = run_cli({"PLANNR_BASE_URL": proxy.url, "PLANNR_API_TOKEN": secret}, tmp_path / "data")
+    finally:
+        proxy.close()
     assert done.returncode == 1
     assert "sync FAILED" in done.stderr and "PLANNR_API_TOKEN" in done.stderr
+    assert "[redacted]" in done.stdout + done.stderr  # the echo was there to leak
     assert secret not in done.stdout + done.stderr
 
 
