@@ -318,3 +318,73 @@ def test_sync_with_a_malformed_setting_names_it(tmp_path, variable, value):
     done = run_cli({variable: value}, tmp_path / "data")
     assert done.returncode == 2
     assert variable in done.stderr and "Traceback" not in done.stderr
+
+
+def test_two_incremental_merges_at_once_lose_neither_change(make_sandbox, tmp_path, monkeypatch):
+    """Two incremental task runs at once, each seeing one task changed that the other does not:
+    both changes are stored. Each merge reads the stored rows, so without the merge lock both
+    read the same rows and the second commit drops the first's change."""
+    import threading
+
+    from plannr_pipeline.storage.parquet_store import ParquetStore
+
+    sandbox = make_sandbox(clients=400)  # 600 tasks: the newest page holds 500
+    data_dir = tmp_path / "data"
+    assert dg.materialize(ASSETS, selection=["tasks"], resources=resources_for(sandbox, data_dir)).success
+    oldest = sorted(sandbox.firm.tasks, key=lambda task: task["updated_at"])[:2]  # on no newest page
+
+    def changing(task: dict, title: str):
+        def lie(path, query, body):
+            changed = {**task, "name": title, "updated_at": datetime.now(UTC).isoformat()}
+            if query.get("page") == "1":
+                body["data"] = [changed] + body["data"][:-1]
+            return body
+
+        return lie
+
+    proxies = [LyingApi(sandbox.url), LyingApi(sandbox.url)]
+    for proxy, task, title in zip(proxies, oldest, ["first change", "second change"], strict=True):
+        proxy.lies["/api/v1/task"] = changing(task, title)
+    # Both merges read the stored tasks at the same moment if nothing keeps them apart.
+    both_reading = threading.Barrier(2, timeout=3)
+    read = ParquetStore.read
+
+    def read_together(self, table, *args, **kwargs):
+        merging = kwargs.get("columns") is None  # the watermark is read by column first
+        if table.name == "tasks" and merging and threading.current_thread().name.startswith("merge"):
+            try:
+                both_reading.wait()
+            except threading.BrokenBarrierError:
+                pass  # the other merge is held off (by the lock): go on alone
+        return read(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(ParquetStore, "read", read_together)
+    config = dg.RunConfig(ops={"tasks": {"config": {"incremental": True}}})
+    results = []
+
+    def merge(proxy):
+        resources = {
+            "plannr": PlannrApi(
+                base_url=proxy.url, token=sandbox.options.token, rate_limit_per_minute=100_000
+            ),
+            "storage": PlannrStorage(data_dir=str(data_dir)),
+        }
+        results.append(
+            dg.materialize(ASSETS, selection=["tasks"], resources=resources, run_config=config).success
+        )
+
+    threads = [threading.Thread(target=merge, args=(p,), name=f"merge-{i}") for i, p in enumerate(proxies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for proxy in proxies:
+        proxy.close()
+    assert results == [True, True]
+    titles = dict(
+        query(
+            data_dir,
+            "select uuid, name from read_parquet('" + str(data_dir) + "/parquet/tasks/data.parquet')",
+        )
+    )
+    assert [titles[task["uuid"]] for task in oldest] == ["first change", "second change"]
