@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from plannr_pipeline.api import UnreachableError
 from plannr_pipeline.definitions import ASSETS, resources
 from plannr_pipeline.defs.checks import CHECKS
-
-UNREACHABLE = "could not connect to"  # the phrase UnreachableError's message starts with
 
 
 @dataclass(frozen=True)
@@ -67,6 +66,17 @@ def range_tags(partitions_def: dg.PartitionsDefinition | None) -> dict[str, str]
         return {}
     keys = partitions_def.get_partition_keys()
     return {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+
+
+def _unreachable(event: dg.DagsterEvent) -> bool:
+    """The step failed because nobody answers at the API's address (then so would the rest)."""
+    data = event.step_failure_data
+    error = data.error if data else None
+    while error is not None:
+        if error.cls_name == UnreachableError.__name__:
+            return True
+        error = error.cause or error.context
+    return False
 
 
 def _failure_line(event: dg.DagsterEvent) -> str:
@@ -142,13 +152,13 @@ def run_sync(
             report.checks[f"{evaluation.asset_key.to_user_string()}: {evaluation.check_name}"] = (
                 evaluation.passed
             )
-        if failures := [_failure_line(e) for e in run.all_events if e.is_step_failure]:
+        if failed := [e for e in run.all_events if e.is_step_failure]:
             report.ok = False
-            report.failures.extend(failures)
-            if any(UNREACHABLE in failure for failure in failures):  # the next steps would only wait too
+            report.failures.extend(_failure_line(e) for e in failed)
+            if any(_unreachable(e) for e in failed):  # the next steps would only wait too
                 report.failures.append("remaining steps skipped: the API is unreachable")
                 break
-        if not run.success and not failures:
+        if not run.success and not failed:
             report.ok = False
             report.failures.append(f"{step.name}: run did not succeed")
     report.seconds = time.monotonic() - started
