@@ -38,16 +38,27 @@ def test_the_definitions_carry_a_duckdb_resource_on_the_database(monkeypatch, tm
     )  # one setting moves both
 
 
-def test_a_users_own_asset_reads_a_view_through_the_definitions_resource(make_sandbox, monkeypatch, tmp_path):
+@pytest.fixture
+def synced_through_the_definitions(make_sandbox, monkeypatch, tmp_path) -> dict:
+    """A sandbox of 40 clients synced into tmp_path/data with the definitions' own resources."""
     sandbox = make_sandbox(clients=40)
     monkeypatch.setenv("PLANNR_DATA_DIR", str(tmp_path / "data"))
-    from plannr_pipeline.definitions import ASSETS, resources
+    from plannr_pipeline.definitions import resources
 
     built = resources()
     built["plannr"] = PlannrApi(
         base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000
     )
     assert run_sync(resources_by_key=built, echo=lambda _: None).ok
+    return built
+
+
+def test_a_users_own_asset_reads_a_view_through_the_definitions_resource(
+    synced_through_the_definitions, tmp_path
+):
+    from plannr_pipeline.definitions import ASSETS
+
+    built = synced_through_the_definitions
     example = load_example()
     result = dg.materialize(
         [*ASSETS, example.adviser_workload], selection=[example.adviser_workload], resources=built
@@ -63,22 +74,15 @@ def test_a_users_own_asset_reads_a_view_through_the_definitions_resource(make_sa
     assert metadata["goals_off_track"].value == off_track
 
 
-def test_views_follow_the_data_folder_when_it_is_moved_or_copied(make_sandbox, monkeypatch, tmp_path):
+def test_views_follow_the_data_folder_when_it_is_moved_or_copied(
+    synced_through_the_definitions, monkeypatch, tmp_path
+):
     """Views name absolute paths (an analyst's DuckDB finds them from any directory); a moved or
     copied folder's views are pointed at it by the next thing of ours that opens it."""
     import shutil
 
-    from plannr_pipeline.storage.warehouse import Warehouse
-
-    sandbox = make_sandbox(clients=40)
-    monkeypatch.setenv("PLANNR_DATA_DIR", str(tmp_path / "data"))
     from plannr_pipeline.definitions import ASSETS, resources
-
-    built = resources()
-    built["plannr"] = PlannrApi(
-        base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000
-    )
-    assert run_sync(resources_by_key=built, echo=lambda _: None).ok
+    from plannr_pipeline.storage.warehouse import Warehouse
 
     def clients_in(folder: Path) -> int:
         with duckdb.connect(str(folder / "plannr.duckdb"), read_only=True) as db:
