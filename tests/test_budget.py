@@ -201,14 +201,16 @@ class _RateLimitedApi:
         ({"X-RateLimit-Limit": "60", "X-Ratelimit-Remaining": "0"}, WINDOW, (WINDOW - 0.1, WINDOW + 1.0)),
         # X-RateLimit-Reset (a Unix time, whole seconds) says when the window passes: wait for that, not a window.
         ({"X-RateLimit-Reset": "{reset}"}, 20.0, (0.9, 2.5)),
+        # Retry-After says it first: it wins over a later reset and over the window.
+        ({"Retry-After": "1", "X-RateLimit-Reset": "{later}"}, 20.0, (0.9, 2.0)),
     ],
-    ids=["no-retry-after", "ratelimit-reset"],
+    ids=["no-retry-after", "ratelimit-reset", "retry-after"],
 )
-def test_a_429_without_retry_after_holds_every_process_until_the_window_passes(
+def test_a_429_holds_every_process_until_the_server_says_or_its_window_passes(
     tmp_path, headers, window, held
 ):
-    reset = str(int(time.time()) + 2)
-    api = _RateLimitedApi({name: value.format(reset=reset) for name, value in headers.items()})
+    reset, later = str(int(time.time()) + 2), str(int(time.time()) + 10)
+    api = _RateLimitedApi({name: value.format(reset=reset, later=later) for name, value in headers.items()})
     key = uuid.uuid4().hex
 
     def budget() -> RequestBudget:
