@@ -78,7 +78,9 @@ class Firm:
         return self.clients + self.staff
 
 
-class _Maker:
+class RecordMaker:
+    """Fake records from one seed: the firm at the start, and the records its timeline adds."""
+
     def __init__(self, seed: int, reference: datetime) -> None:
         self.rng = random.Random(seed)
         self.fake = Faker("en_GB")
@@ -264,7 +266,7 @@ def generate_firm(
         reference = default_reference()
     elif not isinstance(reference, datetime):
         reference = datetime.combine(reference, time(0), tzinfo=UTC)
-    make = _Maker(seed, reference)
+    make = RecordMaker(seed, reference)
     history_start = reference - timedelta(days=3 * 365)
 
     staff_count = size.staff if size.staff is not None else max(3, size.clients // 40)

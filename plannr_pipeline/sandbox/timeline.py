@@ -26,7 +26,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from plannr_pipeline.sandbox.firm import CLIENT_ROLES, TASK_STATUSES, Firm, _Maker, add_people
+from plannr_pipeline.sandbox.firm import CLIENT_ROLES, TASK_STATUSES, Firm, RecordMaker, add_people
 from plannr_pipeline.sandbox.formats import iso_london, naive_london
 from plannr_pipeline.sandbox.people import ADVISER_ROLES
 
@@ -130,7 +130,7 @@ def apply_step(firm: Firm, seed: int, step: int, max_goals_per_client: int = 4) 
         changed["tasks"]["deleted"].append(task["uuid"])
 
     # -- arrivals ---------------------------------------------------------------------------
-    make = _Maker(rng.getrandbits(63), moment)
+    make = RecordMaker(rng.getrandbits(63), moment)
     for _ in range(rng.randint(*NEW_CLIENTS)):
         client = make.account("client", make.rng.choice(CLIENT_ROLES), moment)
         client["inactive_at"] = None  # a new arrival is active
