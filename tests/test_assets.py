@@ -23,6 +23,7 @@ from plannr_pipeline.sandbox.firm import FirmSize
 from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 from plannr_pipeline.storage.warehouse import Warehouse
 from plannr_pipeline.sync import run_sync
+from tests.cli import clean_env, run_cli, start_cli
 from tests.lying_api import LyingApi
 
 LONDON = ZoneInfo("Europe/London")
@@ -224,21 +225,23 @@ def test_a_killed_run_leaves_the_previous_tables_readable(make_sandbox, synced, 
     sandbox, data_dir, _ = synced
     before = {t: table_snapshot(data_dir, t) for t in ("clients", "goals")}
     slow = make_sandbox(clients=120, latency_ms=150, token=sandbox.options.token)  # the same firm, slowly
-    env = {
-        **os.environ,
-        "PLANNR_BASE_URL": slow.url,
-        "PLANNR_API_TOKEN": slow.options.token,
-        "PLANNR_DATA_DIR": str(data_dir),
-        "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
-        "PLANNR_MAX_CONCURRENCY": "2",
-    }
-    sync = subprocess.Popen(
-        [sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "clients,goals"],
+    env = clean_env(
+        {
+            "PLANNR_BASE_URL": slow.url,
+            "PLANNR_API_TOKEN": slow.options.token,
+            "PLANNR_DATA_DIR": str(data_dir),
+            "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
+            "PLANNR_MAX_CONCURRENCY": "2",
+        }
+    )
+    sync = start_cli(
+        "sync",
+        "--select",
+        "clients,goals",
         env=env,
+        cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=tmp_path,
     )
     deadline = time.monotonic() + 60
     while not list((data_dir / "parquet" / "goals").glob("*/.data.parquet.*.tmp")):  # mid-write
@@ -269,18 +272,11 @@ def test_incremental_tasks_stop_at_the_watermark_and_merge(make_sandbox, tmp_pat
     assert {t: table_snapshot(data_dir, t) for t in tables} == full
 
 
-def run_cli(env_overrides: dict, data_dir: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")}
-    env.update({"PLANNR_DATA_DIR": str(data_dir), **env_overrides})
+def sync_circles(settings: dict, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`plannr-pipeline sync --select circles` into data_dir, with only these settings."""
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "circles"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=data_dir.parent,
-    )
+    env = clean_env({"PLANNR_DATA_DIR": str(data_dir), **settings})
+    return run_cli("sync", "--select", "circles", env=env, cwd=data_dir.parent)
 
 
 def test_sync_with_a_wrong_token_fails_clearly_without_the_token(make_sandbox, tmp_path):
@@ -290,7 +286,7 @@ def test_sync_with_a_wrong_token_fails_clearly_without_the_token(make_sandbox, t
     proxy.echo_token_with = 401
     secret = "not-the-right-token-9f8e7d"
     try:
-        done = run_cli({"PLANNR_BASE_URL": proxy.url, "PLANNR_API_TOKEN": secret}, tmp_path / "data")
+        done = sync_circles({"PLANNR_BASE_URL": proxy.url, "PLANNR_API_TOKEN": secret}, tmp_path / "data")
     finally:
         proxy.close()
     assert done.returncode == 1
@@ -300,13 +296,13 @@ def test_sync_with_a_wrong_token_fails_clearly_without_the_token(make_sandbox, t
 
 
 def test_sync_without_a_token_for_a_base_url_says_what_to_set(tmp_path):
-    done = run_cli({"PLANNR_BASE_URL": "http://127.0.0.1:9"}, tmp_path / "data")
+    done = sync_circles({"PLANNR_BASE_URL": "http://127.0.0.1:9"}, tmp_path / "data")
     assert done.returncode == 2
     assert "PLANNR_API_TOKEN" in done.stderr
 
 
 def test_sync_against_the_embedded_sandbox_says_so(tmp_path):
-    done = run_cli({"PLANNR_SANDBOX_CLIENTS": "20"}, tmp_path / "data")
+    done = sync_circles({"PLANNR_SANDBOX_CLIENTS": "20"}, tmp_path / "data")
     assert done.returncode == 0, done.stderr
     assert "embedded sandbox" in done.stdout and "sync finished" in done.stdout
 
@@ -315,7 +311,7 @@ def test_sync_against_the_embedded_sandbox_says_so(tmp_path):
     "variable, value", [("PLANNR_START_DATE", "last year"), ("PLANNR_MAX_CONCURRENCY", "many")]
 )
 def test_sync_with_a_malformed_setting_names_it(tmp_path, variable, value):
-    done = run_cli({variable: value}, tmp_path / "data")
+    done = sync_circles({variable: value}, tmp_path / "data")
     assert done.returncode == 2
     assert variable in done.stderr and "Traceback" not in done.stderr
 

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from plannr_pipeline.api import ConfigurationError, PlannrSettings
+from tests.cli import clean_env, run_cli
 
 
 def test_sandbox_only_without_token_and_base_url():
@@ -68,25 +69,15 @@ def test_plain_http_is_fine_on_loopback_or_when_allowed(monkeypatch):
     ],
 )
 def test_sync_refuses_a_bad_setting_before_any_run(tmp_path, env_name, make):
-    import os
-    import subprocess
-    import sys
-
     (tmp_path / "a-file").write_text("")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))},
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "PLANNR_DATA_DIR": str(tmp_path / "data"),
-        env_name: str(make(tmp_path)),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "plannr_pipeline.cli", "sync"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    env = clean_env(
+        {
+            "DAGSTER_HOME": str(tmp_path / "home"),
+            "PLANNR_DATA_DIR": str(tmp_path / "data"),
+            env_name: str(make(tmp_path)),
+        }
     )
+    done = run_cli("sync", env=env, cwd=tmp_path)
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert env_name in line and "Traceback" not in done.stderr

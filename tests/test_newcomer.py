@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -11,25 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import clean_env, run_cli, sandbox_env
+
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_CONFIG = (REPO / "dagster.yaml").read_text()
 CUSTOM_CONFIG = (
     "# someone's own instance\nstorage:\n  postgres:\n    postgres_url: postgresql://localhost/dagster\n"
 )
-
-
-def _cli(*args: str, cwd: Path, env: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    environ.update({k: v for k, v in env.items() if v is not None})
-    return subprocess.run(
-        [sys.executable, "-m", "plannr_pipeline.cli", *args],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 # -- 1. an existing instance's dagster.yaml is never overwritten; sync and the UI share one -------
@@ -39,7 +26,7 @@ def test_an_existing_instance_keeps_its_dagster_yaml(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text(CUSTOM_CONFIG)
-    result = _cli("instance", cwd=tmp_path, env={"DAGSTER_HOME": str(home)})
+    result = run_cli("instance", cwd=tmp_path, env=clean_env({"DAGSTER_HOME": str(home)}))
     assert result.returncode == 0, result.stderr
     assert (home / "dagster.yaml").read_text() == CUSTOM_CONFIG
     assert result.stdout.strip() == str(home)
@@ -48,7 +35,7 @@ def test_an_existing_instance_keeps_its_dagster_yaml(tmp_path):
 
 def test_a_new_instance_gets_the_projects_dagster_yaml(tmp_path):
     home = tmp_path / "fresh" / "home"  # not there yet
-    result = _cli("instance", cwd=tmp_path, env={"DAGSTER_HOME": "fresh/home"})
+    result = run_cli("instance", cwd=tmp_path, env=clean_env({"DAGSTER_HOME": "fresh/home"}))
     assert result.returncode == 0, result.stderr
     assert (home / "dagster.yaml").read_text() == PROJECT_CONFIG
     assert result.stdout.strip() == str(home)  # a relative path is made absolute
@@ -56,7 +43,7 @@ def test_a_new_instance_gets_the_projects_dagster_yaml(tmp_path):
 
 
 def test_without_dagster_home_the_instance_is_dot_dagster_home(tmp_path):
-    result = _cli("instance", cwd=tmp_path, env={"DAGSTER_HOME": None})
+    result = run_cli("instance", cwd=tmp_path, env=clean_env({"DAGSTER_HOME": None}))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / ".dagster_home" / "dagster.yaml").read_text() == PROJECT_CONFIG
     assert result.stdout.strip() == str(tmp_path / ".dagster_home")
@@ -64,7 +51,7 @@ def test_without_dagster_home_the_instance_is_dot_dagster_home(tmp_path):
 
 def test_a_dagster_home_that_is_a_file_is_one_clear_line(tmp_path):
     (tmp_path / "home").write_text("")
-    result = _cli("instance", cwd=tmp_path, env={"DAGSTER_HOME": str(tmp_path / "home")})
+    result = run_cli("instance", cwd=tmp_path, env=clean_env({"DAGSTER_HOME": str(tmp_path / "home")}))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: DAGSTER_HOME={tmp_path / 'home'} is a file; point DAGSTER_HOME at a folder (or unset it for ./.dagster_home)."
@@ -91,11 +78,10 @@ def test_dev_script_starts_dagster_on_the_prepared_instance(tmp_path, existing):
     if existing:
         home.mkdir()
         (home / "dagster.yaml").write_text(CUSTOM_CONFIG)
-    environ = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}, "DAGSTER_HOME": str(home)}
     result = subprocess.run(
         ["bash", str(root / "scripts" / "dev.sh"), "-p", "3001"],
         cwd=tmp_path,
-        env=environ,
+        env=clean_env({"DAGSTER_HOME": str(home)}),
         capture_output=True,
         text=True,
         timeout=120,
@@ -262,14 +248,8 @@ def test_the_citation_scan_catches_what_it_should():
 def test_sync_says_when_the_views_could_not_be_refreshed(make_sandbox, tmp_path):
     sandbox = make_sandbox(clients=10)
     data_dir = tmp_path / "data"
-    env = {
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "PLANNR_DATA_DIR": str(data_dir),
-        "PLANNR_BASE_URL": sandbox.url,
-        "PLANNR_API_TOKEN": sandbox.options.token,
-        "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
-    }
-    first = _cli("sync", "--select", "circles", cwd=tmp_path, env=env)
+    env = sandbox_env(sandbox, tmp_path)  # data in tmp_path/data, the instance in tmp_path/home
+    first = run_cli("sync", "--select", "circles", cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     holder = subprocess.Popen(
         [
@@ -284,7 +264,7 @@ def test_sync_says_when_the_views_could_not_be_refreshed(make_sandbox, tmp_path)
     )
     try:
         assert holder.stdout.readline().strip() == "holding"
-        second = _cli("sync", "--select", "circles", cwd=tmp_path, env=env)
+        second = run_cli("sync", "--select", "circles", cwd=tmp_path, env=env)
     finally:
         holder.kill()
         holder.wait()
@@ -298,7 +278,7 @@ def test_sync_says_when_the_views_could_not_be_refreshed(make_sandbox, tmp_path)
         [record] = instance.fetch_materializations(dg.AssetKey("circles"), limit=1).records
         metadata = record.asset_materialization.metadata
     assert metadata["views_refreshed"].value is False and "not refreshed" in metadata["views_problem"].value
-    assert _cli("views", cwd=tmp_path, env=env).returncode == 0  # once the other program is gone
+    assert run_cli("views", cwd=tmp_path, env=env).returncode == 0  # once the other program is gone
 
 
 # -- 7. the dg layout: `dg check defs` (what `dagster definitions validate` advises) works -------------
@@ -313,7 +293,7 @@ def test_dg_check_defs_passes_in_the_repository():
         capture_output=True,
         text=True,
         timeout=300,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")},
+        env=clean_env(),
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "All definitions loaded successfully." in done.stdout + done.stderr

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +12,7 @@ from plannr_pipeline.defs.partitions import client_months
 from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage.convert import to_utc, uk_day
 from plannr_pipeline.sync import range_tags
+from tests.cli import run_cli, run_dagster, sandbox_env
 
 
 def resources_for(sandbox, data_dir: Path) -> dict:
@@ -32,14 +30,7 @@ def test_each_asset_alone_from_the_command_line_on_a_fresh_instance(make_sandbox
     sandbox = make_sandbox(clients=40)
     home = tmp_path / "home"
     home.mkdir()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")},
-        "DAGSTER_HOME": str(home),
-        "PLANNR_BASE_URL": sandbox.url,
-        "PLANNR_API_TOKEN": sandbox.options.token,
-        "PLANNR_DATA_DIR": str(tmp_path / "data"),
-        "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
-    }
+    env = sandbox_env(sandbox, tmp_path)
     month = client_months.get_last_partition_key()
     for asset, partition in (
         ("clients", month),
@@ -49,20 +40,10 @@ def test_each_asset_alone_from_the_command_line_on_a_fresh_instance(make_sandbox
         ("tasks", None),
         ("imports", None),
     ):
-        command = [
-            sys.executable,
-            "-m",
-            "dagster",
-            "asset",
-            "materialize",
-            "-m",
-            "plannr_pipeline.definitions",
-            "--select",
-            asset,
-        ]
+        command = ["asset", "materialize", "-m", "plannr_pipeline.definitions", "--select", asset]
         if partition:
             command += ["--partition", partition]
-        done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        done = run_dagster(*command, env=env, cwd=tmp_path)
         assert done.returncode == 0, f"{asset}: {done.stderr[-2000:]}"
     with dg.DagsterInstance.from_config(str(home)) as instance:
         for asset in ("clients", "goals", "staff", "circles", "tasks", "imports"):
@@ -102,23 +83,8 @@ def test_moving_the_start_date_never_creates_duplicates(make_sandbox, tmp_path):
     sandbox = make_sandbox(clients=80)
     data_dir = tmp_path / "data"
     for start in ("2023-01-01", "2025-06-01", "2024-01-01"):
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")},
-            "DAGSTER_HOME": str(tmp_path / "home"),
-            "PLANNR_BASE_URL": sandbox.url,
-            "PLANNR_API_TOKEN": sandbox.options.token,
-            "PLANNR_DATA_DIR": str(data_dir),
-            "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
-            "PLANNR_START_DATE": start,
-        }
-        done = subprocess.run(
-            [sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "clients,goals"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        env = sandbox_env(sandbox, tmp_path, PLANNR_START_DATE=start)
+        done = run_cli("sync", "--select", "clients,goals", env=env, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
         with duckdb.connect(str(data_dir / "plannr.duckdb"), read_only=True) as db:
             rows, distinct, first = db.execute(
@@ -135,21 +101,12 @@ def test_moving_the_start_date_never_creates_duplicates(make_sandbox, tmp_path):
 def test_a_partial_run_that_would_duplicate_says_how_to_recover(make_sandbox, tmp_path):
     sandbox = make_sandbox(clients=80)
     data_dir = tmp_path / "data"
-    base = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PLANNR_")},
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "PLANNR_BASE_URL": sandbox.url,
-        "PLANNR_API_TOKEN": sandbox.options.token,
-        "PLANNR_DATA_DIR": str(data_dir),
-        "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "clients"],
-        env={**base, "PLANNR_START_DATE": "2025-06-01"},
+    done = run_cli(
+        "sync",
+        "--select",
+        "clients",
+        env=sandbox_env(sandbox, tmp_path, PLANNR_START_DATE="2025-06-01"),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     with duckdb.connect(str(data_dir / "plannr.duckdb"), read_only=True) as db:
@@ -157,25 +114,17 @@ def test_a_partial_run_that_would_duplicate_says_how_to_recover(make_sandbox, tm
     month = min(uk_month(c["created_at"]) for c in sandbox.firm.clients)
     assert month < "2025-06"
     # Now the start is earlier, and only one old month is run: its clients are still stored in 2025-06.
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dagster",
-            "asset",
-            "materialize",
-            "-m",
-            "plannr_pipeline.definitions",
-            "--select",
-            "clients",
-            "--partition",
-            month,
-        ],
-        env={**base, "PLANNR_START_DATE": "2023-01-01"},
+    done = run_dagster(
+        "asset",
+        "materialize",
+        "-m",
+        "plannr_pipeline.definitions",
+        "--select",
+        "clients",
+        "--partition",
+        month,
+        env=sandbox_env(sandbox, tmp_path, PLANNR_START_DATE="2023-01-01"),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert done.returncode != 0
     assert "already stored in partition(s) 2025-06" in done.stdout + done.stderr

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 import pty
-import subprocess
-import sys
 
 from plannr_pipeline import progress
+from tests.cli import run_cli, sandbox_env, start_cli
 
 
 def test_lines_come_at_a_steady_cadence_with_the_time_left(monkeypatch):
@@ -26,27 +25,14 @@ def test_lines_come_at_a_steady_cadence_with_the_time_left(monkeypatch):
     ]
 
 
-def sync_env(sandbox, tmp_path) -> dict:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))},
-        "PLANNR_BASE_URL": sandbox.url,
-        "PLANNR_API_TOKEN": sandbox.options.token,
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "PLANNR_DATA_DIR": str(tmp_path / "data"),
-        "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
-        "PLANNR_MAX_CONCURRENCY": "4",
-    }
-
-
 def test_not_on_a_terminal_the_run_log_carries_the_progress(make_sandbox, tmp_path):
     sandbox = make_sandbox(clients=40)
-    done = subprocess.run(
-        [sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "clients,goals"],
-        env=sync_env(sandbox, tmp_path),
+    done = run_cli(
+        "sync",
+        "--select",
+        "clients,goals",
+        env=sandbox_env(sandbox, tmp_path, PLANNR_MAX_CONCURRENCY="4"),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "goals: 40/40 clients" in done.stderr  # the final line of the step, in the run log
@@ -56,9 +42,11 @@ def test_not_on_a_terminal_the_run_log_carries_the_progress(make_sandbox, tmp_pa
 def test_on_a_terminal_each_step_shows_a_live_bar(make_sandbox, tmp_path):
     sandbox = make_sandbox(clients=40)
     controller, terminal = pty.openpty()
-    sync = subprocess.Popen(
-        [sys.executable, "-m", "plannr_pipeline.cli", "sync", "--select", "clients,goals"],
-        env=sync_env(sandbox, tmp_path),
+    sync = start_cli(
+        "sync",
+        "--select",
+        "clients,goals",
+        env=sandbox_env(sandbox, tmp_path, PLANNR_MAX_CONCURRENCY="4"),
         cwd=tmp_path,
         stdin=terminal,
         stdout=terminal,

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from plannr_pipeline import cli
 from plannr_pipeline.sandbox.firm import FirmSize, generate_firm
+from tests.cli import clean_env, start_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = "/api/v1/client/{uuid}/goal"
@@ -186,28 +185,21 @@ def test_a_bad_shape_flag_exits_2_with_one_line_naming_it(monkeypatch, capsys, f
 
 def test_the_cli_serves_the_shape_asked_and_its_stats():
     token = "admin-cli-token"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "plannr_pipeline.cli",
-            "sandbox",
-            "--port",
-            "0",
-            "--clients",
-            "20",
-            "--tasks-per-client",
-            "5",
-            "--circles-per-client",
-            "0.5",
-            "--token",
-            token,
-        ],
+    process = start_cli(
+        "sandbox",
+        "--port",
+        "0",
+        "--clients",
+        "20",
+        "--tasks-per-client",
+        "5",
+        "--circles-per-client",
+        "0.5",
+        "--token",
+        token,
+        env=clean_env({"PYTHONPATH": str(ROOT)}),
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        text=True,
     )
     try:
         banner = process.stdout.readline()

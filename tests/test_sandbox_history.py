@@ -4,9 +4,7 @@ and `plannr-pipeline sandbox --advance N`."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from plannr_pipeline.sandbox.formats import iso_london, naive_london
 from plannr_pipeline.sandbox.people import ASSIGNMENTS
 from plannr_pipeline.sandbox.server import _from_loopback
 from plannr_pipeline.sandbox.timeline import KINDS, OPERATIONS, totals
+from tests.cli import clean_env, start_cli
 
 REFERENCE = datetime(2026, 1, 5, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,30 +189,23 @@ def test_the_advance_endpoint_checks_its_input_and_needs_no_token_only_loopback(
 
 def test_cli_advance_serves_the_firm_after_n_steps(make_sandbox, make_client):
     token = "cli-advance-token"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "plannr_pipeline.cli",
-            "sandbox",
-            "--port",
-            "0",
-            "--seed",
-            "13",
-            "--clients",
-            "30",
-            "--token",
-            token,
-            "--advance",
-            "3",
-            "--rate-limit",
-            "100000",
-        ],
+    process = start_cli(
+        "sandbox",
+        "--port",
+        "0",
+        "--seed",
+        "13",
+        "--clients",
+        "30",
+        "--token",
+        token,
+        "--advance",
+        "3",
+        "--rate-limit",
+        "100000",
+        env=clean_env({"PYTHONPATH": str(ROOT)}),
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        text=True,
     )
     try:
         banner = process.stdout.readline()

@@ -22,6 +22,8 @@ import httpx
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
+from tests.cli import clean_env, run_cli
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -86,30 +88,15 @@ def dagster_ui(tmp_path_factory) -> DagsterUI:
     home = workdir / ".dagster_home"  # what the quick start leaves, DAGSTER_HOME unset
     data_dir = workdir / "data"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}
-    env.update(
-        {
-            "DAGSTER_HOME": str(home),
-            "PLANNR_DATA_DIR": str(data_dir),
-            "PLANNR_SANDBOX_CLIENTS": str(SANDBOX_CLIENTS),
-        }
-    )
-    # The newcomer's path: a sync first (as scripts/quickstart.sh runs it, DAGSTER_HOME unset),
-    # then the UI on ./.dagster_home (as scripts/dev.sh prepares it); here the sync covers staff.
-    quick = {k: v for k, v in env.items() if k != "DAGSTER_HOME"}
-    plannr_pipeline = Path(sys.executable).with_name("plannr-pipeline")
-    synced = subprocess.run(
-        [str(plannr_pipeline), "sync", "--select", "staff"],
-        cwd=workdir,
-        env=quick,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    settings = {"PLANNR_DATA_DIR": str(data_dir), "PLANNR_SANDBOX_CLIENTS": str(SANDBOX_CLIENTS)}
+    env = clean_env({**settings, "DAGSTER_HOME": str(home)})
+    # The newcomer's path: a sync first (as scripts/quickstart.sh runs it: the installed script,
+    # DAGSTER_HOME unset), then the UI on ./.dagster_home (as scripts/dev.sh prepares it); here
+    # the sync covers staff.
+    quick = clean_env({**settings, "DAGSTER_HOME": None})
+    synced = run_cli("sync", "--select", "staff", env=quick, cwd=workdir, installed=True)
     assert synced.returncode == 0, synced.stderr[-2000:]
-    prepared = subprocess.run(
-        [str(plannr_pipeline), "instance"], cwd=workdir, env=quick, capture_output=True, text=True
-    )
+    prepared = run_cli("instance", env=quick, cwd=workdir, installed=True)
     assert prepared.stdout.strip() == str(home)
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "dagster-dev.log", "w")

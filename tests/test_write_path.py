@@ -25,6 +25,7 @@ from plannr_pipeline.storage.normalise import arrow
 from plannr_pipeline.storage.parquet_store import ParquetStore, StagedWrite
 from plannr_pipeline.storage.tables import CLIENTS, TASK_CUSTOM_FIELDS
 from plannr_pipeline.sync import range_tags
+from tests.cli import clean_env, sandbox_env, start_cli
 from tests.lying_api import LyingApi
 
 ACCOUNTS = "/api/v1/account"
@@ -268,19 +269,6 @@ def test_taking_back_a_record_takes_back_its_child_rows_too(tmp_path):
     ]
 
 
-def run_sync_cli(env: dict, cwd: Path, *args: str) -> subprocess.Popen:
-    environ = {**{k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}, **env}
-    return subprocess.Popen(
-        [sys.executable, "-m", "plannr_pipeline.cli", "sync", *args],
-        env=environ,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
 def test_an_unreachable_api_fails_the_sync_within_a_minute_in_one_clear_line(tmp_path):
     import socket
     import time
@@ -289,15 +277,15 @@ def test_an_unreachable_api_fails_the_sync_within_a_minute_in_one_clear_line(tmp
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     started = time.monotonic()
-    sync = run_sync_cli(
+    env = clean_env(
         {
             "PLANNR_BASE_URL": closed,
             "PLANNR_API_TOKEN": "t",
             "DAGSTER_HOME": str(tmp_path / "home"),
             "PLANNR_DATA_DIR": str(tmp_path / "data"),
-        },
-        tmp_path,
+        }
     )
+    sync = start_cli("sync", env=env, cwd=tmp_path)
     out, err = sync.communicate(timeout=120)
     assert sync.returncode == 1
     assert time.monotonic() - started < 60
@@ -311,15 +299,8 @@ def test_sigterm_stops_the_sync_with_143_and_leaves_stored_data_as_it_was(make_s
     import time
 
     sandbox = make_sandbox(clients=300, latency_ms=100)
-    env = {
-        "PLANNR_BASE_URL": sandbox.url,
-        "PLANNR_API_TOKEN": sandbox.options.token,
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "PLANNR_DATA_DIR": str(tmp_path / "data"),
-        "PLANNR_RATE_LIMIT_PER_MINUTE": "100000",
-        "PLANNR_MAX_CONCURRENCY": "2",
-    }
-    sync = run_sync_cli(env, tmp_path, "--select", "clients,goals")
+    env = sandbox_env(sandbox, tmp_path, PLANNR_MAX_CONCURRENCY="2")
+    sync = start_cli("sync", "--select", "clients,goals", env=env, cwd=tmp_path)
     deadline = time.monotonic() + 90
     while (
         sandbox.requests["/api/v1/account"] == 0 or sum(sandbox.requests.values()) < 20
