@@ -158,8 +158,10 @@ def test_a_record_that_cannot_be_stored_is_quarantined_and_the_rest_lands(lying)
     assert all(r["table_name"] == "clients" and json.loads(r["raw_json"]) for r in rejected)
 
 
-def test_a_commit_killed_half_way_is_rolled_forward(tmp_path):
-    """A journal whose renames were cut short by a kill is completed by the next writer or reader."""
+def test_a_commit_killed_half_way_is_rolled_forward(tmp_path, monkeypatch):
+    """A commit killed after its first rename is completed by the next writer or reader."""
+    from plannr_pipeline.storage import parquet_store
+
     store = ParquetStore(tmp_path / "parquet")
 
     def client(uuid, month):
@@ -172,15 +174,21 @@ def test_a_commit_killed_half_way_is_rolled_forward(tmp_path):
     second.write(
         CLIENTS, arrow(CLIENTS, [client("b", "2024-01"), client("c", "2024-02")]), ["2024-01", "2024-02"]
     )
-    for writer in second._writers.values():
-        writer.close()
-    # What commit does up to the journal, then one rename of two, then a kill.
-    journal = store.root / f".commit-{second.id}.json"
-    staged = list(second._staged.items())
-    journal.write_text(json.dumps({"renames": [[str(t), str(p)] for p, t in staged], "removals": []}))
-    os.replace(staged[0][1], staged[0][0])
-    done = store.recover()
-    assert done == [f"rolled forward an interrupted commit ({journal.name})"]
+    renamed = []
+
+    def rename_once_then_die(source, target):
+        if renamed:
+            raise KeyboardInterrupt("killed between two renames")
+        renamed.append(target)
+        os.rename(source, target)
+
+    monkeypatch.setattr(parquet_store.os, "replace", rename_once_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        second.commit()
+    monkeypatch.undo()
+    [journal] = store.root.glob(".commit-*.json")
+    assert len(renamed) == 1  # one partition new, the other old: what a reader must never see
+    assert store.recover() == [f"rolled forward an interrupted commit ({journal.name})"]
     assert sorted(store.read(CLIENTS).column("uuid").to_pylist()) == ["b", "c"]
     assert not journal.exists()
 
