@@ -1,8 +1,11 @@
 """`plannr-pipeline sync`: every asset, every partition, in one process, through Dagster.
 
-Assets with different partitions cannot share one run, so the sync is one run per
-partitioning, derived from the asset definitions: the monthly assets over their whole range
-(one filtered listing per collection, BackfillPolicy.single_run), then the full sweeps.
+One Dagster run: the monthly assets over their whole range (one filtered listing per
+collection, BackfillPolicy.single_run) and the unpartitioned full sweeps and views beside them
+(a range run materialises an unpartitioned asset once, unpartitioned). Each run has a fixed
+cost (creating it, its planned events, resources, run start and end), so one run is cheaper
+than one per partitioning. Assets of two different partitionings cannot share a run; were
+there ever two, the sync would make one run for each.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from plannr_pipeline.definitions import ASSETS, resources
+from plannr_pipeline.defs.assets.common import SKIPPED_UNREACHABLE
 from plannr_pipeline.defs.checks import CHECKS
 
 UNREACHABLE = "could not connect to"  # the phrase UnreachableError's message starts with
@@ -35,7 +39,8 @@ class Step:
 
 
 def _steps() -> list[Step]:
-    """One step per partitioning, in the order the assets are listed (dependencies first)."""
+    """One step per partitioning, in the order the assets are listed (dependencies first); the
+    unpartitioned assets join the partitioned step when there is only one partitioning."""
     steps: list[Step] = []
     for asset in ASSETS:
         same = next((s for s in steps if s.partitions_def == asset.partitions_def), None)
@@ -43,6 +48,10 @@ def _steps() -> list[Step]:
             steps.append(Step([asset], asset.partitions_def))
         else:
             same.assets.append(asset)
+    partitioned = [s for s in steps if s.partitions_def is not None]
+    unpartitioned = [s for s in steps if s.partitions_def is None]
+    if len(partitioned) == 1 and unpartitioned:
+        return [Step([*partitioned[0].assets, *unpartitioned[0].assets], partitioned[0].partitions_def)]
     return steps
 
 
@@ -108,12 +117,15 @@ def run_sync(
         if not selection:
             continue
         echo(f"==> {', '.join(selection)}")
+        partitioned = any(
+            a.partitions_def is not None for a in step.assets if a.key.to_user_string() in selection
+        )
         run = dg.materialize(
             [*ASSETS, *CHECKS],  # the blocking checks of the selected assets run too
             selection=selection,
             resources=resources_by_key or resources(),
             instance=instance,
-            tags=range_tags(step.partitions_def),
+            tags=range_tags(step.partitions_def) if partitioned else {},
             # INFO shows each asset's progress lines (WARNING when terminal bars show them instead);
             # DEBUG would add an event per partition.
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
@@ -144,7 +156,9 @@ def run_sync(
             )
         if failures := [_failure_line(e) for e in run.all_events if e.is_step_failure]:
             report.ok = False
-            report.failures.extend(failures)
+            # Steps that did not try because an earlier one found the API unreachable are not
+            # failures of their own: one line says they were skipped.
+            report.failures.extend(f for f in failures if SKIPPED_UNREACHABLE not in f)
             if any(UNREACHABLE in failure for failure in failures):  # the next steps would only wait too
                 report.failures.append("remaining steps skipped: the API is unreachable")
                 break

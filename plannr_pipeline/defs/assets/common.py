@@ -11,6 +11,7 @@ from typing import Any
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient, PlannrError, RetriesExhaustedError, endpoints
+from plannr_pipeline.api.errors import UnreachableError
 from plannr_pipeline.defs.assets.landing import Landing, check_specs, column_schema
 from plannr_pipeline.defs.resources import PlannrApi
 from plannr_pipeline.storage.normalise import Drift
@@ -69,6 +70,13 @@ def collection_asset(
     )
 
 
+# The phrase a step skipped for an unreachable API fails with (the sync reports it as skipped).
+SKIPPED_UNREACHABLE = "not tried: the API was unreachable earlier in this run"
+# Runs (by id) in which a step found nobody answering at the API: the next steps of the same
+# run (the sync's one run holds every asset) fail at once instead of each waiting to find out.
+_UNREACHABLE_IN_RUN: dict[str, str] = {}
+
+
 def fetch(
     context: dg.AssetExecutionContext,
     plannr: PlannrApi,
@@ -81,10 +89,17 @@ def fetch(
     later; errors that retrying cannot fix (401, 403, 404, 422, a malformed body) fail it as they are.
     """
     stats = landing.stats
+    if (unreachable := _UNREACHABLE_IN_RUN.get(context.run_id)) is not None:
+        landing.abort()
+        raise dg.Failure(
+            description=f"{context.asset_key.to_user_string()}: {SKIPPED_UNREACHABLE} ({unreachable})"
+        )
     try:
         plannr.run(work, on_warning=context.log.warning, stats=stats)
     except BaseException as error:
         landing.abort()  # nothing staged survives a failed or interrupted fetch
+        if isinstance(error, UnreachableError):
+            _UNREACHABLE_IN_RUN[context.run_id] = error.base_url
         if isinstance(error, RetriesExhaustedError):
             raise dg.RetryRequested(max_retries=2, seconds_to_wait=60) from error
         if isinstance(error, PlannrError):  # the message already says what went wrong and what to do
