@@ -31,7 +31,7 @@ class Step:
 
     @property
     def names(self) -> list[str]:
-        return [a.key.to_user_string() for a in self.assets]
+        return [key.to_user_string() for a in self.assets for key in a.keys]
 
     @property
     def name(self) -> str:
@@ -118,7 +118,8 @@ def run_sync(
             continue
         echo(f"==> {', '.join(selection)}")
         partitioned = any(
-            a.partitions_def is not None for a in step.assets if a.key.to_user_string() in selection
+            a.partitions_def is not None and any(key.to_user_string() in selection for key in a.keys)
+            for a in step.assets
         )
         run = dg.materialize(
             [*ASSETS, *CHECKS],  # the blocking checks of the selected assets run too
@@ -131,13 +132,13 @@ def run_sync(
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
             raise_on_error=False,
         )
-        counted_steps = set()
+        counted_assets = set()
         for event in run.get_asset_materialization_events():
             materialization = event.materialization
             metadata = materialization.metadata
-            if event.step_key in counted_steps:
+            if materialization.asset_key in counted_assets:
                 continue  # a range run records one materialisation per partition; the first has the totals
-            counted_steps.add(event.step_key)
+            counted_assets.add(materialization.asset_key)
             if "tables_written" in metadata:  # a collection: its tables, requests and rejections
                 report.rows.update(
                     {name: int(rows) for name, rows in metadata["tables_written"].value.items()}
