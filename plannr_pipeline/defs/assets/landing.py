@@ -349,11 +349,15 @@ class Landing:
         glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
         scope = (self.partitions if self.root.partition_column else None) if self.covers_scope else ()
         found = events_for(
-            self.root, self.write.staged_files_of(self.root), glob, scope, datetime.now(UTC), self.write.id
+            self.root,
+            self.write.staged_files_of(self.root),
+            glob,
+            scope,
+            datetime.now(UTC),
+            self.write.id,
+            sink=lambda events: self.write.write(log_table, events, [self.write.id]),
         )
         self.history = {"versions": found.versions, "deletions": found.deletions}
-        if found.events.num_rows:
-            self.write.write(log_table, found.events, [self.write.id])
         self.context.log.info(
             f"{self.root.name}: history records {found.versions} new version(s) and {found.deletions} deletion(s)"
         )
