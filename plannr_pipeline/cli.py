@@ -18,6 +18,9 @@ from plannr_pipeline.instance import prepare_instance
 
 
 def _sync(args: argparse.Namespace) -> int:
+    # Arrow's default allocator (jemalloc) keeps what it frees for reuse, memory the sync then
+    # holds to its end (~12 MB at its peak). Read when pyarrow loads, which has not happened yet.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     try:
         if not PlannrSettings.wants_sandbox():
             PlannrSettings.from_env()  # fail now, clearly, rather than inside every step
