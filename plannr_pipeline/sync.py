@@ -1,8 +1,11 @@
 """`plannr-pipeline sync`: every asset, every partition, in one process, through Dagster.
 
-Assets with different partitions cannot share one run, so the sync is one run per
-partitioning, derived from the asset definitions: the monthly assets over their whole range
-(one filtered listing per collection, BackfillPolicy.single_run), then the full sweeps.
+One Dagster run: the monthly assets over their whole range (one filtered listing per
+collection, BackfillPolicy.single_run) and the unpartitioned full sweeps and views beside them
+(a range run materialises an unpartitioned asset once, unpartitioned). Each run has a fixed
+cost (creating it, its planned events, resources, run start and end), so one run is cheaper
+than one per partitioning. Assets of two different partitionings cannot share a run; were
+there ever two, the sync would make one run for each.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from plannr_pipeline.api import UnreachableError
 from plannr_pipeline.definitions import ASSETS, resources
+from plannr_pipeline.defs.assets.common import SKIPPED_UNREACHABLE
 from plannr_pipeline.defs.checks import CHECKS
 
 
@@ -26,7 +30,7 @@ class Step:
 
     @property
     def names(self) -> list[str]:
-        return [a.key.to_user_string() for a in self.assets]
+        return [key.to_user_string() for a in self.assets for key in a.keys]
 
     @property
     def name(self) -> str:
@@ -34,7 +38,8 @@ class Step:
 
 
 def _steps() -> list[Step]:
-    """One step per partitioning, in the order the assets are listed (dependencies first)."""
+    """One step per partitioning, in the order the assets are listed (dependencies first); the
+    unpartitioned assets join the partitioned step when there is only one partitioning."""
     steps: list[Step] = []
     for asset in ASSETS:
         same = next((s for s in steps if s.partitions_def == asset.partitions_def), None)
@@ -42,6 +47,10 @@ def _steps() -> list[Step]:
             steps.append(Step([asset], asset.partitions_def))
         else:
             same.assets.append(asset)
+    partitioned = [s for s in steps if s.partitions_def is not None]
+    unpartitioned = [s for s in steps if s.partitions_def is None]
+    if len(partitioned) == 1 and unpartitioned:
+        return [Step([*partitioned[0].assets, *unpartitioned[0].assets], partitioned[0].partitions_def)]
     return steps
 
 
@@ -118,24 +127,28 @@ def run_sync(
         if not selection:
             continue
         echo(f"==> {', '.join(selection)}")
+        partitioned = any(
+            a.partitions_def is not None and any(key.to_user_string() in selection for key in a.keys)
+            for a in step.assets
+        )
         run = dg.materialize(
             [*ASSETS, *CHECKS],  # the blocking checks of the selected assets run too
             selection=selection,
             resources=resources_by_key or resources(),
             instance=instance,
-            tags=range_tags(step.partitions_def),
+            tags=range_tags(step.partitions_def) if partitioned else {},
             # INFO shows each asset's progress lines (WARNING when terminal bars show them instead);
             # DEBUG would add an event per partition.
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
             raise_on_error=False,
         )
-        counted_steps = set()
+        counted_assets = set()
         for event in run.get_asset_materialization_events():
             materialization = event.materialization
             metadata = materialization.metadata
-            if event.step_key in counted_steps:
+            if materialization.asset_key in counted_assets:
                 continue  # a range run records one materialisation per partition; the first has the totals
-            counted_steps.add(event.step_key)
+            counted_assets.add(materialization.asset_key)
             if "tables_written" in metadata:  # a collection: its tables, requests and rejections
                 report.rows.update(
                     {name: int(rows) for name, rows in metadata["tables_written"].value.items()}
@@ -154,7 +167,10 @@ def run_sync(
             )
         if failed := [e for e in run.all_events if e.is_step_failure]:
             report.ok = False
-            report.failures.extend(_failure_line(e) for e in failed)
+            # Steps that did not try because an earlier one found the API unreachable are not
+            # failures of their own: one line says they were skipped.
+            lines = [_failure_line(e) for e in failed]
+            report.failures.extend(line for line in lines if SKIPPED_UNREACHABLE not in line)
             if any(_unreachable(e) for e in failed):  # the next steps would only wait too
                 report.failures.append("remaining steps skipped: the API is unreachable")
                 break

@@ -5,7 +5,10 @@ A view costs nothing to refresh: it holds a query, not data, and reads the curre
 query time. The assets stay current without a person (eager automation after their tables land).
 """
 
+from pathlib import Path
+
 import dagster as dg
+import duckdb
 
 from plannr_pipeline.defs.assets.common import GROUP, OWNERS
 from plannr_pipeline.defs.resources import PlannrStorage
@@ -35,9 +38,9 @@ def column_lineage(view: AnalystView) -> dg.TableColumnLineage:
     )
 
 
-def view_asset(view: AnalystView) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=view.name,
+def view_spec(view: AnalystView) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        view.name,
         description=view.description,
         group_name=GROUP,  # one group: the graph shows the views beside the tables they read
         owners=OWNERS,
@@ -55,29 +58,49 @@ def view_asset(view: AnalystView) -> dg.AssetsDefinition:
             "sql": dg.MetadataValue.md(f"```sql\n{view.sql.strip()}\n```"),
         },
     )
-    def _view(context: dg.AssetExecutionContext, storage: PlannrStorage) -> dg.MaterializeResult:
-        warehouse = storage.warehouse()
+
+
+VIEWS_BY_NAME = {view.name: view for view in ANALYST_VIEWS}
+
+
+@dg.multi_asset(specs=[view_spec(view) for view in ANALYST_VIEWS], can_subset=True, name="analyst_views")
+def analyst_views(context: dg.AssetExecutionContext, storage: PlannrStorage):
+    """The selected views in one step: one statement each in one connection, then their row
+    counts in another (a step per view would cost more in Dagster's bookkeeping than the view)."""
+    warehouse = storage.warehouse()
+    names = [key.to_user_string() for key in context.selected_asset_keys]
+    problem = warehouse.refresh_views(only=names)
+    if problem:  # the definitions already in the database still read the current Parquet
+        context.log.warning(problem)
+    counts = {} if problem else _counts(warehouse.db_path, names)
+    for name in names:
         # The UI draws column lineage from the latest materialisation, so every one carries it.
-        metadata = {"dagster/column_lineage": column_lineage(view), "database": str(warehouse.db_path)}
-        problem = warehouse.refresh_views(only=[view.name])
-        if problem:  # the definition already in the database still reads the current Parquet
-            context.log.warning(problem)
-            return dg.MaterializeResult(
-                metadata={**metadata, "views_refreshed": False, "views_problem": problem}
-            )
-        rows = warehouse.count(view.name)  # None if another program took the database meanwhile
-        return dg.MaterializeResult(
-            metadata={
-                **metadata,
-                "views_refreshed": True,
-                **({"dagster/row_count": rows} if rows is not None else {}),
+        metadata = {
+            "dagster/column_lineage": column_lineage(VIEWS_BY_NAME[name]),
+            "database": str(warehouse.db_path),
+        }
+        if problem:
+            metadata.update({"views_refreshed": False, "views_problem": problem})
+        else:
+            metadata["views_refreshed"] = True
+            if counts.get(name) is not None:  # None if another program took the database meanwhile
+                metadata["dagster/row_count"] = counts[name]
+        yield dg.MaterializeResult(asset_key=name, metadata=metadata)
+
+
+def _counts(db_path: Path, names: list[str]) -> dict[str, int]:
+    """Rows in each view, read-only in one connection; none if the database is busy elsewhere."""
+    try:
+        with duckdb.connect(str(db_path), read_only=True) as connection:
+            return {
+                name: int(connection.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0])
+                for name in names
             }
-        )
+    except duckdb.Error:
+        return {}
 
-    return _view
 
-
-VIEW_ASSETS = [view_asset(view) for view in ANALYST_VIEWS]
+VIEW_ASSETS = [analyst_views]
 assert all(asset_of(r) in TABLES for view in ANALYST_VIEWS for r in view.reads), (
     "a view reads a relation no asset writes"
 )

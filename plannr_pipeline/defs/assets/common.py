@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient, PlannrError, RetriesExhaustedError, endpoints
+from plannr_pipeline.api.errors import UnreachableError
 from plannr_pipeline.defs.assets.landing import Landing, check_specs, column_schema
 from plannr_pipeline.defs.resources import PlannrApi
 from plannr_pipeline.storage.normalise import Drift
@@ -74,6 +75,11 @@ def collection_asset(
 # it has not finished, keeping what it fetched (a step retry would start from the first again).
 RESUME_PAUSE_SECONDS = 60.0
 RESUME_ROUNDS = 2
+# The phrase a step skipped for an unreachable API fails with (the sync reports it as skipped).
+SKIPPED_UNREACHABLE = "not tried: the API was unreachable earlier in this run"
+# Runs (by id) in which a step found nobody answering at the API: the next steps of the same
+# run (the sync's one run holds every asset) fail at once instead of each waiting to find out.
+_UNREACHABLE_IN_RUN: dict[str, str] = {}
 
 
 def fetch(
@@ -92,6 +98,9 @@ def fetch(
     """
     stats = landing.stats
     asset = context.asset_key.to_user_string()
+    if (unreachable := _UNREACHABLE_IN_RUN.get(context.run_id)) is not None:
+        landing.abort()
+        raise dg.Failure(description=f"{asset}: {SKIPPED_UNREACHABLE} ({unreachable})")
     for round_number in range(RESUME_ROUNDS + 1):
         try:
             plannr.run(work, on_warning=context.log.warning, stats=stats)
@@ -112,6 +121,8 @@ def fetch(
             time.sleep(RESUME_PAUSE_SECONDS)
         except BaseException as error:
             landing.abort()  # nothing staged survives a failed or interrupted fetch
+            if isinstance(error, UnreachableError):
+                _UNREACHABLE_IN_RUN[context.run_id] = error.base_url
             if isinstance(error, PlannrError):  # the message already says what went wrong and what to do
                 raise dg.Failure(description=f"{asset}: {error}") from error
             raise

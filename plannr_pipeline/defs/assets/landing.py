@@ -320,7 +320,7 @@ class Landing:
                 replaced = self._commit()
         else:
             replaced = self._commit()
-        problem = self.warehouse.refresh_views()
+        problem = self.warehouse.refresh_views(only=self._relations())
         for line in self.drift.summary():
             self.context.log.warning(f"schema drift: {line} (kept in extra_json)")
         if self.rejected:
@@ -335,6 +335,25 @@ class Landing:
             metadata=self._metadata(self.stats, source, replaced, problem, extra),
             check_results=checks,
         )
+
+    def _relations(self) -> list[str] | None:
+        """The views this write can change, or None for every view while the database is new.
+
+        A view reads its Parquet through a glob, so a write changes only the views of its own
+        tables (from an empty shape to reading files, on their first write), of its history and
+        of `rejected_records`; the analyst views read those views by name and need no refresh.
+        Creating only these costs a tenth of recreating every view and comment.
+        """
+        if not self.warehouse.db_path.exists() or self.warehouse.views_read_elsewhere():
+            # The first write creates every relation, so each can be queried at once; the first
+            # after the data folder moved points every view at the folder it is in now.
+            return None
+        names = [table.name for table in self.tables]
+        if self.root.name in HISTORY_OF:
+            names.append(history_table(self.root).name)
+        if self.rejected:
+            names.append(REJECTED_RECORDS.name)
+        return names
 
     def _commit(self) -> dict[str, int]:
         """Commit the staged set; return the rows each replaced root partition held before."""
@@ -364,11 +383,15 @@ class Landing:
         glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
         scope = (self.partitions if self.root.partition_column else None) if self.covers_scope else ()
         found = events_for(
-            self.root, self.write.staged_files_of(self.root), glob, scope, datetime.now(UTC), self.write.id
+            self.root,
+            self.write.staged_files_of(self.root),
+            glob,
+            scope,
+            datetime.now(UTC),
+            self.write.id,
+            sink=lambda events: self.write.write(log_table, events, [self.write.id]),
         )
         self.history = {"versions": found.versions, "deletions": found.deletions}
-        if found.events.num_rows:
-            self.write.write(log_table, found.events, [self.write.id])
         self.context.log.info(
             f"{self.root.name}: history records {found.versions} new version(s) and {found.deletions} deletion(s)"
         )
