@@ -15,14 +15,21 @@ from plannr_pipeline.sandbox.listing import Filter, Listing, ListingError, in_li
 
 
 @lru_cache(maxsize=200_000)
-def _instant(text: str) -> datetime:
+def _moment(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
+@lru_cache(maxsize=200_000)
+def _instant(text: str) -> float:
+    # A POSIX timestamp to sort by: sorting 50,000 tasks by aware datetimes (each comparison
+    # works out both UTC offsets) took 0.75 s of the sandbox's one core per page.
+    return _moment(text).timestamp()
+
+
 def by_time(field: str):
-    def key(record: dict[str, Any]) -> tuple[bool, datetime | str]:
+    def key(record: dict[str, Any]) -> tuple[bool, float]:
         value = record.get(field)
-        return (value is None, _instant(value) if value else "")  # type: ignore[return-value]
+        return (value is None, _instant(value) if value else 0.0)
 
     return key
 
@@ -45,13 +52,13 @@ def _date_param(name: str, value: str) -> date:
 
 def created_on_or_after(name: str) -> Filter:
     return lambda record, value: (
-        _instant(record["created_at"]).astimezone(LONDON).date() >= _date_param(name, value)
+        _moment(record["created_at"]).astimezone(LONDON).date() >= _date_param(name, value)
     )
 
 
 def created_on_or_before(name: str) -> Filter:
     return lambda record, value: (
-        _instant(record["created_at"]).astimezone(LONDON).date() <= _date_param(name, value)
+        _moment(record["created_at"]).astimezone(LONDON).date() <= _date_param(name, value)
     )
 
 
