@@ -219,3 +219,27 @@ def test_the_cli_serves_the_shape_asked_and_its_stats():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_a_listing_order_reused_between_pages_follows_records_changed_in_place():
+    """The sandbox keeps a listing's order between page requests; a record re-timed or replaced
+    in place, as the timeline and tests do, must still come out where it now belongs."""
+    from datetime import datetime, timedelta
+
+    from plannr_pipeline.sandbox import routes
+    from plannr_pipeline.sandbox.listing import paginate
+
+    firm = generate_firm(7, FirmSize(clients=60))
+    query = {"per_page": "10", "page": "1", "sort": "-updated_at", "filter[type]": "client"}
+
+    def newest() -> dict:
+        return paginate(firm.clients, query, routes.ACCOUNTS, "http://x/api/v1/account")["data"][0]
+
+    oldest = min(firm.clients, key=lambda c: datetime.fromisoformat(c["updated_at"]))
+    assert newest()["uuid"] != oldest["uuid"]
+    later = datetime.fromisoformat(newest()["updated_at"]) + timedelta(days=1)
+    oldest["updated_at"] = later.isoformat()  # re-timed in place: the same dict
+    assert newest()["uuid"] == oldest["uuid"]
+    replacement = {**oldest, "first_name": "Replaced"}
+    firm.clients[firm.clients.index(oldest)] = replacement  # a new dict, same sort value
+    assert newest()["first_name"] == "Replaced"

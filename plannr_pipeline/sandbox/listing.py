@@ -59,6 +59,33 @@ def _query_parts(query: Mapping[str, str]) -> tuple[dict[str, str], str | None, 
     return filters, query.get("sort"), int(per_page_raw), page, includes
 
 
+# The last order worked out per (listing, sort, filters): a client reads a listing page by page,
+# and each page would otherwise sort the same records again (0.13 s for 50,000 tasks).
+_ORDERS: dict[tuple, tuple[int, list[Record]]] = {}
+_MAX_ORDERS = 32
+
+
+def _in_order(
+    records: list[Record], key: Callable[[Record], Any], descending: bool, query: tuple
+) -> list[Record]:
+    """`records` sorted by `key`, uuid breaking ties so page boundaries are stable between requests.
+
+    The order is reused while the same record objects carry the same sort values, a fingerprint
+    that notices a record added, removed, replaced or re-timed in place; the cache holds the
+    records it ordered, so their ids cannot be reused by others meanwhile."""
+    keys = [key(r) for r in records]
+    fingerprint = hash((tuple(map(id, records)), tuple(keys)))
+    cached = _ORDERS.get(query)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    order = sorted(range(len(records)), key=lambda i: (keys[i], records[i]["uuid"]), reverse=descending)
+    ordered = [records[i] for i in order]
+    if query not in _ORDERS and len(_ORDERS) >= _MAX_ORDERS:
+        del _ORDERS[next(iter(_ORDERS))]  # the oldest query
+    _ORDERS[query] = (fingerprint, ordered)
+    return ordered
+
+
 def paginate(
     records: list[Record], query: Mapping[str, str], listing: Listing, base_url: str
 ) -> dict[str, Any]:
@@ -91,9 +118,9 @@ def paginate(
 
     for name, value in filters.items():
         records = [r for r in records if listing.filters[name](r, value)]
-    # uuid breaks ties so that page boundaries are stable between requests.
-    key = listing.sorts[field]
-    records = sorted(records, key=lambda r: (key(r), r["uuid"]), reverse=sort.startswith("-"))
+    records = _in_order(
+        records, listing.sorts[field], sort.startswith("-"), (id(listing), sort, *filters.items())
+    )
 
     total = len(records)
     last_page = max(1, -(-total // per_page))
