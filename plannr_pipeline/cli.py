@@ -30,7 +30,7 @@ def _sync(args: argparse.Namespace) -> int:
     except PlannrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from plannr_pipeline.storage.warehouse import Warehouse
+    from plannr_pipeline.storage.warehouse import Warehouse, data_dir_from_env
 
     selected = set(args.select.split(",")) if args.select else None
     if selected and (unknown := selected - ASSET_NAMES):
@@ -40,7 +40,7 @@ def _sync(args: argparse.Namespace) -> int:
         )
         return 2
 
-    data_dir = os.path.abspath(os.environ.get("PLANNR_DATA_DIR") or "data")
+    data_dir = os.path.abspath(data_dir_from_env())
     if PlannrSettings.wants_sandbox():
         source = "the embedded sandbox (no PLANNR_API_TOKEN or PLANNR_BASE_URL set)"
     else:
@@ -145,9 +145,9 @@ class _SignalLog:
 
 
 def _views(args: argparse.Namespace) -> int:
-    from plannr_pipeline.storage.warehouse import Warehouse
+    from plannr_pipeline.storage.warehouse import Warehouse, data_dir_from_env
 
-    data_dir = os.path.abspath(os.environ.get("PLANNR_DATA_DIR") or "data")
+    data_dir = os.path.abspath(data_dir_from_env())
     if problem := Warehouse(data_dir).refresh_views():
         print(f"error: {problem}. Close the other program holding it and run this again.", file=sys.stderr)
         return 3

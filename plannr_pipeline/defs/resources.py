@@ -22,7 +22,7 @@ from plannr_pipeline.api.config import (
     sandbox_wanted,
 )
 from plannr_pipeline.sandbox import embedded_sandbox
-from plannr_pipeline.storage.warehouse import CONNECT_CONFIG, DATABASE_FILE, Warehouse
+from plannr_pipeline.storage.warehouse import CONNECT_CONFIG, DATABASE_FILE, Warehouse, data_dir_from_env
 
 T = TypeVar("T")
 
@@ -113,10 +113,6 @@ class PlannrStorage(dg.ConfigurableResource):
 
     def warehouse(self) -> Warehouse:
         return Warehouse(os.path.abspath(self.data_dir), self.database)
-
-
-def data_dir_from_env() -> str:
-    return os.environ.get("PLANNR_DATA_DIR") or "data"
 
 
 class PlannrDuckDB(DuckDBResource):

@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 # duckdb 2.0 writes a storage format the command-line client on PyPI (duckdb-cli 1.5.x) cannot
 # open; a database created with this setting opens in both (docs/design.md, Dagster notes).
 DATABASE_FILE = "plannr.duckdb"
+
+
+def data_dir_from_env() -> str:
+    """PLANNR_DATA_DIR, or `data` (relative to the working directory): where everything is kept."""
+    return os.environ.get("PLANNR_DATA_DIR") or "data"
+
+
 CONNECT_CONFIG = {"storage_compatibility_version": "v1.5.0"}
 
 
