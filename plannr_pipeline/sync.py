@@ -19,7 +19,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from plannr_pipeline.api import UnreachableError
 from plannr_pipeline.definitions import ASSETS, resources
-from plannr_pipeline.defs.assets.common import SKIPPED_UNREACHABLE
+from plannr_pipeline.defs.assets.common import SkippedUnreachable
 from plannr_pipeline.defs.checks import CHECKS
 
 
@@ -77,12 +77,12 @@ def range_tags(partitions_def: dg.PartitionsDefinition | None) -> dict[str, str]
     return {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
 
 
-def _unreachable(event: dg.DagsterEvent) -> bool:
-    """The step failed because nobody answers at the API's address (then so would the rest)."""
+def _failed_with(event: dg.DagsterEvent, error_class: type[BaseException]) -> bool:
+    """Whether a step failure's error, or one in its cause chain, is an `error_class`."""
     data = event.step_failure_data
     error = data.error if data else None
     while error is not None:
-        if error.cls_name == UnreachableError.__name__:
+        if error.cls_name == error_class.__name__:
             return True
         error = error.cause or error.context
     return False
@@ -169,9 +169,10 @@ def run_sync(
             report.ok = False
             # Steps that did not try because an earlier one found the API unreachable are not
             # failures of their own: one line says they were skipped.
-            lines = [_failure_line(e) for e in failed]
-            report.failures.extend(line for line in lines if SKIPPED_UNREACHABLE not in line)
-            if any(_unreachable(e) for e in failed):  # the next steps would only wait too
+            report.failures.extend(
+                _failure_line(e) for e in failed if not _failed_with(e, SkippedUnreachable)
+            )
+            if any(_failed_with(e, UnreachableError) for e in failed):  # the next steps would only wait too
                 report.failures.append("remaining steps skipped: the API is unreachable")
                 break
         if not run.success and not failed:

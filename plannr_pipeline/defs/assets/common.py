@@ -75,8 +75,13 @@ def collection_asset(
 # it has not finished, keeping what it fetched (a step retry would start from the first again).
 RESUME_PAUSE_SECONDS = 60.0
 RESUME_ROUNDS = 2
-# The phrase a step skipped for an unreachable API fails with (the sync reports it as skipped).
-SKIPPED_UNREACHABLE = "not tried: the API was unreachable earlier in this run"
+
+
+class SkippedUnreachable(dg.Failure):
+    """A step not tried because an earlier step of its run found nobody answering at the API
+    (the sync reports these as skipped, not as failures of their own)."""
+
+
 # Runs (by id) in which a step found nobody answering at the API: the next steps of the same
 # run (the sync's one run holds every asset) fail at once instead of each waiting to find out.
 _UNREACHABLE_IN_RUN: dict[str, str] = {}
@@ -100,7 +105,9 @@ def fetch(
     asset = context.asset_key.to_user_string()
     if (unreachable := _UNREACHABLE_IN_RUN.get(context.run_id)) is not None:
         landing.abort()
-        raise dg.Failure(description=f"{asset}: {SKIPPED_UNREACHABLE} ({unreachable})")
+        raise SkippedUnreachable(
+            description=f"{asset}: not tried: the API at {unreachable} was unreachable earlier in this run"
+        )
     for round_number in range(RESUME_ROUNDS + 1):
         try:
             plannr.run(work, on_warning=context.log.warning, stats=stats)
