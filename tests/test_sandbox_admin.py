@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiohttp.test_utils import make_mocked_request
 
 from plannr_pipeline import cli
 from plannr_pipeline.sandbox.firm import FirmSize, generate_firm
 from tests.cli import clean_env, start_cli
+from tests.mocked_requests import request_from
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = "/api/v1/client/{uuid}/goal"
@@ -90,22 +90,10 @@ def test_stats_count_server_errors_and_dropped_connections(make_sandbox):
 def test_stats_answer_loopback_only(make_sandbox):
     sandbox = make_sandbox(clients=3)
 
-    def request_from(peer: str):
-        transport = type(
-            "Transport",
-            (),
-            {
-                "get_extra_info": lambda self, name, default=None: (
-                    (peer, 5555) if name == "peername" else default
-                )
-            },
-        )()
-        return make_mocked_request("GET", "/__sandbox/stats", transport=transport)
-
     async def handler(request):
         raise AssertionError("the stats were answered off loopback")
 
-    answer = asyncio.run(sandbox._guard(request_from("10.1.2.3"), handler))
+    answer = asyncio.run(sandbox._guard(request_from("10.1.2.3", "GET", "/__sandbox/stats"), handler))
     assert answer.status == 403
     assert sandbox.stats() == {"requests": 0, "by_endpoint": {}, "by_status": {}}
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiohttp.test_utils import make_mocked_request
 
 from plannr_pipeline.sandbox.formats import iso_london, naive_london
 from plannr_pipeline.sandbox.people import ASSIGNMENTS
 from plannr_pipeline.sandbox.server import _from_loopback
 from plannr_pipeline.sandbox.timeline import KINDS, OPERATIONS, totals
 from tests.cli import clean_env, start_cli
+from tests.mocked_requests import request_from
 
 REFERENCE = datetime(2026, 1, 5, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,20 +171,11 @@ def test_the_advance_endpoint_checks_its_input_and_needs_no_token_only_loopback(
     with pytest.raises(ValueError):
         sandbox.advance(-1)
 
-    def request_from(peer: str):
-        transport = type(
-            "Transport",
-            (),
-            {
-                "get_extra_info": lambda self, name, default=None: (
-                    (peer, 5555) if name == "peername" else default
-                )
-            },
-        )()
-        return make_mocked_request("POST", "/__sandbox/advance", transport=transport)
+    def from_loopback(peer: str) -> bool:
+        return _from_loopback(request_from(peer, "POST", "/__sandbox/advance"))
 
-    assert _from_loopback(request_from("127.0.0.1")) and _from_loopback(request_from("::1"))
-    assert not _from_loopback(request_from("10.1.2.3")) and not _from_loopback(request_from("192.168.0.7"))
+    assert from_loopback("127.0.0.1") and from_loopback("::1")
+    assert not from_loopback("10.1.2.3") and not from_loopback("192.168.0.7")
 
 
 def test_cli_advance_serves_the_firm_after_n_steps(make_sandbox, make_client):

@@ -30,6 +30,10 @@ def sandbox(make_sandbox):
     return make_sandbox(clients=120, seed=11)
 
 
+# What an expanded person shows of the staff record it stands for.
+PERSON_FIELDS = ("name", "first_name", "last_name", "email", "role", "type", "created_at", "updated_at")
+
+
 @pytest.mark.parametrize("path, params", [("/api/v1/account", CLIENTS), ("/api/v1/client", {})])
 def test_include_expands_each_clients_assigned_staff(sandbox, make_client, path, params):
     clients = fetch(make_client(sandbox), path, {**params, "include": PEOPLE})
@@ -45,31 +49,7 @@ def test_include_expands_each_clients_assigned_staff(sandbox, make_client, path,
                 continue
             assert person["uuid"] == assigned[relationship] and person["uuid"] in staff
             expected = staff[person["uuid"]]
-            assert {
-                k: person[k]
-                for k in (
-                    "name",
-                    "first_name",
-                    "last_name",
-                    "email",
-                    "role",
-                    "type",
-                    "created_at",
-                    "updated_at",
-                )
-            } == {
-                k: expected[k]
-                for k in (
-                    "name",
-                    "first_name",
-                    "last_name",
-                    "email",
-                    "role",
-                    "type",
-                    "created_at",
-                    "updated_at",
-                )
-            }
+            assert {k: person[k] for k in PERSON_FIELDS} == {k: expected[k] for k in PERSON_FIELDS}
             assert person["type"] == "employee"
     # Everyone has an adviser; some have no administrator or paraplanner, some do.
     assert all(c["assigned_adviser"] for c in clients)
