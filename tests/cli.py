@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,3 +99,23 @@ def _run(
     return subprocess.run(
         command, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+@contextmanager
+def sandbox_cli(*flags: str, cwd: Path) -> Iterator[tuple[str, str]]:
+    """`plannr-pipeline sandbox --port 0 <flags>` while the block runs: (its banner, its URL)."""
+    process = start_cli(
+        "sandbox",
+        "--port",
+        "0",
+        *flags,
+        env=clean_env({"PYTHONPATH": str(cwd)}),
+        cwd=cwd,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        banner = process.stdout.readline()  # type: ignore[union-attr]
+        yield banner, banner.rsplit(" ", 1)[1].strip()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from plannr_pipeline import cli
 from plannr_pipeline.sandbox.firm import FirmSize, generate_firm
-from tests.cli import clean_env, start_cli
+from tests.cli import sandbox_cli
 from tests.mocked_requests import request_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,26 +172,9 @@ def test_a_bad_shape_flag_exits_2_with_one_line_naming_it(monkeypatch, capsys, f
 
 def test_the_cli_serves_the_shape_asked_and_its_stats():
     token = "admin-cli-token"
-    process = start_cli(
-        "sandbox",
-        "--port",
-        "0",
-        "--clients",
-        "20",
-        "--tasks-per-client",
-        "5",
-        "--circles-per-client",
-        "0.5",
-        "--token",
-        token,
-        env=clean_env({"PYTHONPATH": str(ROOT)}),
-        cwd=ROOT,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        banner = process.stdout.readline()
+    flags = ("--clients", "20", "--tasks-per-client", "5", "--circles-per-client", "0.5", "--token", token)
+    with sandbox_cli(*flags, cwd=ROOT) as (banner, url):
         assert "20 clients, tasks per client 5.0, circles per client 0.5)" in banner, banner
-        url = banner.rsplit(" ", 1)[1].strip()
         headers = {"Authorization": f"Bearer {token}"}
         tasks = httpx.get(
             f"{url}/api/v1/task", params={"filter[show_child_tasks]": "true", "per_page": 1}, headers=headers
@@ -204,9 +186,6 @@ def test_the_cli_serves_the_shape_asked_and_its_stats():
             "by_endpoint": {"/api/v1/circles": 1, "/api/v1/task": 1},
             "by_status": {"200": 2},
         }
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_a_listing_order_reused_between_pages_follows_records_changed_in_place():

@@ -4,7 +4,6 @@ and `plannr-pipeline sandbox --advance N`."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from plannr_pipeline.sandbox.formats import iso_london, naive_london
 from plannr_pipeline.sandbox.people import ASSIGNMENTS
 from plannr_pipeline.sandbox.server import _from_loopback
 from plannr_pipeline.sandbox.timeline import KINDS, OPERATIONS, totals
-from tests.cli import clean_env, start_cli
+from tests.cli import sandbox_cli
 from tests.mocked_requests import request_from
 
 REFERENCE = datetime(2026, 1, 5, tzinfo=UTC)
@@ -180,32 +179,10 @@ def test_the_advance_endpoint_checks_its_input_and_needs_no_token_only_loopback(
 
 def test_cli_advance_serves_the_firm_after_n_steps(make_sandbox, make_client):
     token = "cli-advance-token"
-    process = start_cli(
-        "sandbox",
-        "--port",
-        "0",
-        "--seed",
-        "13",
-        "--clients",
-        "30",
-        "--token",
-        token,
-        "--advance",
-        "3",
-        "--rate-limit",
-        "100000",
-        env=clean_env({"PYTHONPATH": str(ROOT)}),
-        cwd=ROOT,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        banner = process.stdout.readline()
+    flags = ("--seed", "13", "--clients", "30", "--token", token, "--advance", "3", "--rate-limit", "100000")
+    with sandbox_cli(*flags, cwd=ROOT) as (banner, url):
         assert "advanced 3 step(s)" in banner, banner
-        url = banner.rsplit(" ", 1)[1].strip()
         here = make_sandbox(clients=30, seed=13)  # the CLI's reference: midnight UTC today
         here.advance(3)
         served = type("Served", (), {"url": url, "options": type("O", (), {"token": token})()})()
         assert snapshot(make_client(served)) == snapshot(make_client(here))
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
