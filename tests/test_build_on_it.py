@@ -11,7 +11,7 @@ import duckdb
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from plannr_pipeline.defs.resources import PlannrApi
+from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.sync import run_sync
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +111,13 @@ def test_views_follow_the_data_folder_when_it_is_moved_or_copied(
     )
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     assert clients_in(moved) == 40
+
+    # One Plannr asset's write on a moved folder repoints every view, not only its own.
+    again = tmp_path / "again"
+    shutil.move(moved, again)
+    storage = {**synced_through_the_definitions, "storage": PlannrStorage(data_dir=str(again))}
+    assert dg.materialize(ASSETS, selection=["staff"], resources=storage).success
+    assert clients_in(again) == 40
 
 
 @pytest.mark.parametrize(
