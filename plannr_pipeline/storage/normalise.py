@@ -50,26 +50,28 @@ def to_row(table: t.Table, record: dict[str, Any], drift: Drift, **fixed: Any) -
             row[column.name] = fixed.get(column.name)
             continue
         raw = _dig(record, column.path)
+        if raw is None:  # every converter gives None for None
+            row[column.name] = None
+            continue
         try:
             row[column.name] = c.fitting(column.convert(raw) if column.convert else raw, column.type)
         except (ValueError, TypeError):
             row[column.name] = None
             unparsed[column.name] = raw
             drift.unparsed_values[f"{table.name}.{column.name}"] += 1
-    extra = {
-        key: value
-        for key, value in record.items()
-        if key not in table.known_fields and not is_placeholder(value) and value is not None
-    }
-    for key in extra:
-        drift.unknown_fields[f"{table.name}.{key}"] += 1
-    # Relationships we do not model may arrive expanded (include=...): keep them too.
-    extra.update(
-        {k: v for k, v in record.items() if k in table.handled and v is not None and not is_placeholder(v)}
-    )
+    # Fields no column models are kept (and reported as drift); relationships we do not model may
+    # arrive expanded (include=...): kept too, not drift.
+    extra = {}
+    known, handled = table.known_fields, table.handled
+    for key, value in record.items():
+        if value is None or (key in known and key not in handled) or is_placeholder(value):
+            continue
+        extra[key] = value
+        if key not in known:
+            drift.unknown_fields[f"{table.name}.{key}"] += 1
     if unparsed:
         extra["_unparsed"] = unparsed
-    if any(column.name == "extra_json" for column in table.columns):
+    if "extra_json" in row:
         row["extra_json"] = json.dumps(extra, sort_keys=True, default=str) if extra else None
     return row
 
