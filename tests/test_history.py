@@ -123,8 +123,19 @@ def test_the_new_version_has_the_new_values_and_current_tables_equal_the_api(mov
 
 def test_a_sync_with_no_change_adds_nothing(moved):
     _, data_dir, resources, _, second = moved
+
+    def log_folder() -> dict[str, list[str]]:
+        return {
+            t: sorted(
+                str(p.relative_to(data_dir)) for p in (data_dir / "parquet" / f"{t}_history").rglob("*")
+            )
+            for t in HISTORIED
+        }
+
+    files = log_folder()
     assert run_sync(resources_by_key=resources, echo=lambda _: None).ok
     assert counts(data_dir) == second
+    assert log_folder() == files  # not even an empty file or folder for the write that changed nothing
 
 
 def test_a_run_that_fails_validation_records_no_version(moved, tmp_path):

@@ -54,13 +54,32 @@ class StagedWrite:
         self._staged: dict[Path, Path] = {}  # target -> temp file
         self._removals: set[Path] = set()
 
+    def _stage(self, target: Path) -> Path:
+        """Name the temp file beside `target` that its commit renames into place."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._staged[target] = temp = target.with_name(f".{target.name}.{self._id}.tmp")
+        return temp
+
     def _writer(self, target: Path, schema: pa.Schema) -> pq.ParquetWriter:
         if target not in self._writers:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temp = target.with_name(f".{target.name}.{self._id}.tmp")
-            self._staged[target] = temp
-            self._writers[target] = pq.ParquetWriter(temp, schema, compression="zstd")
+            self._writers[target] = pq.ParquetWriter(self._stage(target), schema, compression="zstd")
         return self._writers[target]
+
+    def file_for(self, table: Table, partition: str | None = None) -> Path:
+        """Stage a file that another writer (DuckDB's COPY) fills: the path to write it to."""
+        return self._stage(self._store.path_of(table, partition))
+
+    def discard(self, table: Table, partition: str | None = None) -> None:
+        """Take a staged file out of this write, as if it had never been staged."""
+        target = self._store.path_of(table, partition)
+        if writer := self._writers.pop(target, None):
+            writer.close()
+        if temp := self._staged.pop(target, None):
+            temp.unlink(missing_ok=True)
+        try:
+            target.parent.rmdir()  # the partition folder it made, unless it holds a stored file
+        except OSError:
+            pass
 
     def write(self, table: Table, rows: pa.Table, partitions: Iterable[str] = ()) -> None:
         """Append rows; for a partitioned table, name every partition this write replaces
@@ -97,7 +116,8 @@ class StagedWrite:
         folder = self._store.root / table.name
         for target, temp in self._staged.items():
             if folder in target.parents:
-                self._writers[target].close()
+                if writer := self._writers.get(target):
+                    writer.close()
                 yield target, temp
 
     def staged_files_of(self, table: Table) -> list[Path]:

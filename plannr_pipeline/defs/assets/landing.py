@@ -382,6 +382,7 @@ class Landing:
         log_table = history_table(self.root)
         glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
         scope = (self.partitions if self.root.partition_column else None) if self.covers_scope else ()
+        out = self.write.file_for(log_table, self.write.id)
         found = events_for(
             self.root,
             self.write.staged_files_of(self.root),
@@ -389,8 +390,10 @@ class Landing:
             scope,
             datetime.now(UTC),
             self.write.id,
-            sink=lambda events: self.write.write(log_table, events, [self.write.id]),
+            out,
         )
+        if not found.versions and not found.deletions:
+            self.write.discard(log_table, self.write.id)  # a write that changed nothing leaves no file
         self.history = {"versions": found.versions, "deletions": found.deletions}
         self.context.log.info(
             f"{self.root.name}: history records {found.versions} new version(s) and {found.deletions} deletion(s)"
