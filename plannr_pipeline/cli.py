@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
+import importlib.abc
 import logging
 import os
 import signal
@@ -66,6 +68,13 @@ def _sync(args: argparse.Namespace) -> int:
     if on_terminal:  # live bars instead of the run log's progress lines
         progress.SINK = bars = progress.TerminalBars()
     signals = _SignalLog()
+    if args.program:
+        # Everything loaded so far (Dagster, Arrow, DuckDB, the definitions: ~170,000 objects)
+        # lives as long as the process. Out of the collector's sight, its full collections stay
+        # cheap and come often enough to free what the fetch drops in reference cycles (every
+        # HTTP response and its body is one) before it piles up: ~15 MB less at the peak.
+        gc.collect()
+        gc.freeze()
     try:
         with signals:
             report = run_sync(
@@ -362,10 +371,27 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("httpx", "alembic"):  # a line per request or migration drowns the progress
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    # The program itself, not a caller in the same process, whose interpreter is not ours to tune.
+    args.program = program = argv is None
+    if program and args.command == "sync" and "pandas" not in sys.modules:
+        # Whenever pandas is installed (the dev and examples extras bring it), pyarrow imports it
+        # on its first conversion from Python lists, only to ask whether the list is a pandas
+        # object: 34 MB and 0.3 s that nothing in a sync uses. pyarrow (and DuckDB) take pandas
+        # being absent in their stride. Only the program does this: a caller in the same process
+        # may want pandas after the sync.
+        sys.meta_path.insert(0, _WithoutPandas())
     code = args.run(args)
-    if argv is None and args.command == "sync":  # the program, not a caller in the same process
+    if program and args.command == "sync":
         _exit_now(code)
     return code
+
+
+class _WithoutPandas(importlib.abc.MetaPathFinder):
+    """Makes `import pandas` fail as if pandas were not installed (see `main`)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.partition(".")[0] == "pandas":
+            raise ModuleNotFoundError("pandas is not loaded in a sync", name=name)
 
 
 def _exit_now(code: int) -> NoReturn:
