@@ -55,7 +55,6 @@ def created_filters(
 def partition_key_of(moment: datetime, partitions_def: dg.TimeWindowPartitionsDefinition) -> str:
     """The partition a record created at `moment` belongs to (the first one if older)."""
     local = moment.astimezone(LONDON)
-    key = local.strftime(partitions_def.fmt)
-    first = partitions_def.get_first_partition_key()
-    start = partitions_def.time_window_for_partition_key(first).start
-    return first if local < start else key
+    # `start` is where the first partition starts (asking for the first partition key instead
+    # works it out from the clock each time: 0.2 ms, for each of 10,000 clients).
+    return (partitions_def.start if local < partitions_def.start else local).strftime(partitions_def.fmt)
