@@ -21,7 +21,6 @@ from plannr_pipeline.api.config import (
     positive_int,
     sandbox_wanted,
 )
-from plannr_pipeline.sandbox import embedded_sandbox
 from plannr_pipeline.storage.warehouse import CONNECT_CONFIG, DATABASE_FILE, Warehouse, data_dir_from_env
 
 T = TypeVar("T")
@@ -58,6 +57,10 @@ class PlannrApi(dg.ConfigurableResource):
 
     def settings(self) -> PlannrSettings:
         if self.uses_sandbox:
+            # Loaded only when it serves: the sandbox and Faker cost a sync from the real API
+            # 8 MB and 0.1 s otherwise.
+            from plannr_pipeline.sandbox import embedded_sandbox
+
             sandbox = embedded_sandbox(self.sandbox_seed, self.sandbox_clients)
             return PlannrSettings(
                 base_url=sandbox.url,
