@@ -105,6 +105,29 @@ def _failure_line(event: dg.DagsterEvent) -> str:
     return f"{event.step_key}: {message}"
 
 
+# A sync's steps report through the run's event log, which the UI shows, and print to the terminal
+# that runs the sync. Capturing that output as well would start four helper processes per run (a
+# `tail -F` and a Python watcher each for stdout and stderr: ~25 MB between them, started while
+# the run starts), so a sync's runs go without it. Runs launched from the UI keep theirs.
+WITHOUT_CAPTURED_OUTPUT = {
+    "compute_logs": {
+        "module": "dagster._core.storage.noop_compute_log_manager",
+        "class": "NoOpComputeLogManager",
+    }
+}
+
+
+def sync_instance() -> dg.DagsterInstance:
+    """DAGSTER_HOME's instance (the CLI has set it: plannr_pipeline.instance), whose run history
+    the UI shares, without captured output; an ephemeral one for a library caller that set none."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return dg.DagsterInstance.ephemeral()
+    # `local_temp` given a folder is that folder's own persistent instance, its dagster.yaml read,
+    # with overrides: the public way to open DAGSTER_HOME's instance with one setting changed.
+    return dg.DagsterInstance.local_temp(tempdir=home, overrides=WITHOUT_CAPTURED_OUTPUT)
+
+
 def run_sync(
     selected: set[str] | None = None,
     instance: dg.DagsterInstance | None = None,
@@ -115,10 +138,7 @@ def run_sync(
 ) -> SyncReport:
     report = SyncReport()
     started = time.monotonic()
-    # The CLI has set DAGSTER_HOME (plannr_pipeline.instance); a library caller may not have.
-    instance = instance or (
-        dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    )
+    instance = instance or sync_instance()
     for step in STEPS:
         if should_stop():  # SIGTERM or Ctrl-C: the step under way has unwound; start no other
             report.ok = False

@@ -84,8 +84,8 @@ def rejection(table: Table, record: Any) -> str | None:
 
 # Rows held before they are written: memory stays flat (a few MB) however large the firm, and
 # the Parquet files get a few large row groups instead of one per page or per client. Rows wait
-# as Python dicts only until a chunk is full, then as Arrow, which holds them in a tenth of the
-# memory (5,000 task rows with their child rows are ~40 MB as dicts).
+# as Python dicts only until a chunk is full, then as Arrow, which holds them far more compactly
+# (a 10,000-client sync peaks ~10 MB lower while it reads tasks).
 STAGE_BATCH_ROWS = 5_000
 CHUNK_ROWS = 500
 
