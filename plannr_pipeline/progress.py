@@ -6,6 +6,8 @@ The assets report here; the CLI installs the terminal bars. Nothing here knows H
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,13 +70,18 @@ class TerminalBars:
     def __call__(self, step: str, done: int, total: int | None, unit: str, message: str) -> None:
         bar = self._bars.get(step)
         if bar is None:
+            sized = _terminal_has_a_size()
             bar = self._bars[step] = self._tqdm(
                 total=total,
                 desc=step,
                 unit=f" {unit}",
                 position=len(self._bars),
                 leave=True,
-                dynamic_ncols=True,
+                # Follow the terminal's size; one that reports none (a pty nobody sized, as some
+                # CI runners and `docker exec` give) would get no bars at all from tqdm.
+                dynamic_ncols=sized,
+                ncols=None if sized else FALLBACK_SIZE.columns,
+                nrows=None if sized else FALLBACK_SIZE.lines,
             )
         if total is not None and bar.total != total:
             bar.total = total
@@ -85,6 +92,17 @@ class TerminalBars:
     def close(self) -> None:
         for bar in self._bars.values():
             bar.close()
+
+
+FALLBACK_SIZE = os.terminal_size((80, 24))
+
+
+def _terminal_has_a_size() -> bool:
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return size.columns > 0 and size.lines > 0
 
 
 # Where progress goes besides the run log: the CLI sets terminal bars here when on a terminal.

@@ -120,9 +120,11 @@ WITHOUT_CAPTURED_OUTPUT = {
 def sync_instance() -> dg.DagsterInstance:
     """DAGSTER_HOME's instance (the CLI has set it: plannr_pipeline.instance), whose run history
     the UI shares, without captured output; an ephemeral one for a library caller that set none."""
-    home = os.environ.get("DAGSTER_HOME")
+    home = os.path.expanduser(os.environ.get("DAGSTER_HOME", ""))
     if not home:
         return dg.DagsterInstance.ephemeral()
+    if not (os.path.isabs(home) and os.path.isdir(home)):
+        return dg.DagsterInstance.get()  # refuses it, with Dagster's own message naming the fix
     # `local_temp` given a folder is that folder's own persistent instance, its dagster.yaml read,
     # with overrides: the public way to open DAGSTER_HOME's instance with one setting changed.
     return dg.DagsterInstance.local_temp(tempdir=home, overrides=WITHOUT_CAPTURED_OUTPUT)

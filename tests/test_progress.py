@@ -3,8 +3,13 @@ bar per step when `sync` runs on a terminal."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
+import struct
+import termios
+
+import pytest
 
 from plannr_pipeline import progress
 from tests.cli import run_cli, sandbox_env, start_cli
@@ -39,9 +44,12 @@ def test_not_on_a_terminal_the_run_log_carries_the_progress(make_sandbox, tmp_pa
     assert "\r" not in done.stderr  # plain lines, no bar
 
 
-def test_on_a_terminal_each_step_shows_a_live_bar(make_sandbox, tmp_path):
+@pytest.mark.parametrize("rows_columns", [(30, 120), (0, 0)], ids=["sized", "reports-no-size"])
+def test_on_a_terminal_each_step_shows_a_live_bar(make_sandbox, tmp_path, rows_columns):
     sandbox = make_sandbox(clients=40)
     controller, terminal = pty.openpty()
+    # A pty nobody sized reports 0 x 0 (some CI runners, `docker exec`): tqdm alone draws nothing.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", *rows_columns, 0, 0))
     sync = start_cli(
         "sync",
         "--select",

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from plannr_pipeline.sync import sync_instance
 from tests.cli import run_cli, sandbox_env
 
 
@@ -22,3 +28,18 @@ def test_the_sync_program_lands_everything_without_loading_pandas_or_numpy(make_
     assert {"pyarrow", "duckdb", "dagster"} <= loaded  # the log does show what the sync loads
     # A refused import is logged under its bare name; one loaded for real brings pandas.core etc.
     assert not {name for name in loaded if name.startswith(("pandas.", "numpy."))}
+
+
+def test_a_sync_opens_dagster_home_as_dagster_does_without_captured_output(tmp_path, monkeypatch):
+    """The sync's instance is DAGSTER_HOME's own (the UI reads the same runs), `~` expanded; a
+    relative DAGSTER_HOME is refused as Dagster refuses it, not read against the working folder."""
+    (tmp_path / "user" / "dh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("DAGSTER_HOME", "~/dh")
+    with sync_instance() as instance:
+        assert Path(instance.root_directory) == tmp_path / "user" / "dh"
+        assert type(instance.compute_log_manager).__name__ == "NoOpComputeLogManager"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", "user/dh")
+    with pytest.raises(dg.DagsterInvariantViolationError, match="absolute"):
+        sync_instance()

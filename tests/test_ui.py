@@ -243,11 +243,16 @@ def test_turn_a_sensor_off_and_on_in_the_ui_and_see_it_tick(dagster_ui, browser)
     turned_on_at = datetime.now(UTC).timestamp()
     toggle.click()
     wait_for(lambda: state()["status"] == "RUNNING", 30, 1, "the sensor to start")
-    tick = wait_for(
-        lambda: (t := state()["ticks"]) and t[0]["timestamp"] > turned_on_at and t[0],
+    tick = wait_for(  # a tick still under way (STARTED) has no outcome yet: wait for its end
+        lambda: (
+            (t := state()["ticks"])
+            and t[0]["timestamp"] > turned_on_at
+            and t[0]["status"] != "STARTED"
+            and t[0]
+        ),
         150,
         3,
-        "a tick after turning the sensor on",
+        "a finished tick after turning the sensor on",
     )
     assert tick["status"] in ("SUCCESS", "SKIPPED")  # SKIPPED: nothing changed since the last poll
     page.reload(wait_until="networkidle")

@@ -21,6 +21,7 @@ import pytest
 from plannr_pipeline.definitions import ASSETS
 from plannr_pipeline.defs.partitions import client_months
 from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.storage.history import history_table
 from plannr_pipeline.storage.normalise import arrow
 from plannr_pipeline.storage.parquet_store import ParquetStore, StagedWrite
 from plannr_pipeline.storage.tables import CLIENTS, TASK_CUSTOM_FIELDS
@@ -275,6 +276,30 @@ def test_taking_back_a_record_takes_back_its_child_rows_too(tmp_path):
         ("other", "1"),
         ("other", "2"),
     ]
+
+
+def test_an_aborted_or_discarded_staged_file_leaves_no_folder_but_keeps_stored_ones(tmp_path):
+    """A write that stages a history batch (DuckDB fills it) and then aborts, or finds it changed
+    nothing, leaves no trace; a folder holding a committed file stays."""
+    store = ParquetStore(tmp_path / "parquet")
+    log = history_table(CLIENTS)
+    aborted = StagedWrite(store)
+    made = aborted.file_for(log, aborted.id).parent
+    aborted.abort()
+    unchanged = StagedWrite(store)
+    unchanged.file_for(log, unchanged.id)
+    unchanged.discard(log, unchanged.id)
+    unchanged.commit()
+    assert not made.exists() and not list((tmp_path / "parquet").rglob("batch=*"))
+
+    stored = StagedWrite(store)
+    stored.write(log, log.schema.empty_table(), ["kept"])
+    stored.commit()
+    again = StagedWrite(store)
+    again.file_for(log, "kept")
+    again.discard(log, "kept")
+    again.abort()
+    assert store.path_of(log, "kept").exists()
 
 
 def test_an_unreachable_api_fails_the_sync_within_a_minute_in_one_clear_line(tmp_path):

@@ -76,10 +76,7 @@ class StagedWrite:
             writer.close()
         if temp := self._staged.pop(target, None):
             temp.unlink(missing_ok=True)
-        try:
-            target.parent.rmdir()  # the partition folder it made, unless it holds a stored file
-        except OSError:
-            pass
+        _remove_if_empty(target.parent)  # the partition folder it made
 
     def write(self, table: Table, rows: pa.Table, partitions: Iterable[str] = ()) -> None:
         """Append rows; for a partitioned table, name every partition this write replaces
@@ -164,6 +161,14 @@ class StagedWrite:
                 pass
         for temp in self._staged.values():
             temp.unlink(missing_ok=True)
+            _remove_if_empty(temp.parent)  # a partition folder this write made
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # it holds files (stored partitions, other writes' staged files)
+        pass
 
 
 class ParquetStore:
