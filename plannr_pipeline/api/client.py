@@ -44,6 +44,11 @@ USER_AGENT = "plannr-pipeline/0.1"
 MAX_RETRY_AFTER_SECONDS = 15 * 60
 # Refused connections are tried this many times before the API is called unreachable.
 UNREACHABLE_ATTEMPTS = 3
+# Listing pages in flight at once (fan-outs use the whole PLANNR_MAX_CONCURRENCY). A page of 500
+# tasks decodes to ~7 MB of Python objects, and one that arrives while another is being staged
+# waits decoded: with 32 in flight a quick server piled them up (10,000 clients: a peak ~25 MB
+# higher). Four keep a server busy; under Plannr's 500 a minute the budget paces them anyway.
+LISTING_PAGES_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -370,7 +375,8 @@ class PlannrClient:
                 numbers = range(fetched_up_to + 1, last_page + 1)
                 fetched_up_to = last_page
                 jobs = (self._get_page(path, params, n) for n in numbers)
-                async for page in bounded_as_completed(jobs, self.settings.max_concurrency):
+                in_flight = min(self.settings.max_concurrency, LISTING_PAGES_IN_FLIGHT)
+                async for page in bounded_as_completed(jobs, in_flight):
                     last_page = max(last_page, page.last_page or last_page)
                     yield listing.take(page)
         if listing.shifted():
