@@ -26,14 +26,12 @@ log = logging.getLogger(__name__)
 # duckdb 2.0 writes a storage format the command-line client on PyPI (duckdb-cli 1.5.x) cannot
 # open; a database created with this setting opens in both (docs/design.md, Dagster notes).
 DATABASE_FILE = "plannr.duckdb"
+CONNECT_CONFIG = {"storage_compatibility_version": "v1.5.0"}
 
 
 def data_dir_from_env() -> str:
     """PLANNR_DATA_DIR, or `data` (relative to the working directory): where everything is kept."""
     return os.environ.get("PLANNR_DATA_DIR") or "data"
-
-
-CONNECT_CONFIG = {"storage_compatibility_version": "v1.5.0"}
 
 
 # The first file or glob a stored view reads (views name absolute paths; see `follow_a_move`).
@@ -147,10 +145,13 @@ class Warehouse:
             f"they now read {self.store.root}"
         )
 
-    def count(self, relation: str) -> int | None:
-        """Rows in a relation, read-only; None if the database is busy elsewhere."""
+    def counts(self, relations: list[str]) -> dict[str, int]:
+        """Rows in each relation, read-only in one connection; none if the database is busy elsewhere."""
         try:
             with duckdb.connect(str(self.db_path), read_only=True) as connection:
-                return int(connection.execute(f'SELECT count(*) FROM "{relation}"').fetchone()[0])
+                return {
+                    name: int(connection.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0])
+                    for name in relations
+                }
         except duckdb.Error:
-            return None
+            return {}

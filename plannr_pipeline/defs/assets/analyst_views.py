@@ -5,10 +5,7 @@ A view costs nothing to refresh: it holds a query, not data, and reads the curre
 query time. The assets stay current without a person (eager automation after their tables land).
 """
 
-from pathlib import Path
-
 import dagster as dg
-import duckdb
 
 from plannr_pipeline.defs.assets.common import GROUP, OWNERS
 from plannr_pipeline.defs.resources import PlannrStorage
@@ -72,7 +69,7 @@ def analyst_views(context: dg.AssetExecutionContext, storage: PlannrStorage):
     problem = warehouse.refresh_views(only=names)
     if problem:  # the definitions already in the database still read the current Parquet
         context.log.warning(problem)
-    counts = {} if problem else _counts(warehouse.db_path, names)
+    counts = {} if problem else warehouse.counts(names)
     for name in names:
         # The UI draws column lineage from the latest materialisation, so every one carries it.
         metadata = {
@@ -86,18 +83,6 @@ def analyst_views(context: dg.AssetExecutionContext, storage: PlannrStorage):
             if counts.get(name) is not None:  # None if another program took the database meanwhile
                 metadata["dagster/row_count"] = counts[name]
         yield dg.MaterializeResult(asset_key=name, metadata=metadata)
-
-
-def _counts(db_path: Path, names: list[str]) -> dict[str, int]:
-    """Rows in each view, read-only in one connection; none if the database is busy elsewhere."""
-    try:
-        with duckdb.connect(str(db_path), read_only=True) as connection:
-            return {
-                name: int(connection.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0])
-                for name in names
-            }
-    except duckdb.Error:
-        return {}
 
 
 VIEW_ASSETS = [analyst_views]
