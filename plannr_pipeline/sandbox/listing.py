@@ -75,8 +75,8 @@ def _in_order(
     The order is reused while the same record objects carry the same `field` values, a
     fingerprint that notices a record added, removed, replaced or re-timed in place; the cache
     holds the records it ordered, so their ids cannot be reused by others meanwhile. The
-    fingerprint reads the raw values: working out every sort key for it (parsing 50,000
-    timestamps through a cache) cost ~80 ms of the sandbox's one core per page."""
+    fingerprint reads the raw values: working out every sort key for it (50,000 timestamps
+    through a cache) made filtering and paging a tasks page 35-40 ms instead of 27-30."""
     values = tuple(map(methodcaller("get", field), records))
     fingerprint = hash((tuple(map(id, records)), values))
     cached = _ORDERS.get(query)
