@@ -58,6 +58,17 @@ class Progress:
             self.log(f"{self.step}: {message}")
 
 
+FALLBACK_SIZE = os.terminal_size((80, 24))
+
+
+def _terminal_has_a_size() -> bool:
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return size.columns > 0 and size.lines > 0
+
+
 class TerminalBars:
     """A tqdm bar per step, for `sync` on a terminal."""
 
@@ -92,17 +103,6 @@ class TerminalBars:
     def close(self) -> None:
         for bar in self._bars.values():
             bar.close()
-
-
-FALLBACK_SIZE = os.terminal_size((80, 24))
-
-
-def _terminal_has_a_size() -> bool:
-    try:
-        size = os.get_terminal_size(sys.stderr.fileno())
-    except (OSError, ValueError):
-        return False
-    return size.columns > 0 and size.lines > 0
 
 
 # Where progress goes besides the run log: the CLI sets terminal bars here when on a terminal.
