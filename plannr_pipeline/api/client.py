@@ -442,6 +442,22 @@ class PlannrClient:
             yield result
 
 
+async def _exists(api: PlannrClient, uuid: str, path: str) -> tuple[str, bool]:
+    try:
+        await api.get_one(path)
+    except NotFoundError:
+        return uuid, False
+    return uuid, True
+
+
+async def gone(api: PlannrClient, uuids: Iterable[str], path_of: Callable[[str], str]) -> set[str]:
+    """Which of `uuids` the API's show route answers 404 for (one request each, concurrently)."""
+    jobs = (_exists(api, uuid, path_of(uuid)) for uuid in uuids)
+    return {
+        uuid async for uuid, exists in bounded_as_completed(jobs, api.settings.max_concurrency) if not exists
+    }
+
+
 def with_newer_copies(records: list[dict[str, Any]], newer: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`records` with each record that has a newer copy replaced by it (same uuid)."""
     if not newer:

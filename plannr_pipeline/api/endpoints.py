@@ -47,3 +47,12 @@ OLDEST_CREATED_FIRST = {"sort": "created_at"}
 def goals_of(client_uuid: str) -> Endpoint:
     """Goals exist only per client: one listing per client."""
     return Endpoint(f"/api/v1/client/{client_uuid}/goal", GOALS_INCLUDE)
+
+
+def client(uuid: str) -> str:
+    """One client (documented, if deprecated, beside /client; /account has no show route)."""
+    return f"/api/v1/client/{uuid}"
+
+
+def task(uuid: str) -> str:
+    return f"/api/v1/task/{uuid}"

@@ -207,6 +207,7 @@ class SandboxServer:
         app = web.Application(middlewares=[self._guard])
         app.router.add_get("/api/v1/account", self._accounts)
         app.router.add_get("/api/v1/client", self._clients)
+        app.router.add_get("/api/v1/client/{uuid}", self._client)
         app.router.add_get("/api/v1/client/{client_uuid}/goal", self._goals)
         app.router.add_get("/api/v1/circles", self._circles)
         app.router.add_get("/api/v1/task", self._tasks)
@@ -337,6 +338,14 @@ class SandboxServer:
 
     async def _clients(self, request: web.Request) -> web.Response:
         return self._page(request, self.firm.clients, routes.CLIENTS, self._expand_account)
+
+    async def _client(self, request: web.Request) -> web.Response:
+        # Looked up in the list itself, not the index: a test may change the firm's lists directly.
+        uuid = request.match_info["uuid"]
+        client = next((c for c in self.firm.clients if c["uuid"] == uuid), None)
+        if client is None:
+            return self._not_found("Client", uuid)
+        return _json(200, self._expand_account(client, frozenset()))
 
     async def _goals(self, request: web.Request) -> web.Response:
         client_uuid = request.match_info["client_uuid"]

@@ -29,7 +29,10 @@ HISTORY_OF = ("clients", "goals", "circles", "tasks")
 EVENT_COLUMNS = (
     filled("valid_from", "When this version was first seen (UTC): the commit that recorded it.", TS),
     filled("change", "`upsert` (a new or changed record) or `delete` (a full sweep no longer found it)."),
-    filled("row_hash", "Hash of the record's stored columns, to tell a change from a rerun."),
+    filled("row_hash", "Hash of the record's modelled columns, to tell a change from a rerun."),
+    filled(
+        "children_hash", "Hash of the record's child rows (custom fields, members, ...); NULL if it has none."
+    ),
     filled("batch", "The write that recorded this event."),
 )
 
@@ -53,18 +56,47 @@ def history_table(table: Table) -> Table:
     )
 
 
+# Not part of what a record says: where the settings file it (the partition), when we last read
+# it, and fields the table does not model (a new field the API starts sending is drift, reported
+# and kept, not a new version of every record).
+NOT_COMPARED = frozenset({"seen_at", "extra_json"})
+
+
 def compared_columns(table: Table) -> list[Column]:
-    """What counts as a change: every stored column but the partition (a settings artefact)."""
-    return [c for c in table.columns if c.name != table.partition_column]
+    """What counts as a change: the record's modelled columns."""
+    return [c for c in table.columns if c.name != table.partition_column and c.name not in NOT_COMPARED]
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _hash_sql(table: Table) -> str:
-    fields = ", ".join(f'"{c.name}" := "{c.name}"' for c in compared_columns(table))
+def _hash_sql(table: Table, alias: str = "") -> str:
+    fields = ", ".join(f'"{c.name}" := {alias}"{c.name}"' for c in compared_columns(table))
     return f"md5(to_json(struct_pack({fields})))"
+
+
+def _children_hash_sql(children: Collection[tuple[Table, Collection[Path]]]) -> tuple[str, str]:
+    """(a CTE per record_key of its child rows' hash, the expression naming it) or ('', NULL)."""
+    if not children:
+        return "", "CAST(NULL AS VARCHAR)"
+    parts = []
+    for child, files in children:
+        columns = [c for c in child.columns if c.name != child.record_key and c.name not in NOT_COMPARED]
+        fields = ", ".join(f'"{c.name}" := "{c.name}"' for c in columns)
+        listed = ", ".join(_quote(str(f)) for f in files)
+        parts.append(
+            f'SELECT {_quote(child.name)} AS child, "{child.record_key}" AS parent, '
+            f"md5(to_json(struct_pack({fields}))) AS h "
+            f"FROM read_parquet([{listed}], union_by_name = true, hive_partitioning = false)"
+        )
+    cte = (
+        "children AS (SELECT parent, md5(string_agg(child || ':' || h, ',' ORDER BY child, h)) AS children_hash "
+        f"FROM ({' UNION ALL '.join(parts)}) GROUP BY parent)"
+    )
+    # '' for a record with no child rows: NULL is kept for "not known" (events logged before
+    # child rows were hashed), which never counts as a change.
+    return cte, "coalesce(c.children_hash, '')"
 
 
 @dataclass
@@ -82,18 +114,20 @@ def events_for(
     table: Table,
     staged_files: Collection[Path],
     history_glob: str | None,
-    scope_partitions: Collection[str] | None,
+    deleted: Collection[str],
     now: datetime,
+    proof_time: datetime,
     batch: str,
     out: Path,
+    children: Collection[tuple[Table, Collection[Path]]] = (),
 ) -> HistoryEvents:
     """Write to `out` (Parquet, in the log's schema) the events a write adds: versions for new
-    or changed records, deletions for records in scope that are gone. `scope_partitions` None
-    means the write covers the whole table; an empty collection means it covers nothing (an
-    incremental merge: no deletions)."""
+    or changed records (their modelled columns or their child rows), and a deletion for each of
+    `deleted` (decided by the commit against what is stored now), stamped `seen_at = proof_time`."""
     log_table = history_table(table)
     part = f'"{table.partition_column}"' if table.partition_column else "NULL"
     columns = ", ".join(f'"{c.name}"' for c in table.columns)
+    children_cte, children_hash = _children_hash_sql([(child, files) for child, files in children if files])
     with duckdb.connect() as db:
         db.execute("SET TimeZone = 'UTC'")
         # Memory, not speed, bounds this step: one thread, no ordering to keep (the log is read by
@@ -103,45 +137,56 @@ def events_for(
         db.execute("SET threads = 1")
         db.execute("SET preserve_insertion_order = false")
         files = ", ".join(_quote(str(f)) for f in staged_files)
+        with_children = f"WITH {children_cte} " if children_cte else ""
+        join_children = "LEFT JOIN children c ON c.parent = s.uuid" if children_cte else ""
         db.execute(
-            f"CREATE TEMP VIEW staged AS SELECT {columns}, {_hash_sql(table)} AS row_hash "
-            f"FROM read_parquet([{files}], union_by_name = true, hive_partitioning = false)"
+            f"CREATE TEMP VIEW staged AS {with_children}SELECT s.*, {_hash_sql(table, 's.')} AS row_hash, "
+            f"{children_hash} AS children_hash FROM (SELECT {columns} FROM read_parquet([{files}], "
+            f"union_by_name = true, hive_partitioning = false)) s {join_children}"
+        )
+        db.execute("CREATE TEMP TABLE deleted (uuid VARCHAR)")
+        if deleted:
+            db.executemany("INSERT INTO deleted VALUES (?)", [(u,) for u in deleted])
+        log = f"read_parquet({_quote(history_glob or '')}, union_by_name = true, hive_partitioning = false)"
+        logged = _log_columns(db, log) if history_glob else set()
+        logged_children = (
+            "children_hash" if "children_hash" in logged else "CAST(NULL AS VARCHAR) AS children_hash"
         )
         if history_glob:
+            # The latest event of each record, its hash worked out again under today's definition
+            # (so a change of what is compared never reads as a change of every record).
+            log_columns = ", ".join(f'"{c.name}"' for c in compared_columns(table))
             db.execute(f"""CREATE TEMP TABLE latest AS
-                SELECT uuid, arg_max(row_hash, valid_from) AS row_hash, arg_max(change, valid_from) AS change,
-                       arg_max({part}, valid_from) AS part
-                FROM read_parquet({_quote(history_glob)}, union_by_name = true, hive_partitioning = false)
-                GROUP BY uuid""")
+                SELECT uuid, change, part, {_hash_sql(table)} AS row_hash, children_hash FROM (
+                    SELECT uuid, change, {part} AS part, {log_columns}, {logged_children} FROM {log}
+                    QUALIFY row_number() OVER (PARTITION BY uuid ORDER BY valid_from DESC) = 1)""")
         else:
             db.execute(
-                "CREATE TEMP TABLE latest (uuid VARCHAR, row_hash VARCHAR, change VARCHAR, part VARCHAR)"
+                "CREATE TEMP TABLE latest (uuid VARCHAR, change VARCHAR, part VARCHAR, row_hash VARCHAR, "
+                "children_hash VARCHAR)"
             )
         in_log_order = ", ".join(f'"{name}"' for name in log_table.schema.names)
         events = f"""
             SELECT {in_log_order} FROM (
                 SELECT s.*, $now::TIMESTAMPTZ AS valid_from, 'upsert' AS change, $batch::VARCHAR AS batch
                 FROM staged s LEFT JOIN latest l ON l.uuid = s.uuid
-                WHERE l.uuid IS NULL OR l.change = 'delete' OR l.row_hash <> s.row_hash)"""
-        if history_glob and (scope_partitions is None or bool(scope_partitions)):
-            in_scope = ""
-            if scope_partitions is not None:
-                in_scope = "AND l.part IN (" + ", ".join(_quote(p) for p in scope_partitions) + ")"
+                WHERE l.uuid IS NULL OR l.change = 'delete' OR l.row_hash <> s.row_hash
+                   OR l.children_hash <> s.children_hash)"""
+        if history_glob and deleted:
             # A deletion keeps the record's identity; its other columns stay as the last version had them.
             events += f"""
             UNION ALL
             SELECT {in_log_order} FROM (
-                SELECT h.* EXCLUDE (valid_from, change, batch), $now::TIMESTAMPTZ AS valid_from,
-                       'delete' AS change, $batch::VARCHAR AS batch
-                FROM latest l
-                JOIN read_parquet({_quote(history_glob)}, union_by_name = true, hive_partitioning = false) h
-                  ON h.uuid = l.uuid AND h.row_hash = l.row_hash AND h.change = 'upsert'
-                WHERE l.change = 'upsert' {in_scope} AND l.uuid NOT IN (SELECT uuid FROM staged)
+                SELECT h.* EXCLUDE (valid_from, change, batch{", seen_at" if "seen_at" in logged else ""}),
+                       $proof::TIMESTAMPTZ AS seen_at,{"" if "children_hash" in logged else " CAST(NULL AS VARCHAR) AS children_hash,"}
+                       $now::TIMESTAMPTZ AS valid_from, 'delete' AS change, $batch::VARCHAR AS batch
+                FROM {log} h JOIN latest l ON l.uuid = h.uuid
+                WHERE l.change = 'upsert' AND h.change = 'upsert' AND h.uuid IN (SELECT uuid FROM deleted)
                 QUALIFY row_number() OVER (PARTITION BY h.uuid ORDER BY h.valid_from DESC) = 1)"""
         db.execute(
             f"COPY ({events}) TO {_quote(str(out))} "
             f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {EVENT_ROW_GROUP_ROWS})",
-            {"now": now, "batch": batch},
+            {"now": now, "batch": batch, **({"proof": proof_time} if history_glob and deleted else {})},
         )
         counts = dict(
             db.execute(
@@ -149,6 +194,28 @@ def events_for(
             ).fetchall()
         )
     return HistoryEvents(counts.get("upsert", 0), counts.get("delete", 0))
+
+
+def _log_columns(db: duckdb.DuckDBPyConnection, log: str) -> set[str]:
+    """The columns the log's files hold between them (older logs lack later columns)."""
+    return {row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {log}").fetchall()}
+
+
+def tombstones(table: Table, history_glob: str | None) -> dict[str, datetime | None]:
+    """Records whose latest event is a deletion, with when that deletion was proven."""
+    if not history_glob:
+        return {}
+    log = f"read_parquet({_quote(history_glob)}, union_by_name = true, hive_partitioning = false)"
+    with duckdb.connect() as db:
+        db.execute("SET TimeZone = 'UTC'")
+        names = _log_columns(db, log)
+        # Logs written before `seen_at` existed: the deletion's own time is the best proof time.
+        proven = "coalesce(seen_at, valid_from)" if "seen_at" in names else "valid_from"
+        rows = db.execute(
+            f"SELECT uuid, arg_max({proven}, valid_from), arg_max(change, valid_from) AS last FROM {log} "
+            "GROUP BY uuid HAVING last = 'delete'"
+        ).fetchall()
+    return {uuid: when for uuid, when, _ in rows}
 
 
 def view_sql(table: Table, history_glob: str | None) -> str:

@@ -7,6 +7,12 @@ them as a set: a journal naming every rename (and every file to remove) is writt
 first, so a run killed half-way through the renames is rolled forward by the next writer or
 reader-facing refresh (`recover`). Readers therefore never stay on a mix of old and new files,
 and staged files of runs that died before committing are removed.
+
+Every commit moves the store's version on by one (`.version`), and its journal names the version
+it was made against: a journal is only ever applied on that version, so an old journal can never
+overwrite a newer commit. Recovery trusts nothing else in a journal either: its paths must be
+relative, inside the store, and name our own data and staged files; anything else is reported and
+left alone.
 """
 
 from __future__ import annotations
@@ -21,12 +27,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from plannr_pipeline.storage.tables import Table
 
 FILE_NAME = "data.parquet"
 JOURNAL_GLOB = ".commit-*.json"
+VERSION_FILE = ".version"
+LOCK_TIMEOUT_SECONDS = 300
+
+
+class UntrustedJournal(ValueError):
+    """A commit journal that names something recovery must not touch."""
 
 
 def _alive(pid: int) -> bool:
@@ -135,22 +147,32 @@ class StagedWrite:
         return pa.concat_tables(dropped)
 
     def commit(self) -> list[Path]:
+        """Commit the staged files as one set (taking the store's lock)."""
+        with self._store.lock():
+            return self.commit_locked()
+
+    def commit_locked(self) -> list[Path]:
+        """Commit with the store's lock already held (the commit protocol holds it throughout)."""
         for writer in self._writers.values():
             writer.close()  # closing twice is harmless
         for temp in self._staged.values():
             _fsync(temp)
-        with self._store.lock():
-            journal = self._store.root / f".commit-{self._id}.json"
-            journal.write_text(
-                json.dumps(
-                    {
-                        "renames": [[str(temp), str(target)] for target, temp in self._staged.items()],
-                        "removals": [str(path) for path in sorted(self._removals)],
-                    }
-                )
+        root = self._store.root
+        journal = root / f".commit-{self._id}.json"
+        journal.write_text(
+            json.dumps(
+                {
+                    "base_version": self._store.version(),
+                    "renames": [
+                        [str(temp.relative_to(root)), str(target.relative_to(root))]
+                        for target, temp in self._staged.items()
+                    ],
+                    "removals": [str(path.relative_to(root)) for path in sorted(self._removals)],
+                }
             )
-            _fsync(journal)
-            self._store.apply_journal(journal)
+        )
+        _fsync(journal)
+        self._store.apply_journal(journal)
         return list(self._staged)
 
     def abort(self) -> None:
@@ -190,19 +212,60 @@ class ParquetStore:
         folder = self.root / table.name
         return sorted(folder.glob("*/" + FILE_NAME if table.partition_column else FILE_NAME))
 
-    def apply_journal(self, journal: Path) -> None:
-        """Carry out a commit's renames and removals; safe to repeat after a crash."""
+    def version(self) -> int:
+        """How many commits this store has taken (0 for a store older than versions)."""
+        try:
+            return int((self.root / VERSION_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _inside(self, relative: str, temp: bool) -> Path:
+        """A journal's path, refused unless it is one of our files inside this store."""
+        path = Path(relative)
+        name_ok = (
+            path.name.startswith(f".{FILE_NAME}.") and path.name.endswith(".tmp")
+            if temp
+            else path.name == FILE_NAME
+        )
+        if path.is_absolute() or ".." in path.parts or len(path.parts) < 2 or not name_ok:
+            raise UntrustedJournal(relative)
+        resolved = (self.root / path).resolve()
+        if not resolved.is_relative_to(self.root.resolve()):
+            raise UntrustedJournal(relative)  # through a symbolic link, out of the store
+        return self.root / path
+
+    def apply_journal(self, journal: Path) -> str:
+        """Carry out a commit's renames and removals, if it was made against the current version;
+        safe to repeat after a crash. Returns what was done."""
         plan = json.loads(journal.read_text())
-        for temp, target in plan["renames"]:
-            if Path(temp).exists():
+        renames = [(self._inside(t, temp=True), self._inside(d, temp=False)) for t, d in plan["renames"]]
+        removals = [self._inside(p, temp=False) for p in plan["removals"]]
+        base = plan["base_version"]
+        if not isinstance(base, int):
+            raise UntrustedJournal(f"base_version {base!r}")
+        if base != self.version():
+            # Made against an older version: a newer commit has landed since, and this one's
+            # files must never replace it. Its staged files are simply dropped.
+            for temp, _ in renames:
+                temp.unlink(missing_ok=True)
+            journal.unlink()
+            return f"discarded a commit made against version {base}, older than the store's {self.version()} ({journal.name})"
+        for temp, target in renames:
+            if temp.exists():
                 os.replace(temp, target)
-        for path in plan["removals"]:
-            Path(path).unlink(missing_ok=True)
+        for path in removals:
+            path.unlink(missing_ok=True)
             try:
-                Path(path).parent.rmdir()  # the partition folder, once empty
+                path.parent.rmdir()  # the partition folder, once empty
             except OSError:
                 pass
+        version_file = self.root / VERSION_FILE
+        next_version = version_file.with_name(f"{VERSION_FILE}.{os.getpid()}.tmp")
+        next_version.write_text(str(base + 1))
+        _fsync(next_version)
+        os.replace(next_version, version_file)
         journal.unlink()
+        return f"rolled forward an interrupted commit ({journal.name})"
 
     def recover(self) -> list[str]:
         """Roll forward commits a killed run left half-done; remove staged files of dead runs.
@@ -211,20 +274,28 @@ class ParquetStore:
         """
         if not self.root.exists():
             return []
-        done = []
         with self.lock():
-            for journal in sorted(self.root.glob(JOURNAL_GLOB)):
-                try:
-                    self.apply_journal(journal)
-                    done.append(f"rolled forward an interrupted commit ({journal.name})")
-                except (ValueError, KeyError):  # a journal cut short was never acted on
-                    journal.unlink()
-                    done.append(f"discarded an incomplete commit journal ({journal.name})")
-            for temp in self.root.glob("**/.data.parquet.*.tmp"):
-                pid = temp.name.split(".")[-2].split("-")[0]
-                if pid.isdigit() and not _alive(int(pid)):
-                    temp.unlink(missing_ok=True)
-                    done.append(f"removed a staged file of a run that died ({temp.relative_to(self.root)})")
+            return self.recover_locked()
+
+    def recover_locked(self) -> list[str]:
+        """`recover` with the store's lock already held."""
+        done = []
+        for journal in sorted(self.root.glob(JOURNAL_GLOB), key=lambda path: path.stat().st_mtime):
+            try:
+                done.append(self.apply_journal(journal))
+            except UntrustedJournal as refused:
+                done.append(
+                    f"left alone a commit journal recovery does not trust ({journal.name}: {refused}); "
+                    "if you did not put it there, find out who did, then delete it"
+                )
+            except (ValueError, KeyError, TypeError):  # a journal cut short was never acted on
+                journal.unlink()
+                done.append(f"discarded an incomplete commit journal ({journal.name})")
+        for temp in self.root.glob("**/.data.parquet.*.tmp"):
+            pid = temp.name.split(".")[-2].split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                temp.unlink(missing_ok=True)
+                done.append(f"removed a staged file of a run that died ({temp.relative_to(self.root)})")
         return done
 
     def partitions_of(self, table: Table) -> list[str]:
@@ -232,31 +303,31 @@ class ParquetStore:
         prefix = f"{table.partition_column}="
         return sorted(path.parent.name.removeprefix(prefix) for path in self.files_of(table))
 
+    def rows_of(self, table: Table) -> int:
+        return sum(self.rows_in(path) for path in self.files_of(table))
+
     @staticmethod
     def rows_in(path: Path) -> int:
         return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Serialises commits and read-modify-write merges between processes."""
+        """Serialises commits between processes: a commit decides, records history and renames
+        while holding it, so what it decides against is what is stored when it lands."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.root / ".write.lock"), timeout=300):
+        lock = FileLock(str(self.root / ".write.lock"))
+        try:
+            lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
+        except Timeout:
+            raise TimeoutError(
+                f"another process has held the commit lock of {self.root} for {LOCK_TIMEOUT_SECONDS} s; "
+                "nothing was replaced. A lock is let go when its process ends, so a process is still "
+                "running there: find it (a sync, a Dagster run) and let it finish or stop it."
+            ) from None
+        try:
             yield
-
-    @contextmanager
-    def history_lock(self, table: Table) -> Iterator[None]:
-        """Held from reading a table's history to committing its new events, so two writes of
-        the same records cannot both record the same change."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.root / f".{table.name}.history.lock"), timeout=600):
-            yield
-
-    @contextmanager
-    def merge_lock(self, table: Table) -> Iterator[None]:
-        """Held across a read-merge-write of one table, so two merges cannot lose each other's rows."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.root / f".{table.name}.merge.lock"), timeout=600):
-            yield
+        finally:
+            lock.release()
 
     @contextmanager
     def staged(self) -> Iterator[StagedWrite]:

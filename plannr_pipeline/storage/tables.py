@@ -71,6 +71,12 @@ def whole(name: str, description: str, path: str | None = None, type_: pa.DataTy
     return col(name, type_, path or name, c.to_int, description)
 
 
+SEEN_AT = filled(
+    "seen_at",
+    "When a sync last received this record from the API (UTC): how fresh this row is.",
+    TS,
+)
+
 EXTRA = col(
     "extra_json",
     pa.string(),
@@ -183,6 +189,7 @@ CLIENTS = Table(
             "created_month",
             "Partition: month the client was created, `YYYY-MM` in UK time; clients older than the first partition are in it.",
         ),
+        SEEN_AT,
         EXTRA,
     ),
     partition_column="created_month",
@@ -208,6 +215,7 @@ STAFF = Table(
             c.to_date,
             "Date the account became inactive; null while active.",
         ),
+        SEEN_AT,
         EXTRA,
     ),
     # Account fields that mean little for staff: not drift, kept in extra_json.
@@ -267,6 +275,7 @@ GOALS = Table(
             path="shared_owner.uuid",
         ),
         filled("created_month", "Partition: the client's created month (goals follow their client)."),
+        SEEN_AT,
         EXTRA,
     ),
     partition_column="created_month",
@@ -283,6 +292,7 @@ CIRCLES = Table(
         text("bg_colour", "Display colour."),
         stamp("created_at", "Created (UTC)."),
         stamp("updated_at", "Updated (UTC)."),
+        SEEN_AT,
         EXTRA,
     ),
     handled=frozenset({"firm"}),
@@ -378,6 +388,7 @@ TASKS = Table(
         ),
         stamp("created_at", "Created (UTC)."),
         stamp("updated_at", "Updated (UTC); the incremental refresh's watermark."),
+        SEEN_AT,
         EXTRA,
     ),
     handled=frozenset({"workflow", "workflow_task", "task_status"}),
@@ -443,6 +454,7 @@ IMPORTS = Table(
         stamp("created_at", "Created (UTC)."),
         stamp("updated_at", "Updated (UTC)."),
         filled("created_day", "Day the import was created, `YYYY-MM-DD` in UK time."),
+        SEEN_AT,
         EXTRA,
     ),
     handled=frozenset({"headers", "mapping"}),
@@ -483,17 +495,17 @@ IMPORT_PROGRESS_HISTORY = Table(
 REJECTED_RECORDS = Table(
     "rejected_records",
     "Records the API sent that could not be stored (no uuid, no or malformed created_at, ...): kept here "
-    "with the reason, so one bad record never sinks its table. Each run that rejects something adds a batch.",
+    "with the reason, so one bad record never sinks its table. One row per record still quarantined: a "
+    "record rejected again replaces its row, and one that later stores cleanly leaves this table.",
     (
         filled("table_name", "The table the record was meant for."),
         filled("uuid", "The record's uuid, if it had one."),
         filled("reason", "Why it could not be stored."),
         filled("raw_json", "The record exactly as the API sent it, as JSON."),
-        filled("rejected_at", "When it was rejected (UTC).", TS),
-        filled("batch", "The write that rejected it (one per materialisation)."),
+        filled("rejected_at", "When it was last rejected (UTC).", TS),
+        filled("batch", "The write that last rejected it."),
     ),
-    key=("batch", "table_name", "uuid"),
-    partition_column="batch",
+    key=("table_name", "uuid"),
 )
 
 ALL_TABLES = (

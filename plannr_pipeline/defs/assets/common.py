@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 
 from plannr_pipeline.api import PlannrClient, PlannrError, RetriesExhaustedError, endpoints
+from plannr_pipeline.api.client import gone
 from plannr_pipeline.api.errors import UnreachableError
 from plannr_pipeline.defs.assets.landing import Landing, check_specs, column_schema
 from plannr_pipeline.defs.resources import PlannrApi
@@ -159,3 +160,26 @@ async def land_listing(
             landing.stage_newer_copies(rows_of(landing.accept(page.newer_copies), landing.drift))
         landing.progress(received, total)
     landing.count_listing(listing.path, total, received)
+
+
+async def confirm_deletions(api: PlannrClient, landing: Landing, path_of: Callable[[str], str]) -> None:
+    """Confirm one by one, with the API's show route, the deletions a finished listing implies.
+
+    Page-number paging over a list that changes while it is read can skip a live record with
+    the total unchanged (one record deleted from page 1 shifts another off page 2 unseen), so a
+    record missing from a listing is only recorded deleted once the API says 404 for it. A
+    record it still shows is kept as stored, to be re-read by the next sweep. Costs one request
+    per record missing since the last sweep; nothing when none is.
+    """
+    candidates = landing.deletion_candidates()
+    landing.proven_gone = set()
+    if not candidates or not landing.deletions_plausible(len(candidates)):
+        return  # none to confirm, or so many that the commit refuses them without asking
+    landing.proven_gone = await gone(api, candidates, path_of)
+    alive = set(candidates) - landing.proven_gone
+    landing.seen_alive.update(alive)
+    if alive:
+        landing.context.log.warning(
+            f"{landing.root.name}: {len(alive)} record(s) missing from the listing still exist (the listing "
+            "shifted while it was read); kept as stored, re-read by the next sweep"
+        )

@@ -2,6 +2,7 @@
 request per client, concurrently under the shared budget."""
 
 import dagster as dg
+import pyarrow as pa
 
 from plannr_pipeline.api import PlannrClient, endpoints
 from plannr_pipeline.defs.assets.common import HOURLY_FRESHNESS, collection_asset, fetch
@@ -9,7 +10,23 @@ from plannr_pipeline.defs.assets.landing import Landing
 from plannr_pipeline.defs.partitions import client_months
 from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
+from plannr_pipeline.storage.commit import Scope
+from plannr_pipeline.storage.parquet_store import ParquetStore
 from plannr_pipeline.storage.tables import CLIENTS, GOALS
+
+
+def goals_of(listed_clients: set[str]) -> Scope:
+    """The stored goals this write speaks for: those of the clients whose goals it listed (each
+    listing complete), and those of clients no longer stored at all (deleted with their client)."""
+
+    def test(stored: pa.Table, store: ParquetStore) -> pa.Array:
+        current = set(store.read(CLIENTS, columns=["uuid"]).column("uuid").to_pylist())
+        return pa.array(
+            [c in listed_clients or c not in current for c in stored.column("client_uuid").to_pylist()],
+            pa.bool_(),
+        )
+
+    return Scope.where(["client_uuid"], test)
 
 
 @collection_asset(
@@ -22,12 +39,20 @@ from plannr_pipeline.storage.tables import CLIENTS, GOALS
 )
 def goals(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrStorage):
     """Goals of the clients stored for these partitions; a goal sits in its client's partition."""
-    landing = Landing(context, storage, (GOALS,), context.partition_keys, client_months.get_partition_keys())
-    stored = landing.store.read(
-        CLIENTS, partitions=landing.partitions, columns=["uuid", "created_month"]
+    store = storage.warehouse().store
+    stored = store.read(
+        CLIENTS, partitions=context.partition_keys, columns=["uuid", "created_month"]
     ).to_pylist()
     month_of_client = {row["uuid"]: row["created_month"] for row in stored}
     pending = dict(month_of_client)  # clients whose goals are not staged yet: a resumption starts here
+    landing = Landing(
+        context,
+        storage,
+        (GOALS,),
+        context.partition_keys,
+        client_months.get_partition_keys(),
+        scope=goals_of(set(month_of_client)),
+    )
 
     async def work(api: PlannrClient) -> None:
         async for client_uuid, records, total in api.fan_out(

@@ -8,27 +8,30 @@ and at `finish` validates what it staged before anything is replaced:
 - keys are present and unique across the whole table, stored partitions included;
 - every row sits in a partition this write replaces (the staged write enforces it).
 
-Only then are the files committed as one set, the DuckDB views refreshed, and the asset's
-checks reported from the same numbers, so a check never spends a request of its own.
+Only then does the storage layer's commit protocol (`storage/commit.py`) re-base the write on
+what is stored at that moment and commit it, history included; the DuckDB views are refreshed and
+the asset's checks reported from the same numbers, so a check never spends a request of its own.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from plannr_pipeline.api import RequestStats
+from plannr_pipeline.api.errors import ConfigurationError
 from plannr_pipeline.defs.resources import PlannrStorage
 from plannr_pipeline.progress import Progress
+from plannr_pipeline.storage.commit import CommitRequest, DeletionRefused, Outcome, Scope, commit
 from plannr_pipeline.storage.convert import to_utc
-from plannr_pipeline.storage.history import HISTORY_OF, events_for, history_table
+from plannr_pipeline.storage.history import HISTORY_OF, history_table
 from plannr_pipeline.storage.normalise import Drift, arrow
 from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.tables import REJECTED_RECORDS, Table
@@ -94,6 +97,28 @@ class ValidationFailed(dg.Failure):
     """Staged data did not pass validation; nothing was replaced."""
 
 
+# A sweep that would mark more than this share of a stored table deleted is not committed: an
+# empty or cut-short answer is far likelier than half a firm's records vanishing between syncs.
+DEFAULT_MAX_DELETE_SHARE = 0.5
+ACCEPT_DELETIONS_TAG = "plannr/accept_deletions"
+
+
+def max_delete_share(context: dg.AssetExecutionContext) -> float | None:
+    """PLANNR_MAX_DELETE_SHARE (0-1), or None (no limit) for a run tagged to accept deletions."""
+    if context.run.tags.get(ACCEPT_DELETIONS_TAG, "").lower() in ("1", "true", "yes"):
+        return None
+    raw = os.environ.get("PLANNR_MAX_DELETE_SHARE") or str(DEFAULT_MAX_DELETE_SHARE)
+    try:
+        share = float(raw)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share <= 1:
+        raise ConfigurationError(
+            f"PLANNR_MAX_DELETE_SHARE must be a share from 0 to 1 (0.5 = half a table), got {raw!r}."
+        )
+    return None if share == 1 else share
+
+
 class Landing:
     def __init__(
         self,
@@ -102,11 +127,16 @@ class Landing:
         tables: Sequence[Table],
         partitions: Collection[str] = (),
         configured_partitions: Collection[str] | None = None,
-        covers_scope: bool = True,
+        scope: Scope | None = None,
+        place: Callable[[dict[str, Any]], str] | None = None,
     ) -> None:
-        """`covers_scope`: the write holds every record of its partitions (or of the table), so a
-        record on record but not staged was deleted; an incremental merge passes False."""
+        """`scope`: the stored records this write speaks for, which it may find deleted (by
+        default the whole table: a full sweep); an incremental merge passes `Scope.nothing()`.
+        `place`: the partition a record belongs in, to quarantine one that no configured
+        partition holds (created in a month still to come)."""
+        self.place = place
         self.context = context
+        self.listing_started = datetime.now(UTC)
         self.warehouse = storage.warehouse()
         self.store = self.warehouse.store
         for line in self.store.recover():
@@ -115,11 +145,13 @@ class Landing:
         self.root = self.tables[0]
         self.partitions = set(partitions)
         self.configured_partitions = set(configured_partitions) if configured_partitions is not None else None
-        self.covers_scope = covers_scope
+        self.scope = scope or Scope.whole_table()
+        self.proven_gone: set[str] | None = None  # set where deletions were confirmed one by one
+        self.seen_alive: set[str] = set()  # received but not staged here: never deleted
         self.stats = RequestStats()  # the fetch's request counts, read by progress as it goes
         self._progress = Progress(self.root.name, "records", context.log.info)
         self.drift = Drift()
-        self.history = {"versions": 0, "deletions": 0}
+        self.outcome: Outcome | None = None
         self.write = StagedWrite(self.store)
         self.rows: Counter[str] = Counter()
         self.rows_by_partition: Counter[str] = Counter()
@@ -138,15 +170,21 @@ class Landing:
     # -- staging ------------------------------------------------------------------------------
 
     def accept(self, records: Iterable[Any]) -> list[dict[str, Any]]:
-        """The records that can be stored; the rest are quarantined in `rejected_records`."""
+        """The records that can be stored; the rest are quarantined in `rejected_records` (and
+        their stored versions kept)."""
         good = []
         now = datetime.now(UTC)
         for record in records:
             reason = rejection(self.root, record)
+            if reason is None and self.place is not None and self.configured_partitions is not None:
+                if (partition := self.place(record)) not in self.configured_partitions:
+                    reason = f"created_at {record.get('created_at')!r} falls in {partition}, after the last partition"
             if reason is None:
                 good.append(record)
                 continue
             uuid = record.get("uuid") if isinstance(record, dict) else None
+            if isinstance(uuid, str):
+                self.seen_alive.add(uuid)
             self.rejected.append(
                 {
                     "table_name": self.root.name,
@@ -162,10 +200,17 @@ class Landing:
         """Stage normalised rows; rows of a partitioned table outside this write's partitions are
         left alone (the listing's date filter is deliberately a little wide). `known_keys`: the
         rows replace ones taken back (a newer copy), so their uuids are not duplicates."""
+        now = datetime.now(UTC)
         for table in self.tables:
             rows = rows_by_table.get(table.name, [])
             if table.partition_column:
+                elsewhere = [row for row in rows if row[table.partition_column] not in self.partitions]
+                if elsewhere and table is self.root:
+                    self.seen_alive.update(row["uuid"] for row in elsewhere)
                 rows = [row for row in rows if row[table.partition_column] in self.partitions]
+            if "seen_at" in table.schema.names:
+                for row in rows:
+                    row["seen_at"] = now
             if table is self.root:
                 self._track_keys(rows, known_keys)
             buffer = self._buffers[table.name]
@@ -241,31 +286,28 @@ class Landing:
 
     # -- validate, commit, report ------------------------------------------------------------
 
-    def _stored_elsewhere(self) -> tuple[int, list[str]]:
-        """Staged uuids already stored in partitions this write does not replace."""
-        if not self.root.partition_column or not self._keys:
-            return 0, []
-        kept = [
-            p
-            for p in self.store.partitions_of(self.root)
-            if p not in self.partitions and p not in self._stale_partitions()
+    def deletion_candidates(self) -> list[str]:
+        """Stored records in this write's scope that it did not receive: what it would mark
+        deleted as things stand (the commit decides again, under its lock, against what is
+        stored then). For a caller that confirms them one by one first."""
+        scope_columns = list(self.scope.columns)
+        stored = self.store.read(self.root, columns=["uuid", "seen_at", *scope_columns])
+        inside = self.scope.mask(stored, self.store)
+        return [
+            uuid
+            for uuid, seen_at, take in zip(
+                stored.column("uuid").to_pylist(), stored.column("seen_at").to_pylist(), inside, strict=True
+            )
+            if take
+            and uuid not in self._keys
+            and uuid not in self.seen_alive
+            and (seen_at is None or seen_at <= self.listing_started)
         ]
-        if not kept:
-            return 0, []
-        stored = self.store.read(self.root, partitions=kept, columns=["uuid", self.root.partition_column])
-        staged = pa.array(list(self._keys), pa.string())
-        clashes = stored.filter(pc.is_in(stored.column("uuid"), value_set=staged))
-        return clashes.num_rows, sorted(set(clashes.column(self.root.partition_column).to_pylist()))
 
-    def _stale_partitions(self) -> list[str]:
-        """Stored partitions outside the configured range (the start date moved), removed in the
-        same commit once this write replaces the first partition, where their records now land."""
-        if not self.root.partition_column or self.configured_partitions is None:
-            return []
-        first = min(self.configured_partitions) if self.configured_partitions else None
-        if first not in self.partitions:
-            return []
-        return [p for p in self.store.partitions_of(self.root) if p not in self.configured_partitions]
+    def deletions_plausible(self, deletions: int) -> bool:
+        """Whether deleting this many records stays within the share a commit accepts."""
+        share = max_delete_share(self.context)
+        return share is None or deletions <= share * self.store.rows_of(self.root)
 
     def problems(self) -> tuple[list[str], list[str]]:
         """(completeness problems, key problems), each a phrase with the numbers."""
@@ -277,14 +319,6 @@ class Landing:
         keys = []
         if self._duplicate_keys:
             keys.append(f"{self._duplicate_keys:,} uuid(s) staged twice")
-        clashes, where = self._stored_elsewhere()
-        if clashes:
-            keys.append(
-                f"{clashes:,} uuid(s) of this run are already stored in partition(s) {', '.join(where[:5])}: the stored "
-                "partitions no longer match the settings (PLANNR_START_DATE?). Run every partition once "
-                f"(plannr-pipeline sync --select {self.root.name}) or start afresh by deleting "
-                f"{self.store.root / self.root.name}"
-            )
         return complete, keys
 
     def _check_results(self, complete: list[str], keys: list[str]) -> list[dg.AssetCheckResult]:
@@ -326,12 +360,21 @@ class Landing:
             first = (complete + keys)[0]
             more = f" (and {len(complete + keys) - 1} more problem(s))" if len(complete + keys) > 1 else ""
             raise ValidationFailed(description=f"{self.root.name}: {first}{more}; nothing replaced.")
-        if self.root.name in HISTORY_OF:
-            with self.store.history_lock(self.root):
-                self._stage_history()
-                replaced = self._commit()
-        else:
-            replaced = self._commit()
+        try:
+            self.outcome = self._commit()
+        except DeletionRefused as refused:
+            self.abort()
+            checks[0] = dg.AssetCheckResult(
+                asset_key=self.root.name,
+                check_name=complete_check_name(self.root),
+                passed=False,
+                metadata={**checks[0].metadata, "problems": dg.MetadataValue.json([str(refused)])},
+            )
+            yield from checks
+            raise ValidationFailed(description=f"{self.root.name}: {refused}.") from None
+        for line in self.outcome.recovered:
+            self.context.log.warning(line)
+        self._report_outcome(self.outcome)
         problem = self.warehouse.refresh_views(only=self._relations())
         for line in self.drift.summary():
             self.context.log.warning(f"schema drift: {line} (kept in extra_json)")
@@ -341,10 +384,10 @@ class Landing:
             )
         if problem:
             self.context.log.warning(problem)
-        self._partition_metadata(replaced)
+        self._partition_metadata(self.outcome.replaced)
         yield dg.MaterializeResult(
             asset_key=self.root.name,
-            metadata=self._metadata(self.stats, source, replaced, problem, extra),
+            metadata=self._metadata(self.stats, source, self.outcome, problem, extra),
             check_results=checks,
         )
 
@@ -363,53 +406,45 @@ class Landing:
         names = [table.name for table in self.tables]
         if self.root.name in HISTORY_OF:
             names.append(history_table(self.root).name)
-        if self.rejected:
-            names.append(REJECTED_RECORDS.name)
+        names.append(REJECTED_RECORDS.name)  # rewritten whenever a record joins or leaves it
         return names
 
-    def _commit(self) -> dict[str, int]:
-        """Commit the staged set; return the rows each replaced root partition held before."""
-        replaced = {}
-        for partition in self.partitions or [None]:
-            replaced[partition or ""] = self.store.rows_in(self.store.path_of(self.root, partition))
-        for partition in self._stale_partitions():
-            self.context.log.warning(
-                f"{self.root.name}: removing partition {partition}, outside the configured range"
-            )
-            for table in self.tables:
-                if table.partition_column:
-                    self.write.remove(self.store.path_of(table, partition))
-        if self.rejected:
-            batch = self.write.id
-            self.write.write(
-                REJECTED_RECORDS,
-                arrow(REJECTED_RECORDS, [{**r, "batch": batch} for r in self.rejected]),
-                [batch],
-            )
-        self.write.commit()
-        return replaced
+    def _commit(self) -> Outcome:
+        return commit(
+            self.store,
+            self.write,
+            CommitRequest(
+                tables=self.tables,
+                partitions=self.partitions,
+                scope=self.scope,
+                listing_started=self.listing_started,
+                proof_time=datetime.now(UTC),
+                proven_gone=self.proven_gone,
+                quarantined=self.seen_alive,
+                rejected=self.rejected,
+                max_delete_share=max_delete_share(self.context),
+            ),
+        )
 
-    def _stage_history(self) -> None:
-        """Versions for new or changed records, deletions for records gone from this write's scope."""
-        log_table = history_table(self.root)
-        glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
-        scope = (self.partitions if self.root.partition_column else None) if self.covers_scope else ()
-        out = self.write.file_for(log_table, self.write.id)
-        found = events_for(
-            self.root,
-            self.write.staged_files_of(self.root),
-            glob,
-            scope,
-            datetime.now(UTC),
-            self.write.id,
-            out,
-        )
-        if not found.versions and not found.deletions:
-            self.write.discard(log_table, self.write.id)  # a write that changed nothing leaves no file
-        self.history = {"versions": found.versions, "deletions": found.deletions}
-        self.context.log.info(
-            f"{self.root.name}: history records {found.versions} new version(s) and {found.deletions} deletion(s)"
-        )
+    def _report_outcome(self, outcome: Outcome) -> None:
+        name = self.root.name
+        if name in HISTORY_OF:
+            self.context.log.info(
+                f"{name}: history records {outcome.versions} new version(s) and {outcome.deletions} deletion(s)"
+            )
+        if outcome.stale:
+            self.context.log.warning(
+                f"{name}: {outcome.stale} record(s) were read more recently by a run that committed first; "
+                "their newer copies are kept"
+            )
+        if outcome.moved:
+            self.context.log.info(
+                f"{name}: {outcome.moved} record(s) moved to the partition they now belong in"
+            )
+        if outcome.kept:
+            self.context.log.info(
+                f"{name}: {outcome.kept} stored record(s) not in this answer and not proven gone are kept as stored"
+            )
 
     def _partition_metadata(self, replaced: dict[str, int]) -> None:
         """Each partition's own row count: a range run would otherwise stamp the whole run's."""
@@ -429,7 +464,7 @@ class Landing:
         self,
         stats: RequestStats,
         source: str,
-        replaced: dict[str, int],
+        outcome: Outcome,
         views_problem: str | None,
         extra: dict[str, Any],
     ) -> dict[str, Any]:
@@ -438,9 +473,16 @@ class Landing:
             "dagster/column_schema": column_schema(self.root),
             "tables_written": dg.MetadataValue.json({t.name: self.rows[t.name] for t in self.tables}),
             **{f"schema {t.name}": column_schema(t) for t in self.tables[1:]},
-            "rows_replaced": sum(replaced.values()),
+            "rows_replaced": sum(outcome.replaced.values()),
             "rejected_records": len(self.rejected),
-            **({f"history_{k}": v for k, v in self.history.items()} if self.root.name in HISTORY_OF else {}),
+            **(
+                {"history_versions": outcome.versions, "history_deletions": outcome.deletions}
+                if self.root.name in HISTORY_OF
+                else {}
+            ),
+            "records_kept_unproven": outcome.kept,
+            "records_read_later_elsewhere": outcome.stale,
+            "records_moved": outcome.moved,
             "source": source,
             "requests": stats.requests,
             "request_stats": dg.MetadataValue.json(stats.as_metadata()),

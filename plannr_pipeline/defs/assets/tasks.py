@@ -8,14 +8,20 @@ An incremental walk cannot see deletions; the nightly full sweep does.
 from datetime import timedelta
 
 import dagster as dg
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from plannr_pipeline.api import PlannrClient, endpoints
-from plannr_pipeline.defs.assets.common import HOURLY_FRESHNESS, collection_asset, fetch, land_listing
+from plannr_pipeline.defs.assets.common import (
+    HOURLY_FRESHNESS,
+    collection_asset,
+    confirm_deletions,
+    fetch,
+    land_listing,
+)
 from plannr_pipeline.defs.assets.landing import Landing
 from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
+from plannr_pipeline.storage.commit import Scope
 from plannr_pipeline.storage.tables import TASK_ASSIGNEES, TASK_CUSTOM_FIELDS, TASKS
 
 TASK_TABLES = (TASKS, TASK_CUSTOM_FIELDS, TASK_ASSIGNEES)
@@ -33,26 +39,31 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
     # The watermark is derived from the stored data, so there is no separate state to lose.
     stored_updated_at = store.read(TASKS, columns=["updated_at"]).column("updated_at")
     watermark = pc.max(stored_updated_at).as_py() if config.incremental and len(stored_updated_at) else None
-    # An incremental walk sees only what changed: it can record versions, never deletions.
-    landing = Landing(context, storage, TASK_TABLES, covers_scope=watermark is None)
+    # An incremental walk sees only what changed: it can record versions, never deletions, and
+    # the commit keeps every stored task it did not re-read.
+    landing = Landing(context, storage, TASK_TABLES, scope=Scope.nothing() if watermark else None)
     if watermark is None:
-        fetch(
-            context, plannr, lambda api: land_listing(api, landing, endpoints.TASKS, normalise.tasks), landing
-        )
+
+        async def sweep(api: PlannrClient) -> None:
+            await land_listing(api, landing, endpoints.TASKS, normalise.tasks)
+            await confirm_deletions(api, landing, endpoints.task)
+
+        fetch(context, plannr, sweep, landing)
         yield from landing.finish(plannr.source(), mode="full sweep")
         return
 
-    fetched: dict[str, list[dict]] = {t.name: [] for t in TASK_TABLES}
+    fetched = 0
 
     async def walk(api: PlannrClient) -> None:
+        nonlocal fetched
         listing = endpoints.TASKS.with_params(**endpoints.NEWEST_UPDATED_FIRST)
         async for page in api.walk_pages(listing.path, listing.params):
             rows_by_table = normalise.tasks(landing.accept(page.records), landing.drift)
-            for name, rows in rows_by_table.items():
-                fetched[name].extend(rows)
+            landing.stage(rows_by_table)
+            fetched += len(rows_by_table["tasks"])
             if page.newer_copies:
                 landing.stage_newer_copies(normalise.tasks(landing.accept(page.newer_copies), landing.drift))
-            landing.progress(len(fetched["tasks"]), None, "changed tasks")
+            landing.progress(fetched, None, "changed tasks")
             page_oldest = min(
                 (row["updated_at"] for row in rows_by_table["tasks"] if row["updated_at"]), default=None
             )
@@ -60,17 +71,6 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
                 break  # newest first: everything after this page is older still
 
     fetch(context, plannr, walk, landing)
-    with store.merge_lock(TASKS):  # two merges at once must not lose each other's rows
-        refreshed = pa.array({row["uuid"] for row in fetched["tasks"]}, pa.string())
-        kept_rows = {}
-        for table in TASK_TABLES:
-            kept = store.read(table)
-            kept_rows[table.name] = kept.filter(
-                pc.invert(pc.is_in(kept.column(table.record_key), value_set=refreshed))
-            ).to_pylist()
-        landing.stage({name: kept_rows[name] + fetched[name] for name in fetched})
-        yield from landing.finish(
-            plannr.source(),
-            mode=f"incremental from {watermark.isoformat()}",
-            fetched_rows=len(fetched["tasks"]),
-        )
+    yield from landing.finish(
+        plannr.source(), mode=f"incremental from {watermark.isoformat()}", fetched_rows=fetched
+    )
