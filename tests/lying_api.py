@@ -30,6 +30,10 @@ class LyingApi:
         # A status to answer every request with, its body echoing the token it was sent (as
         # careless APIs do in error messages and field errors)
         self.echo_token_with: int | None = None
+        # (path, query) -> True to hold that answer, already fetched from upstream, until
+        # `release()`: a run that has read the API but not yet committed, as long as a test needs
+        self.hold: Callable[[str, dict[str, str]], bool] = lambda path, query: False
+        self.holding = threading.Event()  # set once an answer is being held
         self.requests: list[str] = []
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -39,6 +43,7 @@ class LyingApi:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._released = asyncio.Event()
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None)
@@ -77,10 +82,18 @@ class LyingApi:
                     for k, v in upstream.headers.items()
                     if k.lower().startswith(("x-ratelimit", "retry-after"))
                 }
+        if self.hold(request.path, dict(request.query)):
+            self.holding.set()
+            await self._released.wait()
         lie = self.lies.get(request.path)
         if lie is not None and status == 200:
             body = json.dumps(lie(request.path, dict(request.query), json.loads(body))).encode()
         return web.Response(status=status, body=body, content_type="application/json", headers=kept)
+
+    def release(self) -> None:
+        """Let every held answer go (and hold none after)."""
+        self.hold = lambda path, query: False
+        self._loop.call_soon_threadsafe(self._released.set)
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)

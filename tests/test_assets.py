@@ -153,7 +153,7 @@ def test_placeholders_are_not_stored_as_data(synced):
 
 
 def table_snapshot(data_dir: Path, table: str) -> list[tuple]:
-    return query(data_dir, f"select * from {table} order by all")
+    return query(data_dir, f"select columns(lambda c: c <> 'seen_at') from {table} order by all")
 
 
 def test_rerunning_a_partition_changes_nothing(synced):

@@ -220,7 +220,7 @@ def test_two_runs_of_the_same_partition_at_once_record_a_change_once(moved, monk
     import threading
     import time
 
-    from plannr_pipeline.defs.assets import landing
+    from plannr_pipeline.storage import history
     from plannr_pipeline.storage.convert import to_utc, uk_day
 
     def slow_events_for(*args, **kwargs):  # widen the window between reading history and committing
@@ -228,8 +228,8 @@ def test_two_runs_of_the_same_partition_at_once_record_a_change_once(moved, monk
         time.sleep(1.0)
         return found
 
-    events_for = landing.events_for
-    monkeypatch.setattr(landing, "events_for", slow_events_for)
+    events_for = history.events_for
+    monkeypatch.setattr(history, "events_for", slow_events_for)
 
     sandbox, data_dir, resources, _, _ = moved
     sandbox.advance(1)

@@ -73,8 +73,16 @@ class StagedWrite:
         return temp
 
     def _writer(self, target: Path, schema: pa.Schema) -> pq.ParquetWriter:
-        if target not in self._writers:
-            self._writers[target] = pq.ParquetWriter(self._stage(target), schema, compression="zstd")
+        if target in self._writers:
+            return self._writers[target]
+        if (temp := self._staged.get(target)) is not None and temp.exists():
+            # Closed to be read (by the commit, say) and now added to: a Parquet file cannot be
+            # appended to, so it is written again with what it held first.
+            held = pq.read_table(temp, schema=schema)
+            writer = self._writers[target] = pq.ParquetWriter(temp, schema, compression="zstd")
+            writer.write_table(held)
+            return writer
+        self._writers[target] = pq.ParquetWriter(self._stage(target), schema, compression="zstd")
         return self._writers[target]
 
     def file_for(self, table: Table, partition: str | None = None) -> Path:
@@ -123,9 +131,9 @@ class StagedWrite:
     def _staged_of(self, table: Table) -> Iterator[tuple[Path, Path]]:
         """(target, temp file) of each file staged for a table, its writer closed."""
         folder = self._store.root / table.name
-        for target, temp in self._staged.items():
+        for target, temp in list(self._staged.items()):
             if folder in target.parents:
-                if writer := self._writers.get(target):
+                if writer := self._writers.pop(target, None):
                     writer.close()
                 yield target, temp
 
