@@ -78,7 +78,7 @@ async def sweep(url: str, concurrency: int) -> tuple[int, PlannrClient]:
     async with client:
         clients = await client.list_all("/api/v1/account", {"filter[type]": "client"})
         records += len(clients)
-        async for _, goals, _ in client.fan_out(
+        async for _, goals, _, _ in client.fan_out(
             [c["uuid"] for c in clients], lambda u: f"/api/v1/client/{u}/goal"
         ):
             records += len(goals)

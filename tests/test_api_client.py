@@ -36,7 +36,9 @@ async def sweep(client: PlannrClient) -> tuple[list[dict], list[dict]]:
     async with client:
         clients = await client.list_all("/api/v1/account", CLIENTS)
         goals = [
-            g async for _, batch, _ in client.fan_out([c["uuid"] for c in clients], goals_path) for g in batch
+            g
+            async for _, batch, _, _ in client.fan_out([c["uuid"] for c in clients], goals_path)
+            for g in batch
         ]
     return clients, goals
 

@@ -32,7 +32,7 @@ def snapshot(client, client_uuids: list[str] | None = None) -> dict[str, dict[st
             uuids = client_uuids if client_uuids is not None else [c["uuid"] for c in clients]
             goals = [
                 g
-                async for _, batch, _ in client.fan_out(
+                async for _, batch, _, _ in client.fan_out(
                     uuids, lambda u: f"/api/v1/client/{u}/goal", {"include": "shared_owner"}
                 )
                 for g in batch

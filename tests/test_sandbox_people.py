@@ -104,7 +104,7 @@ def goals_with_owner(sandbox, make_client, include: bool) -> list[tuple[str, dic
             uuids = [c["uuid"] for c in sandbox.firm.clients]
             return [
                 (uuid, g)
-                async for uuid, batch, _ in client.fan_out(
+                async for uuid, batch, _, _ in client.fan_out(
                     uuids, lambda u: f"/api/v1/client/{u}/goal", params
                 )
                 for g in batch

@@ -8,6 +8,7 @@ concurrently once page 1 tells `meta.last_page`, and aiohttp under httpx (httpx'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import random
@@ -61,6 +62,9 @@ class Page:
     # Records shown earlier in this listing that came again with a newer `updated_at`: they
     # replace the earlier copy (not counted again against the total).
     newer_copies: list[dict[str, Any]] = field(default_factory=list)
+    # When this page was asked for: the API's answer holds at some moment after it, so a record
+    # on it is known to have looked like this no earlier than this (see storage/commit.py).
+    requested_at: datetime | None = None
 
 
 def _page_of(body: Any, endpoint: str, number: int, per_page: int) -> Page:
@@ -350,8 +354,10 @@ class PlannrClient:
     # -- listings -------------------------------------------------------------------------
 
     async def _get_page(self, path: str, params: dict[str, Any], number: int) -> Page:
+        requested_at = datetime.now(UTC)
         body = await self.get(path, {**params, "page": number})
-        return _page_of(body, endpoint_of(path), number, int(params.get("per_page", PAGE_SIZE)))
+        page = _page_of(body, endpoint_of(path), number, int(params.get("per_page", PAGE_SIZE)))
+        return dataclasses.replace(page, requested_at=requested_at)
 
     async def iter_pages(self, path: str, params: dict[str, Any] | None = None) -> AsyncIterator[Page]:
         """Every page of a listing, each record once; the last page yielded carries the final total.
@@ -418,13 +424,15 @@ class PlannrClient:
         parent_uuids: Iterable[str],
         path_for: Callable[[str], str],
         params: dict[str, Any] | None = None,
-    ) -> AsyncIterator[tuple[str, list[dict[str, Any]], int | None]]:
-        """For per-parent endpoints (goals of each client): each parent's records and the
-        listing's total, concurrently. A parent deleted since it was listed (404) has none."""
+    ) -> AsyncIterator[tuple[str, list[dict[str, Any]], int | None, datetime]]:
+        """For per-parent endpoints (goals of each client): each parent's records, the listing's
+        total and when it was asked for, concurrently. A parent deleted since it was listed (404)
+        has none."""
 
-        async def one(parent_uuid: str) -> tuple[str, list[dict[str, Any]], int | None]:
+        async def one(parent_uuid: str) -> tuple[str, list[dict[str, Any]], int | None, datetime]:
             records: list[dict[str, Any]] = []
             total: int | None = None
+            requested_at = datetime.now(UTC)
             try:
                 async for page in self.iter_pages(path_for(parent_uuid), params):
                     records.extend(page.records)
@@ -434,8 +442,8 @@ class PlannrClient:
                 self._warn(
                     f"{endpoint_of(path_for(parent_uuid))}: 404 for {parent_uuid}; deleted since it was listed, so it has none"
                 )
-                return parent_uuid, [], 0
-            return parent_uuid, records, total
+                return parent_uuid, [], 0, requested_at
+            return parent_uuid, records, total, requested_at
 
         jobs = (one(uuid) for uuid in parent_uuids)
         async for result in bounded_as_completed(jobs, self.settings.max_concurrency):
@@ -517,7 +525,7 @@ class _ListingPass:
             fresh.append(record)
         if len(fresh) == len(page.records) and page.total == self.total:
             return page
-        return Page(fresh, page.number, page.last_page, self.total, page.has_next, newer)
+        return Page(fresh, page.number, page.last_page, self.total, page.has_next, newer, page.requested_at)
 
     def shifted(self) -> bool:
         return bool(

@@ -155,9 +155,11 @@ async def land_listing(
     async for page in api.iter_pages(listing.path, listing.params):
         received += len(page.records)
         total = page.total
-        landing.stage(rows_of(landing.accept(page.records), landing.drift))
+        landing.stage(rows_of(landing.accept(page.records), landing.drift), page.requested_at)
         if page.newer_copies:
-            landing.stage_newer_copies(rows_of(landing.accept(page.newer_copies), landing.drift))
+            landing.stage_newer_copies(
+                rows_of(landing.accept(page.newer_copies), landing.drift), page.requested_at
+            )
         landing.progress(received, total)
     landing.count_listing(listing.path, total, received)
 
@@ -172,10 +174,9 @@ async def confirm_deletions(api: PlannrClient, landing: Landing, path_of: Callab
     per record missing since the last sweep; nothing when none is.
     """
     candidates = landing.deletion_candidates()
-    landing.proven_gone = set()
-    if not candidates or not landing.deletions_plausible(len(candidates)):
-        return  # none to confirm, or so many that the commit refuses them without asking
-    landing.proven_gone = await gone(api, candidates, path_of)
+    if not landing.deletions_plausible(len(candidates)):
+        return  # so many that the commit refuses them, naming the numbers: none is asked about
+    landing.proven_gone = await gone(api, candidates, path_of) if candidates else set()
     alive = set(candidates) - landing.proven_gone
     landing.seen_alive.update(alive)
     if alive:

@@ -55,7 +55,7 @@ def goals(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrS
     )
 
     async def work(api: PlannrClient) -> None:
-        async for client_uuid, records, total in api.fan_out(
+        async for client_uuid, records, total, requested_at in api.fan_out(
             list(pending), lambda uuid: endpoints.goals_of(uuid).path, endpoints.GOALS_INCLUDE
         ):
             landing.count_listing(f"goals of client {client_uuid}", total, len(records))
@@ -64,7 +64,8 @@ def goals(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrS
                     "goals": normalise.goals(
                         client_uuid, landing.accept(records), landing.drift, month_of_client[client_uuid]
                     )
-                }
+                },
+                requested_at,
             )
             del pending[client_uuid]
             landing.progress(len(month_of_client) - len(pending), len(month_of_client), "clients")

@@ -196,11 +196,17 @@ class Landing:
             )
         return good
 
-    def stage(self, rows_by_table: dict[str, list[dict[str, Any]]], known_keys: bool = False) -> None:
+    def stage(
+        self,
+        rows_by_table: dict[str, list[dict[str, Any]]],
+        seen_at: datetime | None = None,
+        known_keys: bool = False,
+    ) -> None:
         """Stage normalised rows; rows of a partitioned table outside this write's partitions are
-        left alone (the listing's date filter is deliberately a little wide). `known_keys`: the
-        rows replace ones taken back (a newer copy), so their uuids are not duplicates."""
-        now = datetime.now(UTC)
+        left alone (the listing's date filter is deliberately a little wide). `seen_at`: when
+        the answer they came in was asked for (now if not given). `known_keys`: the rows replace
+        ones taken back (a newer copy), so their uuids are not duplicates."""
+        now = seen_at or datetime.now(UTC)
         for table in self.tables:
             rows = rows_by_table.get(table.name, [])
             if table.partition_column:
@@ -210,7 +216,8 @@ class Landing:
                 rows = [row for row in rows if row[table.partition_column] in self.partitions]
             if "seen_at" in table.schema.names:
                 for row in rows:
-                    row["seen_at"] = now
+                    if row.get("seen_at") is None:
+                        row["seen_at"] = now
             if table is self.root:
                 self._track_keys(rows, known_keys)
             buffer = self._buffers[table.name]
@@ -221,9 +228,13 @@ class Landing:
                     self._flush(table)
             self.rows[table.name] += len(rows)
 
-    def stage_newer_copies(self, rows_by_table: dict[str, list[dict[str, Any]]]) -> None:
+    def stage_newer_copies(
+        self, rows_by_table: dict[str, list[dict[str, Any]]], seen_at: datetime | None = None
+    ) -> None:
         """Rows of records the listing showed again with a newer `updated_at`: at `finish` they
         replace every row staged for the earlier copy, in each table (by the record's uuid)."""
+        for row in rows_by_table.get(self.root.name, []):
+            row["seen_at"] = seen_at or datetime.now(UTC)
         for uuid in {row["uuid"] for row in rows_by_table.get(self.root.name, [])}:
             self._newer_copies[uuid] = {
                 table.name: [

@@ -59,10 +59,12 @@ def tasks(context: dg.AssetExecutionContext, config: TasksConfig, plannr: Plannr
         listing = endpoints.TASKS.with_params(**endpoints.NEWEST_UPDATED_FIRST)
         async for page in api.walk_pages(listing.path, listing.params):
             rows_by_table = normalise.tasks(landing.accept(page.records), landing.drift)
-            landing.stage(rows_by_table)
+            landing.stage(rows_by_table, page.requested_at)
             fetched += len(rows_by_table["tasks"])
             if page.newer_copies:
-                landing.stage_newer_copies(normalise.tasks(landing.accept(page.newer_copies), landing.drift))
+                landing.stage_newer_copies(
+                    normalise.tasks(landing.accept(page.newer_copies), landing.drift), page.requested_at
+                )
             landing.progress(fetched, None, "changed tasks")
             page_oldest = min(
                 (row["updated_at"] for row in rows_by_table["tasks"] if row["updated_at"]), default=None
