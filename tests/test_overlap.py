@@ -342,3 +342,47 @@ def test_a_client_whose_created_at_moves_month_moves_partition_and_is_never_dele
             [list(goals)],
         )
     } == {new_month}
+
+
+# -- case 9: drift at every depth, history of what the table models ------------------------------
+
+
+def test_drift_is_seen_at_every_depth_and_never_re_versions_a_record(firm):
+    versions = query(firm.data_dir, "select count(*) from tasks_history")[0][0]
+
+    def new_fields(path, query, body):
+        for task in body["data"]:
+            task["status"]["is_blocked"] = False
+            if isinstance(task.get("taskable"), dict):
+                task["taskable"]["client_uuid"] = "c-1"
+            task["sla_hours"] = 48
+        return body
+
+    firm.proxy.lies[TASKS] = new_fields
+    done = firm.sync("--select", "tasks")
+    assert done.returncode == 0, done.stdout[-3000:]
+    said = done.stdout + done.stderr
+    tasks = len(firm.sandbox.firm.tasks)
+    with_taskable = sum(isinstance(t.get("taskable"), dict) for t in firm.sandbox.firm.tasks)
+    assert f"new field tasks.status.is_blocked in {tasks} rows" in said
+    assert f"new field tasks.taskable.client_uuid in {with_taskable} rows" in said
+    assert f"new field tasks.sla_hours in {tasks} rows" in said
+    kept = query(
+        firm.data_dir,
+        "select count(*) from tasks where json_extract(extra_json, '$.status.is_blocked') is not null "
+        "and json_extract(extra_json, '$.sla_hours') is not null",
+    )
+    assert kept == [(tasks,)]
+    assert query(firm.data_dir, "select count(*) from tasks_history")[0][0] == versions
+
+
+def test_a_changed_custom_field_is_a_new_version_of_its_task(firm):
+    task = next(t for t in firm.sandbox.firm.tasks if t.get("custom_fields"))
+    task["custom_fields"][0]["value"] = "changed by the adviser"
+    done = firm.sync("--select", "tasks")
+    assert done.returncode == 0, done.stdout[-3000:]
+    versions = query(firm.data_dir, "select count(*) from tasks_history where uuid = ?", [task["uuid"]])
+    assert versions == [(2,)]
+    assert (
+        query(firm.data_dir, "select count(*) from tasks_history")[0][0] == len(firm.sandbox.firm.tasks) + 1
+    )

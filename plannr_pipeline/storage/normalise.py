@@ -42,6 +42,27 @@ def _dig(record: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+def _unknown_inside(
+    value: dict[str, Any], known: dict[str, dict], where: str, drift: Drift
+) -> dict[str, Any]:
+    """The fields of a nested object that no column reads and none is known to carry, at any
+    depth along the columns' paths, each counted as drift (`tasks.status.is_blocked`)."""
+    new: dict[str, Any] = {}
+    for key, inner in value.items():
+        if inner is None or is_placeholder(inner):
+            continue
+        if key not in known:
+            new[key] = inner
+            drift.unknown_fields[f"{where}.{key}"] += 1
+        elif (
+            known[key]
+            and isinstance(inner, dict)
+            and (deeper := _unknown_inside(inner, known[key], f"{where}.{key}", drift))
+        ):
+            new[key] = deeper
+    return new
+
+
 def to_row(table: t.Table, record: dict[str, Any], drift: Drift, **fixed: Any) -> dict[str, Any]:
     row: dict[str, Any] = {}
     unparsed: dict[str, Any] = {}
@@ -64,7 +85,16 @@ def to_row(table: t.Table, record: dict[str, Any], drift: Drift, **fixed: Any) -
     extra = {}
     known, handled = table.known_fields, table.handled
     for key, value in record.items():
-        if value is None or (key in known and key not in handled) or is_placeholder(value):
+        if value is None or is_placeholder(value):
+            continue
+        if key in known and key not in handled:
+            inside = table.nested_fields.get(key)
+            if (
+                inside
+                and isinstance(value, dict)
+                and (new := _unknown_inside(value, inside, f"{table.name}.{key}", drift))
+            ):
+                extra[key] = new
             continue
         extra[key] = value
         if key not in known:

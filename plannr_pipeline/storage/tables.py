@@ -97,6 +97,9 @@ class Table:
     # carry data (an expanded relationship, say), except `children`, which have child tables.
     handled: frozenset[str] = field(default_factory=frozenset)
     children: frozenset[str] = field(default_factory=frozenset)
+    # Fields known inside a nested object beyond those a column reads (`status` -> its colour):
+    # anything else found there is drift, reported and kept in extra_json like a new top-level field.
+    nested_known: dict[str, frozenset[str]] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def record_key(self) -> str:
@@ -109,11 +112,46 @@ class Table:
         return pa.schema([pa.field(column.name, column.type) for column in self.columns])
 
     @cached_property
+    def nested_fields(self) -> dict[str, dict]:
+        """The nested objects columns read into, as a tree of known keys; an empty dict for a
+        value a column takes whole (money, say), whose insides are the converter's business."""
+        tree: dict[str, dict] = {}
+        for column in self.columns:
+            if column.path and len(column.path) > 1:
+                node = tree
+                for key in column.path[:-1]:
+                    node = node.setdefault(key, {})
+                node.setdefault(column.path[-1], {})
+            elif column.path:
+                tree[column.path[0]] = {}
+        for key, known in self.nested_known.items():
+            for name in known:
+                tree.setdefault(key, {}).setdefault(name, {})
+        return tree
+
+    @cached_property
     def known_fields(self) -> frozenset[str]:
         return (
             frozenset(column.path[0] for column in self.columns if column.path) | self.handled | self.children
         )
 
+
+# What an expanded account (an adviser, a task's author) carries: stored once, in `staff`.
+PERSON_FIELDS = frozenset(
+    {
+        "uuid",
+        "type",
+        "role",
+        "name",
+        "first_name",
+        "last_name",
+        "email",
+        "photo_url",
+        "external_references",
+        "created_at",
+        "updated_at",
+    }
+)
 
 ACCOUNT_RELATIONSHIPS = frozenset(
     {
@@ -194,6 +232,7 @@ CLIENTS = Table(
     ),
     partition_column="created_month",
     handled=ACCOUNT_RELATIONSHIPS - ASSIGNMENTS,
+    nested_known=dict.fromkeys(ASSIGNMENTS, PERSON_FIELDS),
 )
 
 STAFF = Table(
@@ -280,6 +319,7 @@ GOALS = Table(
     ),
     partition_column="created_month",
     children=frozenset({"shared_owner"}),  # stored as shared_owner_uuid
+    nested_known={"shared_owner": PERSON_FIELDS},
 )
 
 CIRCLES = Table(
@@ -393,6 +433,14 @@ TASKS = Table(
     ),
     handled=frozenset({"workflow", "workflow_task", "task_status"}),
     children=frozenset({"custom_fields"}),
+    nested_known={
+        "status": frozenset({"colour", "position", "created_at", "updated_at"}),
+        "taskable": frozenset({"assigned_to_uuids", "group_uuids", "participants_count", "slug", "status"}),
+        "parent": frozenset({"name"}),
+        "author": PERSON_FIELDS,
+        "assigned_to": PERSON_FIELDS,
+        "completed_by": PERSON_FIELDS,
+    },
 )
 
 TASK_CUSTOM_FIELDS = Table(
@@ -459,6 +507,23 @@ IMPORTS = Table(
     ),
     handled=frozenset({"headers", "mapping"}),
     children=frozenset({"errors"}),
+    nested_known={
+        "account": PERSON_FIELDS,
+        "error_report": frozenset(
+            {
+                "name",
+                "filename",
+                "extension",
+                "path",
+                "status",
+                "progress",
+                "navigator",
+                "created_at",
+                "updated_at",
+                "uploaded_at",
+            }
+        ),
+    },
 )
 
 IMPORT_ERRORS = Table(
