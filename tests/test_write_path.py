@@ -24,7 +24,7 @@ from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage.history import history_table
 from plannr_pipeline.storage.normalise import arrow
 from plannr_pipeline.storage.parquet_store import ParquetStore, StagedWrite
-from plannr_pipeline.storage.tables import CLIENTS, TASK_CUSTOM_FIELDS
+from plannr_pipeline.storage.tables import CLIENTS, TASK_CUSTOM_FIELDS, TASKS
 from plannr_pipeline.sync import range_tags
 from tests.cli import clean_env, sandbox_env, start_cli
 from tests.lying_api import LyingApi
@@ -436,3 +436,106 @@ def test_a_listing_that_grows_while_it_is_read_is_read_to_its_new_end(make_sandb
     assert grown
     assert result.success, [e.message for e in result.all_events if e.is_step_failure]
     assert {row[0] for row in stored_clients(tmp_path / "data")} == {c["uuid"] for c in sandbox.firm.clients}
+
+
+def _task_write(store: ParquetStore, name: str) -> StagedWrite:
+    """A task and its custom field, named alike: two files one commit replaces together."""
+    write = StagedWrite(store)
+    write.write(TASKS, arrow(TASKS, [{"uuid": "t1", "name": name}]))
+    write.write(
+        TASK_CUSTOM_FIELDS,
+        arrow(TASK_CUSTOM_FIELDS, [{"task_uuid": "t1", "custom_field_uuid": "f1", "value": name}]),
+    )
+    return write
+
+
+def _names(store: ParquetStore) -> tuple[list, list]:
+    return (
+        store.read(TASKS).column("name").to_pylist(),
+        store.read(TASK_CUSTOM_FIELDS).column("value").to_pylist(),
+    )
+
+
+def _killed_after_first_rename(write: StagedWrite, monkeypatch) -> None:
+    from plannr_pipeline.storage import parquet_store
+
+    renamed = []
+
+    def rename_once_then_die(source, target):
+        if renamed:
+            raise KeyboardInterrupt("killed between two renames")
+        renamed.append(target)
+        os.rename(source, target)
+
+    monkeypatch.setattr(parquet_store.os, "replace", rename_once_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        write.commit()
+    monkeypatch.undo()
+
+
+def test_a_killed_commit_is_finished_before_a_newer_one_never_over_it(tmp_path, monkeypatch):
+    store = ParquetStore(tmp_path / "parquet")
+    _task_write(store, "first").commit()
+    _killed_after_first_rename(_task_write(store, "A"), monkeypatch)
+    _task_write(store, "B").commit()
+    assert _names(store) == (["B"], ["B"])
+    assert store.recover() == []
+    assert _names(store) == (["B"], ["B"])
+    assert not list(store.root.glob(".commit-*.json"))
+
+
+def test_a_journal_older_than_the_store_is_never_applied(tmp_path):
+    store = ParquetStore(tmp_path / "parquet")
+    _task_write(store, "first").commit()
+    old = _task_write(store, "old")
+    journal = store.root / ".commit-old.json"
+    journal.write_text(
+        json.dumps(
+            {
+                "base_version": store.version(),
+                "renames": [
+                    [str(temp.relative_to(store.root)), str(target.relative_to(store.root))]
+                    for target, temp in zip(
+                        old.targets(),
+                        old.staged_files_of(TASKS) + old.staged_files_of(TASK_CUSTOM_FIELDS),
+                        strict=True,
+                    )
+                ],
+                "removals": [],
+            }
+        )
+    )
+    journal.rename(store.root / ".commit-old.json.held")  # held back while a newer commit lands
+    _task_write(store, "newer").commit()
+    (store.root / ".commit-old.json.held").rename(journal)
+    [said] = store.recover()
+    assert said.startswith("discarded a commit made against version 1, older than the store's 2")
+    assert _names(store) == (["newer"], ["newer"])
+    assert not journal.exists() and not list(store.root.glob("**/.data.parquet.*.tmp"))
+
+
+@pytest.mark.parametrize("planted", ["absolute", "climbing", "through a link"])
+def test_recovery_leaves_a_journal_it_did_not_write_alone(tmp_path, planted):
+    """A journal planted in the data folder names files outside it: nothing is renamed or deleted."""
+    store = ParquetStore(tmp_path / "parquet")
+    _task_write(store, "mine").commit()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    precious = outside / "data.parquet"
+    precious.write_text("not ours")
+    (outside / ".data.parquet.1-x.tmp").write_text("the attacker's")
+    if planted == "through a link":
+        (store.root / "link").symlink_to(outside)
+        target, temp = "link/data.parquet", "link/.data.parquet.1-x.tmp"
+    elif planted == "climbing":
+        target, temp = "../elsewhere/data.parquet", "../elsewhere/.data.parquet.1-x.tmp"
+    else:
+        target, temp = str(precious), str(outside / ".data.parquet.1-x.tmp")
+    journal = store.root / ".commit-planted.json"
+    journal.write_text(
+        json.dumps({"base_version": store.version(), "renames": [[temp, target]], "removals": [target]})
+    )
+    [said] = store.recover()
+    assert "left alone a commit journal recovery does not trust (.commit-planted.json" in said
+    assert precious.read_text() == "not ours" and journal.exists()
+    assert _names(store) == (["mine"], ["mine"])

@@ -160,7 +160,9 @@ class StagedWrite:
             return self.commit_locked()
 
     def commit_locked(self) -> list[Path]:
-        """Commit with the store's lock already held (the commit protocol holds it throughout)."""
+        """Commit with the store's lock already held (the commit protocol holds it throughout).
+        A commit a killed process left half-done is finished first, never after this one."""
+        self._store.recover_locked()
         for writer in self._writers.values():
             writer.close()  # closing twice is harmless
         for temp in self._staged.values():
