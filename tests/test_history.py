@@ -254,3 +254,28 @@ def test_two_runs_of_the_same_partition_at_once_record_a_change_once(moved, monk
     assert (
         query(data_dir, "select count(*) from clients_history where uuid = ?", [changed])[0][0] == before + 1
     )
+
+
+def test_a_long_history_is_folded_into_few_files_with_every_event_kept(tmp_path):
+    """Forty writes, each a new version: the log is folded once past its file limit, and the
+    `circles_history` events are exactly the forty."""
+    from datetime import UTC, datetime
+
+    from plannr_pipeline.storage import history
+    from plannr_pipeline.storage.commit import CommitRequest, Scope, commit
+    from plannr_pipeline.storage.normalise import arrow
+    from plannr_pipeline.storage.parquet_store import ParquetStore, StagedWrite
+    from plannr_pipeline.storage.tables import CIRCLES
+
+    store = ParquetStore(tmp_path / "parquet")
+    log = history.history_table(CIRCLES)
+    writes = 40  # past the fold's limit of 32 files
+    for number in range(writes):
+        now = datetime.now(UTC)
+        write = StagedWrite(store)
+        write.write(CIRCLES, arrow(CIRCLES, [{"uuid": "c1", "name": f"version {number}", "seen_at": now}]))
+        commit(store, write, CommitRequest((CIRCLES,), (), Scope.whole_table(), now, now))
+    assert len(store.files_of(log)) <= 32
+    events = store.read(log, columns=["name", "change"])
+    assert sorted(events.column("name").to_pylist()) == sorted(f"version {n}" for n in range(writes))
+    assert set(events.column("change").to_pylist()) == {"upsert"}

@@ -90,6 +90,7 @@ class Outcome:
     stale: int = 0  # staged records an overlapping commit had seen more recently
     kept: int = 0  # stored records this write did not receive and could not prove gone
     moved: int = 0  # records taken out of the partition they were stored in
+    folded: int = 0  # history files folded into one after this commit
     recovered: list[str] = field(default_factory=list)
 
 
@@ -242,7 +243,26 @@ def commit(store: ParquetStore, write: StagedWrite, request: CommitRequest) -> O
             outcome.deletions = len(deleted)
         _replace_rejections(store, write, root, request.rejected, live)
         write.commit_locked()
+        if log_table is not None:
+            outcome.folded = _fold_log(store, log_table)
     return outcome
+
+
+def _fold_log(store: ParquetStore, log_table: Table) -> int:
+    """Fold a long history log's small files into one (a commit of its own); return how many."""
+    folded = history.files_to_fold(store.files_of(log_table))
+    if not folded:
+        return 0
+    write = StagedWrite(store)
+    out = write.file_for(log_table, f"folded-{write.id}")
+    before = sum(pq.ParquetFile(f).metadata.num_rows for f in folded)
+    if history.fold(folded, out) != before:  # never trade events for fewer files
+        write.abort()
+        raise RuntimeError(f"folding {log_table.name} lost events; nothing was changed")
+    for path in folded:
+        write.remove(path)
+    write.commit_locked()
+    return len(folded)
 
 
 def _replace_rejections(

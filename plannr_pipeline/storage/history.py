@@ -237,3 +237,33 @@ def view_sql(table: Table, history_glob: str | None) -> str:
         SELECT {columns}, valid_from, next_at AS valid_to,
                CASE WHEN next_change = 'delete' THEN next_at END AS deleted_at
         FROM events WHERE change = 'upsert'"""
+
+
+# A log of one file per write would reach 8,760 files in a year of hourly writes, and every
+# write and every `<table>_history` query reads them all (8.3 s and 2.6 s at that size). So a
+# write whose log has passed this many files folds the small ones into one, in a commit of its
+# own under the same lock; files already this large stay as they are, so a fold never rewrites
+# the bulk of a long history.
+MAX_LOG_FILES = 32
+LARGE_LOG_FILE_BYTES = 64 * 1024 * 1024
+
+
+def files_to_fold(files: Collection[Path]) -> list[Path]:
+    """The log files a fold would merge: the small ones, once the log holds too many files."""
+    if len(files) <= MAX_LOG_FILES:
+        return []
+    small = [f for f in files if f.stat().st_size < LARGE_LOG_FILE_BYTES]
+    return small if len(small) > 1 else []
+
+
+def fold(files: Collection[Path], out: Path) -> int:
+    """Write the events of `files` into one file `out` (their own `batch` kept); return its rows."""
+    listed = ", ".join(_quote(str(f)) for f in files)
+    with duckdb.connect() as db:
+        db.execute("SET threads = 1")
+        db.execute("SET preserve_insertion_order = false")
+        db.execute(
+            f"COPY (SELECT * FROM read_parquet([{listed}], union_by_name = true, hive_partitioning = false)) "
+            f"TO {_quote(str(out))} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {EVENT_ROW_GROUP_ROWS})"
+        )
+        return int(db.execute(f"SELECT count(*) FROM read_parquet({_quote(str(out))})").fetchone()[0])
