@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from plannr_pipeline import progress
 from plannr_pipeline.api import PlannrError, PlannrSettings
-from plannr_pipeline.api.config import DEFAULT_BASE_URL, budget_dir_from_env
+from plannr_pipeline.api.config import DEFAULT_BASE_URL, budget_dir_from_env, check_settings
 from plannr_pipeline.instance import prepare_instance
 
 
@@ -24,8 +24,7 @@ def _sync(args: argparse.Namespace) -> int:
     # holds to its end (~12 MB at its peak). Read when pyarrow loads, which has not happened yet.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     try:
-        if not PlannrSettings.wants_sandbox():
-            PlannrSettings.from_env()  # fail now, clearly, rather than inside every step
+        check_settings()  # fail now, clearly, rather than inside every step
         budget_dir_from_env(os.environ)  # the sandbox's token has a budget file too
         # Importing the definitions reads the rest of the settings (partitions, budget).
         from plannr_pipeline.sync import ASSET_NAMES, run_sync

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,14 @@ class PlannrSettings:
             raise ConfigurationError(
                 "PLANNR_API_TOKEN has a line break or surrounding spaces (a copy-paste slip?): set it to the token alone."
             )
+        if bad := _first_unprintable(self.token):
+            # Never echo the token or the character: position and kind are enough to find it.
+            raise ConfigurationError(
+                f"PLANNR_API_TOKEN has {bad}: a Plannr token is printable ASCII only; "
+                "copy it again from Plannr (Settings -> Account Details -> Personal Access Tokens)."
+            )
+        if self.account_uuid is not None:
+            check_account_uuid(self.account_uuid)
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigurationError(
                 f"PLANNR_BASE_URL must start with http:// or https://, got {redact(self.base_url, self.token)!r}."
@@ -96,6 +105,48 @@ class PlannrSettings:
             rate_limit_per_minute=budget_from_env(env),
             max_concurrency=concurrency_from_env(env),
         )
+
+
+def _first_unprintable(text: str) -> str | None:
+    """Where `text` stops being printable ASCII (a control character, a space, a non-ASCII
+    letter), as words; None when it is clean. An HTTP header can carry nothing else anyway."""
+    for position, char in enumerate(text, start=1):
+        if not ("!" <= char <= "~"):
+            kind = "a control character" if ord(char) < 32 or ord(char) == 127 else "a non-ASCII character"
+            kind = "a space" if char == " " else kind
+            return f"{kind} at position {position}"
+    return None
+
+
+def check_account_uuid(value: str) -> str:
+    """PLANNR_ACCOUNT_UUID must be a uuid (it goes into the X-PLANNR-ACCOUNT-UUID header)."""
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or len(value) != 36 or _first_unprintable(value):
+        shown = (
+            repr(value) if not _first_unprintable(value) and len(value) <= 64 else f"{len(value)} characters"
+        )
+        raise ConfigurationError(
+            f"PLANNR_ACCOUNT_UUID must be a uuid like 0b5c0a7e-1f7e-4c4b-9d5e-0e0c6c5a9a11, got {shown}: "
+            "take it from GET /api/v1/logins (data[].account.uuid), or unset it."
+        )
+    return value
+
+
+def check_settings(env: Mapping[str, str] | None = None) -> None:
+    """Every connection setting, checked before anything runs: one ConfigurationError naming the
+    variable. The sandbox ignores the token and account, but a malformed one is still a mistake
+    to hear about now rather than on the day the real API is used."""
+    env = os.environ if env is None else env
+    if not PlannrSettings.wants_sandbox(env):
+        PlannrSettings.from_env(env)
+        return
+    if account := env.get("PLANNR_ACCOUNT_UUID"):
+        check_account_uuid(account)
+    budget_from_env(env)
+    concurrency_from_env(env)
 
 
 def sandbox_wanted(token: str | None, base_url: str | None) -> bool:
