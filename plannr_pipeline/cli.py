@@ -246,6 +246,11 @@ def firm_size_from_args(args: argparse.Namespace):
     return FirmSize(**given)
 
 
+# `plannr-pipeline sandbox` takes its token from here when --token is not given: a flag shows in
+# `ps` to every local user, the environment of another user's process does not.
+SANDBOX_TOKEN_ENV = "PLANNR_SANDBOX_TOKEN"
+
+
 def _sandbox(args: argparse.Namespace) -> int:
     from plannr_pipeline.sandbox.firm import FirmSize
     from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
@@ -274,7 +279,7 @@ def _sandbox(args: argparse.Namespace) -> int:
     )
     print(f"  export PLANNR_BASE_URL={server.url}", flush=True)
     print(
-        "  export PLANNR_API_TOKEN=<the --token you passed>"
+        f"  export PLANNR_API_TOKEN=<the --token you passed, or ${SANDBOX_TOKEN_ENV}>"
         if args.token_given
         else f"  export PLANNR_API_TOKEN={args.token}",
         flush=True,
@@ -346,7 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         help="finished imports per day, on average, over the 30 days of history; at most 3 (default 0.5)",
     )
     sandbox.add_argument(
-        "--token", default=None, help="the only Bearer token accepted (default: sandbox-token)"
+        "--token",
+        default=None,
+        help="the only Bearer token accepted, by the API and the /__sandbox/ controls (default: "
+        f"${SANDBOX_TOKEN_ENV}, which keeps it out of `ps`; else sandbox-token)",
     )
     sandbox.add_argument(
         "--rate-limit", type=int, default=500, help="requests per minute per token (default 500, as Plannr)"
@@ -365,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "sandbox":
+        args.token = args.token or os.environ.get(SANDBOX_TOKEN_ENV) or None
         args.token_given = args.token is not None
         args.token = args.token or "sandbox-token"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
