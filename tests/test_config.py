@@ -102,12 +102,13 @@ def test_a_422_that_echoes_the_token_never_shows_it():
     )
 
 
-def test_budget_dir_defaults_under_the_temp_dir_and_may_be_set(tmp_path):
-    import tempfile
+def test_budget_dir_defaults_to_the_users_state_folder_and_may_be_set(tmp_path):
+    from plannr_pipeline.api.config import budget_dir_from_env, default_budget_dir
 
-    from plannr_pipeline.api.config import budget_dir_from_env
-
-    assert budget_dir_from_env({}) == Path(tempfile.gettempdir()) / "plannr-pipeline-budget"
+    assert default_budget_dir({}) == Path.home() / ".local/state/plannr-pipeline/budget"
+    state = tmp_path / "state"
+    assert budget_dir_from_env({"XDG_STATE_HOME": str(state)}) == state / "plannr-pipeline/budget"
+    assert all((folder.stat().st_mode & 0o777) == 0o700 for folder in (state, state / "plannr-pipeline"))
     assert budget_dir_from_env({"PLANNR_BUDGET_DIR": str(tmp_path / "b")}) == tmp_path / "b"
     assert (tmp_path / "b").is_dir()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from plannr_pipeline.api.errors import ConfigurationError, redact
+from plannr_pipeline.private_files import make_private_dir, not_ours
 
 DEFAULT_BASE_URL = "https://api.plannrcrm.com"
 # Plannr documents 500 requests per minute per user. Until the server announces its limit
@@ -163,15 +163,24 @@ def concurrency_from_env(env: Mapping[str, str]) -> int:
     return positive_int(env, "PLANNR_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY)
 
 
+def default_budget_dir(env: Mapping[str, str]) -> Path:
+    """The user's own state folder: `$XDG_STATE_HOME/plannr-pipeline/budget`, else
+    `~/.local/state/plannr-pipeline/budget`. Not the shared temp folder, where whoever creates
+    the folder first decides what is in it (another user could pause our syncs for years)."""
+    state = env.get("XDG_STATE_HOME", "").strip()
+    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
+    return base / "plannr-pipeline" / "budget"
+
+
 def budget_dir_from_env(env: Mapping[str, str]) -> Path:
-    """PLANNR_BUDGET_DIR, or `plannr-pipeline-budget` under the temp directory: where the request
+    """PLANNR_BUDGET_DIR, or the user's state folder (`default_budget_dir`): where the request
     budget file lives (api/budget.py). Every process using one token must see the same directory.
 
-    Created if needed; one line naming the variable (or the default path) and the fix if it
-    cannot be used.
+    Created 0700 if needed. One line naming the variable (or the default path) and the fix if it
+    cannot be used, or cannot be trusted: a symlink, another user's, or writable by others.
     """
     raw = env.get("PLANNR_BUDGET_DIR", "").strip()
-    path = Path(raw).expanduser() if raw else Path(tempfile.gettempdir()) / "plannr-pipeline-budget"
+    path = Path(raw).expanduser() if raw else default_budget_dir(env)
     where = f"PLANNR_BUDGET_DIR ({path})" if raw else f"The request budget directory {path}"
     fix = (
         "set PLANNR_BUDGET_DIR to a directory you can write"
@@ -182,10 +191,15 @@ def budget_dir_from_env(env: Mapping[str, str]) -> Path:
         raise ConfigurationError(
             f"PLANNR_BUDGET_DIR must be an absolute path, got {raw!r}: every process using the token must find the same directory."
         )
+    if problem := not_ours(path):
+        raise ConfigurationError(
+            f"{where} {problem}, so it cannot be trusted with the budget: remove it, or set "
+            "PLANNR_BUDGET_DIR to a directory of your own that only you can write."
+        )
     if path.exists() and not path.is_dir():
         raise ConfigurationError(f"{where} is a file, not a directory: {fix}.")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path)
     except OSError as error:
         raise ConfigurationError(f"{where} cannot be created ({error.strerror or error}): {fix}.") from None
     if not os.access(path, os.W_OK | os.X_OK):
