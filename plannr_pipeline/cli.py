@@ -11,12 +11,14 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import NoReturn
 
 from plannr_pipeline import progress
 from plannr_pipeline.api import PlannrError, PlannrSettings
 from plannr_pipeline.api.config import DEFAULT_BASE_URL, budget_dir_from_env, check_settings
 from plannr_pipeline.instance import prepare_instance
+from plannr_pipeline.private_files import make_private_dir, owner_only_umask, report_looser
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -53,7 +55,7 @@ def _sync(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        os.makedirs(data_dir, exist_ok=True)
+        make_private_dir(Path(data_dir))
     except OSError as error:
         print(
             f"error: PLANNR_DATA_DIR={data_dir} cannot be used ({error.strerror}): point it at a folder you can write.",
@@ -61,6 +63,7 @@ def _sync(args: argparse.Namespace) -> int:
         )
         return 2
     print(f"plannr-pipeline sync: from {source} into {data_dir}", flush=True)
+    _report_open_folders(data_dir)
     if moved := Warehouse(data_dir).follow_a_move():
         print(moved, flush=True)
     on_terminal = sys.stderr.isatty()
@@ -163,6 +166,19 @@ def _views(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_open_folders(data_dir: str) -> None:
+    """One line for each folder of client data that other users can reach, with the fix."""
+    from plannr_pipeline.api.config import budget_dir_from_env
+    from plannr_pipeline.storage.warehouse import data_dir_from_env
+
+    folders = [Path(data_dir or data_dir_from_env()), Path(os.environ["DAGSTER_HOME"])]
+    try:
+        folders.append(budget_dir_from_env(os.environ))
+    except PlannrError:
+        pass  # sync has said so already; `instance` does not need it
+    report_looser(folders, lambda line: print(line, file=sys.stderr, flush=True))
+
+
 def _instance(args: argparse.Namespace) -> int:
     try:
         said = prepare_instance()
@@ -171,6 +187,7 @@ def _instance(args: argparse.Namespace) -> int:
         return 2
     for line in said:
         print(line, file=sys.stderr)
+    _report_open_folders("")  # scripts/dev.sh calls this before the UI starts: said once there
     print(os.environ["DAGSTER_HOME"])
     return 0
 
@@ -293,6 +310,8 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything is created: the data, the instance and the budget are the owner's alone.
+    owner_only_umask()
     parser = argparse.ArgumentParser(prog="plannr-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
