@@ -12,6 +12,7 @@ No Dagster, HTTP or DuckDB here: the API client, storage and the CLI all use it.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -42,6 +43,8 @@ def make_private_dir(path: Path) -> Path:
         except FileExistsError:  # another process made it between the look and the mkdir
             continue
         os.chmod(folder, DIR_MODE)
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     return path
 
 
