@@ -55,10 +55,12 @@ def test_malformed_settings_are_one_clear_line(env, says):
     assert "\n" not in str(raised.value)
 
 
-def test_plain_http_is_fine_on_loopback_or_when_allowed(monkeypatch):
-    assert PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://127.0.0.1:8765"})
-    monkeypatch.setenv("PLANNR_ALLOW_INSECURE_HTTP", "1")
-    assert PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://api.example.test"})
+def test_plain_http_is_for_loopback_only(monkeypatch):
+    for loopback in ("http://127.0.0.1:8765", "http://localhost:8765", "http://[::1]:8765"):
+        assert PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": loopback})
+    monkeypatch.setenv("PLANNR_ALLOW_INSECURE_HTTP", "1")  # the old way round it: gone
+    with pytest.raises(ConfigurationError, match="plain http:// to api.example.test"):
+        PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://api.example.test"})
 
 
 @pytest.mark.parametrize(

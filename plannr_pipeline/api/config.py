@@ -83,10 +83,11 @@ class PlannrSettings:
                 "PLANNR_BASE_URL carries credentials (user:password@): remove them; the token goes in PLANNR_API_TOKEN."
             )
         loopback = url.hostname in ("localhost", "::1") or (url.hostname or "").startswith("127.")
-        if url.scheme == "http" and not loopback and os.environ.get("PLANNR_ALLOW_INSECURE_HTTP") != "1":
+        # No way around this one: a token sent in clear across a network is a token given away.
+        if url.scheme == "http" and not loopback:
             raise ConfigurationError(
                 f"PLANNR_BASE_URL is plain http:// to {url.hostname}, which would send the token unencrypted: use "
-                "https://, or set PLANNR_ALLOW_INSECURE_HTTP=1 if you really mean it."
+                "https:// (plain http:// is for 127.0.0.1 and localhost only)."
             )
 
     @staticmethod

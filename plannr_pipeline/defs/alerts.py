@@ -10,11 +10,14 @@ link to the UI), never what the client data was: the failed rows themselves stay
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import dagster as dg
 import httpx
+
+from plannr_pipeline.defs.deployment import FixedByDeployment
 
 DEFAULT_UI_URL = "http://127.0.0.1:3000"
 
@@ -37,7 +40,11 @@ def insecure(url: str) -> str | None:
     )
 
 
-class AlertWebhook(dg.ConfigurableResource):
+class AlertWebhook(FixedByDeployment, dg.ConfigurableResource):
+    """Where alerts go is the deployment's (PLANNR_ALERT_WEBHOOK_URL), never run config."""
+
+    DEPLOYMENT_FIELDS: ClassVar[Mapping[str, str]] = {"url": "PLANNR_ALERT_WEBHOOK_URL"}
+
     url: str | None = None
     timeout_seconds: float = 10.0
 
