@@ -28,7 +28,7 @@ import pytest
 from plannr_pipeline.defs.alerts import AlertWebhook
 from plannr_pipeline.defs.deployment import DeploymentSettingError
 from tests.cli import clean_env, run_cli
-from tests.test_ui import ARTIFACTS, LOCATION, free_port, wait_for
+from tests.test_ui import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, LOCATION, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = """mutation ($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
@@ -45,10 +45,19 @@ class Catcher:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, str]] = []
+        self.pages: dict[str, str] = {}  # path -> HTML served as the attacker's site (not recorded)
         catcher = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path in catcher.pages:
+                    page = catcher.pages[self.path].encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
                 catcher.requests.append({"path": self.path, **dict(self.headers)})
                 body = json.dumps({"data": [], "meta": {"total": 0, "last_page": 1}}).encode()
                 self.send_response(200)
@@ -142,19 +151,15 @@ def module_sandbox():
     server.stop()
 
 
+def _launch_variables(job: str, run_config: dict) -> dict:
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "jobName": job}
+    return {"p": {"selector": selector, "runConfigData": run_config}}
+
+
 def launch_from_a_web_page(url: str, job: str, run_config: dict) -> dict:
     """What a page on another site can make the operator's browser send: a POST with the query in
     the URL and a text/plain body (a "simple" request: no CORS preflight, the answer unread)."""
-    variables = {
-        "p": {
-            "selector": {
-                "repositoryLocationName": LOCATION,
-                "repositoryName": "__repository__",
-                "jobName": job,
-            },
-            "runConfigData": run_config,
-        }
-    }
+    variables = _launch_variables(job, run_config)
     answer = httpx.post(
         f"{url}/graphql?" + urlencode({"query": LAUNCH, "variables": json.dumps(variables)}),
         content=b"",
@@ -252,3 +257,40 @@ def test_run_config_cannot_move_the_alerts(alert_receiver):
     ) or "fixed by the deployment" in str(failure.event_specific_data)
     assert dg.materialize([alerting], resources={"alert_webhook": deployed}).success
     assert other == [None] and alert_receiver.received == [{"event": "test"}]
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+def test_a_page_on_another_site_in_a_real_browser_cannot_send_the_token_away(deployed):
+    """The attack as it happened: the operator's browser opens a page on another site (here
+    `localhost`, against the UI on `127.0.0.1`), which submits a text/plain form to /graphql."""
+    from html import escape
+
+    from playwright.sync_api import sync_playwright
+
+    url, _, sandbox = deployed
+    catcher = Catcher()
+    run_config = ATTACKS["token to another host"](catcher, None)
+    query = urlencode(
+        {"query": LAUNCH, "variables": json.dumps(_launch_variables("imports_job", run_config))}
+    )
+    catcher.pages["/innocent"] = (
+        f'<form method="POST" enctype="text/plain" action="{escape(url)}/graphql?{escape(query)}">'
+        '<input type="hidden" name="x" value="y"></form><script>document.forms[0].submit()</script>'
+    )
+    attacker_site = catcher.url.replace("127.0.0.1", "localhost")
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"{attacker_site}/innocent")
+            page.wait_for_url(f"{url}/graphql*", timeout=60_000)
+            answer = json.loads(page.inner_text("body"))
+            browser.close()
+        launched = answer["data"]["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched  # Dagster took it: see README
+        status = finished(url, launched["run"]["runId"])
+        time.sleep(1)
+    finally:
+        catcher.close()
+    assert catcher.requests == [], catcher.requests
+    assert status == "FAILURE"
