@@ -116,7 +116,9 @@ class Sandbox:
     def counts(self) -> dict:
         """`{"requests": total, "by_endpoint": {...}, "by_status": {"200": n, ...}}`: the sandbox's own
         count of the API requests it has served (its controls, this call included, are not counted)."""
-        answer = httpx.get(f"{self.url}/__sandbox/stats", timeout=30)
+        answer = httpx.get(
+            f"{self.url}/__sandbox/stats", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        )
         answer.raise_for_status()
         return answer.json()
 

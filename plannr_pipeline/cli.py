@@ -11,12 +11,14 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import NoReturn
 
 from plannr_pipeline import progress
 from plannr_pipeline.api import PlannrError, PlannrSettings
-from plannr_pipeline.api.config import DEFAULT_BASE_URL, budget_dir_from_env
+from plannr_pipeline.api.config import DEFAULT_BASE_URL, budget_dir_from_env, check_settings
 from plannr_pipeline.instance import prepare_instance
+from plannr_pipeline.private_files import make_private_dir, owner_only_umask, report_looser
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -24,8 +26,7 @@ def _sync(args: argparse.Namespace) -> int:
     # holds to its end (~12 MB at its peak). Read when pyarrow loads, which has not happened yet.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     try:
-        if not PlannrSettings.wants_sandbox():
-            PlannrSettings.from_env()  # fail now, clearly, rather than inside every step
+        check_settings()  # fail now, clearly, rather than inside every step
         budget_dir_from_env(os.environ)  # the sandbox's token has a budget file too
         # Importing the definitions reads the rest of the settings (partitions, budget).
         from plannr_pipeline.sync import ASSET_NAMES, run_sync
@@ -54,7 +55,7 @@ def _sync(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        os.makedirs(data_dir, exist_ok=True)
+        make_private_dir(Path(data_dir))
     except OSError as error:
         print(
             f"error: PLANNR_DATA_DIR={data_dir} cannot be used ({error.strerror}): point it at a folder you can write.",
@@ -62,6 +63,7 @@ def _sync(args: argparse.Namespace) -> int:
         )
         return 2
     print(f"plannr-pipeline sync: from {source} into {data_dir}", flush=True)
+    _report_open_folders(data_dir)
     if moved := Warehouse(data_dir).follow_a_move():
         print(moved, flush=True)
     on_terminal = sys.stderr.isatty()
@@ -164,6 +166,19 @@ def _views(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_open_folders(data_dir: str) -> None:
+    """One line for each folder of client data that other users can reach, with the fix."""
+    from plannr_pipeline.api.config import budget_dir_from_env
+    from plannr_pipeline.storage.warehouse import data_dir_from_env
+
+    folders = [Path(data_dir or data_dir_from_env()), Path(os.environ["DAGSTER_HOME"])]
+    try:
+        folders.append(budget_dir_from_env(os.environ))
+    except PlannrError:
+        pass  # sync has said so already; `instance` does not need it
+    report_looser(folders, lambda line: print(line, file=sys.stderr, flush=True))
+
+
 def _instance(args: argparse.Namespace) -> int:
     try:
         said = prepare_instance()
@@ -172,6 +187,7 @@ def _instance(args: argparse.Namespace) -> int:
         return 2
     for line in said:
         print(line, file=sys.stderr)
+    _report_open_folders("")  # scripts/dev.sh calls this before the UI starts: said once there
     print(os.environ["DAGSTER_HOME"])
     return 0
 
@@ -247,6 +263,11 @@ def firm_size_from_args(args: argparse.Namespace):
     return FirmSize(**given)
 
 
+# `plannr-pipeline sandbox` takes its token from here when --token is not given: a flag shows in
+# `ps` to every local user, the environment of another user's process does not.
+SANDBOX_TOKEN_ENV = "PLANNR_SANDBOX_TOKEN"
+
+
 def _sandbox(args: argparse.Namespace) -> int:
     from plannr_pipeline.sandbox.firm import FirmSize
     from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
@@ -275,7 +296,7 @@ def _sandbox(args: argparse.Namespace) -> int:
     )
     print(f"  export PLANNR_BASE_URL={server.url}", flush=True)
     print(
-        "  export PLANNR_API_TOKEN=<the --token you passed>"
+        f"  export PLANNR_API_TOKEN=<the --token you passed, or ${SANDBOX_TOKEN_ENV}>"
         if args.token_given
         else f"  export PLANNR_API_TOKEN={args.token}",
         flush=True,
@@ -289,6 +310,8 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything is created: the data, the instance and the budget are the owner's alone.
+    owner_only_umask()
     parser = argparse.ArgumentParser(prog="plannr-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -347,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         help="finished imports per day, on average, over the 30 days of history; at most 3 (default 0.5)",
     )
     sandbox.add_argument(
-        "--token", default=None, help="the only Bearer token accepted (default: sandbox-token)"
+        "--token",
+        default=None,
+        help="the only Bearer token accepted, by the API and the /__sandbox/ controls (default: "
+        f"${SANDBOX_TOKEN_ENV}, which keeps it out of `ps`; else sandbox-token)",
     )
     sandbox.add_argument(
         "--rate-limit", type=int, default=500, help="requests per minute per token (default 500, as Plannr)"
@@ -366,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "sandbox":
+        args.token = args.token or os.environ.get(SANDBOX_TOKEN_ENV) or None
         args.token_given = args.token is not None
         args.token = args.token or "sandbox-token"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -9,8 +9,14 @@ import dagster as dg
 from plannr_pipeline.defs.alerts import AlertWebhook
 from plannr_pipeline.defs.assets import ASSETS
 from plannr_pipeline.defs.resources import PlannrApi, storage_resources_from_env
+from plannr_pipeline.private_files import owner_only_umask
 
 __all__ = ["ASSETS", "defs", "resources"]
+
+# The code server and every run worker load this module before they write anything: what they
+# create (Parquet, plannr.duckdb, compute logs) is the owner's alone, whoever started them and
+# whatever their umask.
+owner_only_umask()
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:

@@ -12,6 +12,8 @@ import shutil
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from plannr_pipeline.private_files import make_private_dir
+
 DEFAULT_HOME = ".dagster_home"
 PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
@@ -26,7 +28,7 @@ def prepare_instance(env: MutableMapping[str, str] = os.environ) -> list[str]:
             f"DAGSTER_HOME={home} is a file; point DAGSTER_HOME at a folder (or unset it for ./{DEFAULT_HOME})."
         )
     if not home.exists():
-        home.mkdir(parents=True)
+        make_private_dir(home)  # runs.db, event and compute logs: the owner's alone
         said.append(f"created DAGSTER_HOME {home}")
     config = home / "dagster.yaml"
     if config.exists():

@@ -266,7 +266,7 @@ def test_retry_after_is_read_as_seconds_and_capped(header, expected):
 
     from plannr_pipeline.api.client import _retry_after_seconds
 
-    assert _retry_after_seconds(httpx.Response(429, headers={"Retry-After": header})) == expected
+    assert _retry_after_seconds(httpx.Headers({"Retry-After": header})) == expected
 
 
 def test_retry_after_may_be_an_http_date():
@@ -278,7 +278,7 @@ def test_retry_after_may_be_an_http_date():
     from plannr_pipeline.api.client import _retry_after_seconds
 
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    assert 25 <= _retry_after_seconds(httpx.Response(429, headers={"Retry-After": when})) <= 30
+    assert 25 <= _retry_after_seconds(httpx.Headers({"Retry-After": when})) <= 30
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))

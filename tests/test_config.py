@@ -55,10 +55,12 @@ def test_malformed_settings_are_one_clear_line(env, says):
     assert "\n" not in str(raised.value)
 
 
-def test_plain_http_is_fine_on_loopback_or_when_allowed(monkeypatch):
-    assert PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://127.0.0.1:8765"})
-    monkeypatch.setenv("PLANNR_ALLOW_INSECURE_HTTP", "1")
-    assert PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://api.example.test"})
+def test_plain_http_is_for_loopback_only(monkeypatch):
+    for loopback in ("http://127.0.0.1:8765", "http://localhost:8765", "http://[::1]:8765"):
+        assert PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": loopback})
+    monkeypatch.setenv("PLANNR_ALLOW_INSECURE_HTTP", "1")  # the old way round it: gone
+    with pytest.raises(ConfigurationError, match="plain http:// to api.example.test"):
+        PlannrSettings.from_env({"PLANNR_API_TOKEN": "t", "PLANNR_BASE_URL": "http://api.example.test"})
 
 
 @pytest.mark.parametrize(
@@ -102,12 +104,13 @@ def test_a_422_that_echoes_the_token_never_shows_it():
     )
 
 
-def test_budget_dir_defaults_under_the_temp_dir_and_may_be_set(tmp_path):
-    import tempfile
+def test_budget_dir_defaults_to_the_users_state_folder_and_may_be_set(tmp_path):
+    from plannr_pipeline.api.config import budget_dir_from_env, default_budget_dir
 
-    from plannr_pipeline.api.config import budget_dir_from_env
-
-    assert budget_dir_from_env({}) == Path(tempfile.gettempdir()) / "plannr-pipeline-budget"
+    assert default_budget_dir({}) == Path.home() / ".local/state/plannr-pipeline/budget"
+    state = tmp_path / "state"
+    assert budget_dir_from_env({"XDG_STATE_HOME": str(state)}) == state / "plannr-pipeline/budget"
+    assert all((folder.stat().st_mode & 0o777) == 0o700 for folder in (state, state / "plannr-pipeline"))
     assert budget_dir_from_env({"PLANNR_BUDGET_DIR": str(tmp_path / "b")}) == tmp_path / "b"
     assert (tmp_path / "b").is_dir()
 
@@ -123,3 +126,45 @@ def test_unusable_budget_dir_is_one_line_naming_the_variable(tmp_path, value, sa
     with pytest.raises(ConfigurationError, match=says) as raised:
         budget_dir_from_env({"PLANNR_BUDGET_DIR": value.format(file=tmp_path / "f")})
     assert str(raised.value).startswith("PLANNR_BUDGET_DIR") and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "settings, variable",
+    [
+        (
+            {"PLANNR_API_TOKEN": "sekret-t\u00f6ken", "PLANNR_BASE_URL": "http://127.0.0.1:9"},
+            "PLANNR_API_TOKEN",
+        ),
+        (
+            {"PLANNR_API_TOKEN": "sekret\x1btoken", "PLANNR_BASE_URL": "http://127.0.0.1:9"},
+            "PLANNR_API_TOKEN",
+        ),
+        (
+            {
+                "PLANNR_API_TOKEN": "sekret-token",
+                "PLANNR_BASE_URL": "http://127.0.0.1:9",
+                "PLANNR_ACCOUNT_UUID": "0b5c0a7e-1f7e-4c4b-9d5e-0e0c6c5a9a1\x07",
+            },
+            "PLANNR_ACCOUNT_UUID",
+        ),
+        ({"PLANNR_API_TOKEN": "sekret-token", "PLANNR_ACCOUNT_UUID": "acme"}, "PLANNR_ACCOUNT_UUID"),
+        ({"PLANNR_ACCOUNT_UUID": "not-a-uuid"}, "PLANNR_ACCOUNT_UUID"),  # even for the sandbox
+    ],
+)
+def test_a_malformed_token_or_account_is_one_line_exit_2(tmp_path, settings, variable):
+    """Case 8 of issue 22: these ended in a traceback (exit 1), or were not checked at all."""
+    env = clean_env(
+        {"DAGSTER_HOME": str(tmp_path / "home"), "PLANNR_DATA_DIR": str(tmp_path / "data"), **settings}
+    )
+    done = run_cli("sync", env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: {variable}") and "Traceback" not in done.stderr
+    assert "sekret" not in done.stdout + done.stderr  # neither the token nor a piece of it
+
+
+def test_a_real_account_uuid_and_token_pass():
+    settings = PlannrSettings.from_env(
+        {"PLANNR_API_TOKEN": "12|aB-c_d.e~f", "PLANNR_ACCOUNT_UUID": "0b5c0a7e-1f7e-4c4b-9d5e-0e0c6c5a9a11"}
+    )
+    assert settings.account_uuid == "0b5c0a7e-1f7e-4c4b-9d5e-0e0c6c5a9a11"

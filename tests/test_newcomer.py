@@ -286,7 +286,7 @@ def test_sync_says_when_the_views_could_not_be_refreshed(make_sandbox, tmp_path)
 
 def test_dg_check_defs_passes_in_the_repository():
     dg_cli = Path(sys.executable).with_name("dg")
-    assert dg_cli.exists(), "dagster-dg-cli is a declared dependency"
+    assert dg_cli.exists(), "dagster-dg-cli is a dev dependency (pyproject.toml, requirements/dev.lock)"
     done = subprocess.run(
         [str(dg_cli), "check", "defs"],
         cwd=REPO,

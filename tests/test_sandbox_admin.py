@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -12,15 +14,21 @@ import pytest
 
 from plannr_pipeline import cli
 from plannr_pipeline.sandbox.firm import FirmSize, generate_firm
-from tests.cli import sandbox_cli
+from tests.cli import clean_env, sandbox_cli, start_cli
 from tests.mocked_requests import request_from
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = "/api/v1/client/{uuid}/goal"
 
 
+def admin(sandbox_or_token) -> dict[str, str]:
+    """The header the sandbox's controls need: its own token."""
+    token = getattr(getattr(sandbox_or_token, "options", None), "token", sandbox_or_token)
+    return {"Authorization": f"Bearer {token}"}
+
+
 def stats_over_http(sandbox) -> dict:
-    answer = httpx.get(f"{sandbox.url}/__sandbox/stats")  # no token: the sandbox's own control
+    answer = httpx.get(f"{sandbox.url}/__sandbox/stats", headers=admin(sandbox))
     assert answer.status_code == 200
     return answer.json()
 
@@ -34,8 +42,8 @@ def test_stats_count_every_answer_by_endpoint_and_status_and_not_the_controls(ma
 
     def get(endpoint: str, path: str, headers: dict[str, str], **params: object) -> None:
         sent.append((endpoint, httpx.get(sandbox.url + path, headers=headers, params=params)))
-        httpx.get(f"{sandbox.url}/__sandbox/stats")  # controls in between count for nothing
-        httpx.post(f"{sandbox.url}/__sandbox/advance", params={"steps": 0})
+        httpx.get(f"{sandbox.url}/__sandbox/stats", headers=admin(sandbox))  # controls count for nothing
+        httpx.post(f"{sandbox.url}/__sandbox/advance", params={"steps": 0}, headers=admin(sandbox))
 
     get("/api/v1/account", "/api/v1/account", token)
     get(GOALS, f"/api/v1/client/{client_uuids[0]}/goal", token)
@@ -181,7 +189,7 @@ def test_the_cli_serves_the_shape_asked_and_its_stats():
         )
         circles = httpx.get(f"{url}/api/v1/circles", params={"per_page": 1}, headers=headers)
         assert tasks.json()["meta"]["total"] == 100 and circles.json()["meta"]["total"] == 10
-        assert httpx.get(f"{url}/__sandbox/stats").json() == {
+        assert httpx.get(f"{url}/__sandbox/stats", headers=admin(token)).json() == {
             "requests": 2,
             "by_endpoint": {"/api/v1/circles": 1, "/api/v1/task": 1},
             "by_status": {"200": 2},
@@ -210,3 +218,59 @@ def test_a_listing_order_reused_between_pages_follows_records_changed_in_place()
     replacement = {**oldest, "first_name": "Replaced"}
     firm.clients[firm.clients.index(oldest)] = replacement  # a new dict, same sort value
     assert newest()["first_name"] == "Replaced"
+
+
+# -- the controls are the sandbox's own (issue 22, case 7) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({}, 401),  # any local process
+        ({"Authorization": "Bearer wrong-token"}, 401),
+        ({"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, 403),  # a web page's POST
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Origin": "null"}, 403),  # a sandboxed frame or a file:// page
+    ],
+)
+def test_the_controls_refuse_without_the_token_or_from_a_web_page(make_sandbox, headers, status):
+    sandbox = make_sandbox(clients=5)
+    token = admin(sandbox)
+    sent = {**token, **headers} if status == 403 else headers  # a web page may know the token too
+    advanced = httpx.post(f"{sandbox.url}/__sandbox/advance", params={"steps": 3}, headers=sent)
+    stats = httpx.get(f"{sandbox.url}/__sandbox/stats", headers=sent)
+    assert (advanced.status_code, stats.status_code) == (status, status)
+    assert "by_endpoint" not in stats.text and sandbox.step == 0 and sandbox.changes == []
+    assert sandbox.options.token not in advanced.text + stats.text
+    # the program that started it, with the token: answered
+    assert (
+        httpx.post(f"{sandbox.url}/__sandbox/advance", params={"steps": 1}, headers=token).status_code == 200
+    )
+    assert sandbox.step == 1
+
+
+def test_the_cli_takes_its_token_from_the_environment_out_of_ps():
+    token = f"env-token-{uuid.uuid4()}"
+    process = start_cli(
+        "sandbox",
+        "--port",
+        "0",
+        "--clients",
+        "3",
+        env=clean_env({"PYTHONPATH": str(ROOT), "PLANNR_SANDBOX_TOKEN": token}),
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        banner = process.stdout.readline()  # type: ignore[union-attr]
+        url = banner.rsplit(" ", 1)[1].strip()
+        rest = process.stdout.readline() + process.stdout.readline()  # type: ignore[union-attr]
+        command_line = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        assert token.encode() not in command_line and token not in banner + rest
+        accepted = httpx.get(f"{url}/api/v1/account", params={"per_page": 1}, headers=admin(token))
+        assert accepted.status_code == 200
+        assert httpx.get(f"{url}/api/v1/account", headers=admin("sandbox-token")).status_code == 401
+        assert httpx.get(f"{url}/__sandbox/stats", headers=admin(token)).json()["requests"] == 2
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -55,7 +55,9 @@ def _owner_by_uuid(record: dict) -> dict:
 
 
 def post_advance(sandbox, steps: int | str, **kwargs) -> httpx.Response:
-    return httpx.post(f"{sandbox.url}/__sandbox/advance", params={"steps": steps}, **kwargs)
+    """The control as a program sends it: the sandbox's token, no browser headers."""
+    headers = {"Authorization": f"Bearer {sandbox.options.token}", **kwargs.pop("headers", {})}
+    return httpx.post(f"{sandbox.url}/__sandbox/advance", params={"steps": steps}, headers=headers, **kwargs)
 
 
 def test_one_step_over_http_changes_exactly_what_it_says(make_sandbox, make_client):
@@ -159,13 +161,13 @@ def test_same_seed_and_steps_serve_identical_data(make_sandbox, make_client):
     assert snapshot(make_client(fewer)) != snapshot(make_client(first))
 
 
-def test_the_advance_endpoint_checks_its_input_and_needs_no_token_only_loopback(make_sandbox):
+def test_the_advance_endpoint_checks_its_input_and_answers_only_loopback(make_sandbox):
     sandbox = make_sandbox(clients=20, reference=REFERENCE)
     for bad in ("-1", "two", "1001"):
         assert post_advance(sandbox, bad).status_code == 422
     assert sandbox.step == 0 and sandbox.changes == []
     assert post_advance(sandbox, 0).json() == {"step": 0, "steps": [], "counts": totals([])}
-    assert httpx.get(f"{sandbox.url}/__sandbox/advance").status_code == 405
+    assert httpx.get(f"{sandbox.url}/__sandbox/advance").status_code == 401  # no token: no say
     assert sandbox.requests == {}  # controls are not API traffic
     with pytest.raises(ValueError):
         sandbox.advance(-1)

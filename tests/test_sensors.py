@@ -271,4 +271,4 @@ def test_a_malformed_webhook_url_is_logged_and_retried_not_fatal(moving_sandbox)
             break
         cursor = new_cursor
     assert result.run_requests  # the sensor kept working
-    assert broken.send({"x": 1}).startswith("alert webhook unreachable")
+    assert broken.send({"x": 1}).startswith("PLANNR_ALERT_WEBHOOK_URL must be an https:// URL")

@@ -1,7 +1,7 @@
 """One request budget per token, shared by every caller in the process and across processes.
 
 Every process using a token on this machine draws on one SQLite file, `<dir>/<hash>.sqlite`
-(`<dir>` is PLANNR_BUDGET_DIR, by default `plannr-pipeline-budget` under the temp directory;
+(`<dir>` is PLANNR_BUDGET_DIR, by default the user's own `~/.local/state/plannr-pipeline/budget`;
 `<hash>` is a hash of the base URL and the token, never the token itself). It holds:
 
 - the sliding-window log of requests (pyrate-limiter's SQLiteBucket, guarded by a file lock),
@@ -15,7 +15,8 @@ Every process using a token on this machine draws on one SQLite file, `<dir>/<ha
   the token, not just the one that saw it.
 
 A file that is not a budget (garbage bytes, a database with other tables) is replaced with a
-warning naming it. An `X-Ratelimit-Remaining` that is running low slows only this process (every
+warning naming it. One that is not ours (a symlink, another user's, writable by others) is
+refused: whoever controls it could pause every sync of the token. Ours are created 0600. An `X-Ratelimit-Remaining` that is running low slows only this process (every
 process sees its own).
 """
 
@@ -37,6 +38,7 @@ from pyrate_limiter import Duration, Limiter, Rate, SQLiteBucket
 
 from plannr_pipeline.api.config import budget_dir_from_env
 from plannr_pipeline.api.errors import PlannrError
+from plannr_pipeline.private_files import make_private_dir, not_ours
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +113,31 @@ def _remove(path: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def _refuse_foreign(path: Path) -> None:
+    """The folder and every file of the budget must be ours alone (private_files.not_ours)."""
+    for part in (path.parent, path, *(path.with_name(path.name + end) for end in ("-wal", "-shm", ".lock"))):
+        if problem := not_ours(part):
+            raise BudgetFileError(
+                f"The request budget file {part} {problem}, so it cannot be trusted: remove it, or set "
+                "PLANNR_BUDGET_DIR to a directory of your own that only you can write."
+            )
+
+
+def _connect_private(path: Path) -> sqlite3.Connection:
+    """`_connect`, the file made 0600 first: SQLite gives its -wal and -shm the same mode."""
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+    return _connect(path)
+
+
 def open_budget_file(path: Path, lock: FileLock) -> sqlite3.Connection:
     """Open (creating if needed) the budget file; replace it, with a warning, when it is corrupt."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
+        _refuse_foreign(path)
         with lock:
             try:
-                return _connect(path)
+                return _connect_private(path)
             except sqlite3.DatabaseError as error:
                 if (
                     _transient(error)
@@ -131,7 +151,7 @@ def open_budget_file(path: Path, lock: FileLock) -> sqlite3.Connection:
                     error,
                 )
                 _remove(path)
-                return _connect(path)
+                return _connect_private(path)
     except (OSError, sqlite3.Error) as error:
         raise BudgetFileError(
             f"The request budget file {path} cannot be used ({error}): {_fix_for(path)}."
@@ -179,7 +199,7 @@ class RequestBudget:
         self._shared_until = 0.0  # every process (time.time), as last read from the file
         self._declared_at = float("-inf")  # time.monotonic of the last declaration
         self._lock = threading.Lock()
-        self._file_lock = FileLock(str(self.path) + ".lock")
+        self._file_lock = FileLock(str(self.path) + ".lock", mode=0o600)
         self._conn = open_budget_file(self.path, self._file_lock)
         # The log has its own connection: the limiter's leak thread commits on it.
         self._bucket_conn = open_budget_file(self.path, self._file_lock)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import math
 import random
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +24,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from plannr_pipeline.api import limits
 from plannr_pipeline.api.budget import RequestBudget, budget_for
 from plannr_pipeline.api.config import PlannrSettings
 from plannr_pipeline.api.endpoints import PAGE_SIZE
@@ -32,6 +33,7 @@ from plannr_pipeline.api.errors import (
     MalformedResponseError,
     NotFoundError,
     PlannrHTTPError,
+    ResponseLimitError,
     RetriesExhaustedError,
     TransientHTTPError,
     UnreachableError,
@@ -105,9 +107,9 @@ def _whole(value: Any) -> int | None:
     return None
 
 
-def _retry_after_seconds(response: httpx.Response) -> float | None:
+def _retry_after_seconds(headers: httpx.Headers) -> float | None:
     """Retry-After as seconds (it may be a number or an HTTP date), capped so a run never hangs."""
-    raw = response.headers.get("Retry-After")
+    raw = headers.get("Retry-After")
     if raw is None:
         return None
     try:
@@ -122,9 +124,9 @@ def _retry_after_seconds(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
-def _reset_seconds(response: httpx.Response) -> float | None:
+def _reset_seconds(headers: httpx.Headers) -> float | None:
     """X-RateLimit-Reset as seconds from now: a Unix time (Laravel, GitHub) or, if small, a delay."""
-    raw = response.headers.get("X-RateLimit-Reset")
+    raw = headers.get("X-RateLimit-Reset")
     try:
         value = float(raw) if raw is not None else None
     except ValueError:
@@ -144,8 +146,8 @@ def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def _int_header(response: httpx.Response, name: str) -> int | None:
-    raw = response.headers.get(name)
+def _int_header(headers: httpx.Headers, name: str) -> int | None:
+    raw = headers.get(name)
     return int(raw) if raw is not None and raw.strip().isdigit() else None
 
 
@@ -189,8 +191,10 @@ class PlannrClient:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         on_warning: Callable[[str], None] | None = None,
+        deadline_seconds: float = limits.REQUEST_DEADLINE_SECONDS,
     ) -> None:
         self.settings = settings
+        self._deadline = deadline_seconds
         self.stats = stats or RequestStats()
         self.budget = budget or budget_for(
             settings.token, settings.base_url, settings.starting_budget, settings.rate_limit_per_minute
@@ -207,15 +211,17 @@ class PlannrClient:
             "Content-Type": "application/json",
             "Authorization": f"Bearer {self.settings.token}",
             "User-Agent": USER_AGENT,
+            # Only encodings read_body can decode within its limits (httpx would add br or zstd).
+            "Accept-Encoding": limits.ENCODINGS,
         }
         if self.settings.account_uuid:
             headers["X-PLANNR-ACCOUNT-UUID"] = self.settings.account_uuid
-        limits = httpx.Limits(max_connections=self.settings.max_concurrency)
+        pool = httpx.Limits(max_connections=self.settings.max_concurrency)
         self._http = httpx.AsyncClient(
             base_url=self.settings.base_url,
             headers=headers,
             timeout=self._timeout,
-            transport=AiohttpTransport(limits=limits, trust_env=False),
+            transport=AiohttpTransport(limits=pool, trust_env=False),
         )
         return self
 
@@ -278,8 +284,18 @@ class PlannrClient:
     async def _get_once(self, path: str, params: dict[str, Any] | None) -> Any:
         assert self._http is not None, "use PlannrClient inside `async with`"
         self.stats.budget_wait_seconds += await self.budget.acquire()
+        endpoint = endpoint_of(path)
+        # One deadline over connecting, the headers and every chunk of the body.
+        deadline = asyncio.timeout(self._deadline)
         try:
-            response = await self._http.get(path, params=params)
+            async with deadline:
+                status, headers, body = await self._fetch(path, params, endpoint)
+        except TimeoutError:
+            if not deadline.expired():  # a read timeout of the transport's own: retried
+                raise TransientHTTPError(f"timed out talking to {self.settings.base_url}") from None
+            raise ResponseLimitError(
+                endpoint, f"the answer took over {self._deadline:g} s from request to last byte"
+            ) from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
             # The aiohttp transport reports every lost connection as a ConnectTimeout: one the
             # server closed without answering is a dropped connection, retried like any other.
@@ -292,24 +308,22 @@ class PlannrClient:
             raise TransientHTTPError(
                 f"could not connect to {self.settings.base_url} ({why})", unreachable=True
             ) from None
-        except (httpx.TransportError, httpx.DecodingError, aiohttp.ClientError) as error:
+        except (httpx.TransportError, httpx.DecodingError, aiohttp.ClientError, zlib.error) as error:
             # Timeouts, bad status lines, oversized headers, bad gzip (the aiohttp transport lets
             # some of these through as aiohttp's own errors): name the kind, never echo the request.
             raise TransientHTTPError(f"{type(error).__name__} talking to {self.settings.base_url}") from None
-        body = response.content
-        self.stats.record(path, response.status_code, len(body))
-        self.budget.observe_remaining(_int_header(response, "X-Ratelimit-Remaining"))
-        self.budget.observe_server_limit(_int_header(response, "X-RateLimit-Limit"))
+        self.stats.record(path, status, len(body))
+        self.budget.observe_remaining(_int_header(headers, "X-Ratelimit-Remaining"))
+        self.budget.observe_server_limit(_int_header(headers, "X-RateLimit-Limit"))
         self.stats.budget_per_minute = self.budget.limit
-        status = response.status_code
         if status == 429:
             # Hold every process of this token (the pause is in the shared budget file) until the
             # server's window has passed: Retry-After, else X-RateLimit-Reset, else a whole window
             # (the server counts requests we cannot see, so take the window as spent). The budget
             # then paces the retries; no backoff on top.
-            hold = _retry_after_seconds(response)
+            hold = _retry_after_seconds(headers)
             if hold is None:
-                hold = _reset_seconds(response)
+                hold = _reset_seconds(headers)
             if hold is None:
                 hold = self.budget.window_seconds
             self.budget.pause_everyone(hold)
@@ -319,15 +333,30 @@ class PlannrClient:
         if status >= 400:
             self._raise_for_client_error(path, status, body)
         try:
-            return json.loads(body)
+            return limits.parse_json(endpoint, body)
         except ValueError:
             # A 2xx with a body cut short is a transport fault in disguise.
             raise TransientHTTPError(f"{status} with a body that is not JSON") from None
 
+    async def _fetch(
+        self, path: str, params: dict[str, Any] | None, endpoint: str
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """Status, headers and the decoded body, read within the size limits."""
+        assert self._http is not None
+        async with self._http.stream("GET", path, params=params) as response:
+            length = response.headers.get("Content-Length", "").strip()
+            body = await limits.read_body(
+                endpoint,
+                response.aiter_raw(),
+                response.headers.get("Content-Encoding", ""),
+                int(length) if length.isdigit() else None,
+            )
+            return response.status_code, response.headers, body
+
     def _raise_for_client_error(self, path: str, status: int, body: bytes) -> None:
         try:
-            payload = json.loads(body)
-        except ValueError:
+            payload = limits.parse_json(endpoint_of(path), body)
+        except (ValueError, ResponseLimitError):
             payload = {}
         message = payload.get("message") if isinstance(payload, dict) else None
         if message is not None:
@@ -371,6 +400,8 @@ class PlannrClient:
         params = {**(params or {}), "per_page": PAGE_SIZE}
         listing = _ListingPass(endpoint_of(path))
         first = await self._get_page(path, params, 1)
+        if first.last_page is not None:
+            limits.check_page_count(listing.endpoint, first.last_page)
         yield listing.take(first)
         if first.last_page is None:  # no meta: follow links.next one page at a time
             async for page in self._follow_next(path, params, first):
@@ -384,6 +415,7 @@ class PlannrClient:
                 in_flight = min(self.settings.max_concurrency, LISTING_PAGES_IN_FLIGHT)
                 async for page in bounded_as_completed(jobs, in_flight):
                     last_page = max(last_page, page.last_page or last_page)
+                    limits.check_page_count(listing.endpoint, last_page)
                     yield listing.take(page)
         if listing.shifted():
             self._warn(
@@ -402,7 +434,9 @@ class PlannrClient:
         while page is None or (
             page.records and (page.has_next or (page.has_next is None and len(page.records) >= PAGE_SIZE))
         ):
-            page = await self._get_page(path, params, 1 if page is None else page.number + 1)
+            number = 1 if page is None else page.number + 1
+            limits.check_page_count(endpoint_of(path), number)
+            page = await self._get_page(path, params, number)
             yield page
 
     async def walk_pages(self, path: str, params: dict[str, Any] | None = None) -> AsyncIterator[Page]:

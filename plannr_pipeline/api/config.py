@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from plannr_pipeline.api.errors import ConfigurationError, redact
+from plannr_pipeline.private_files import make_private_dir, not_ours
 
 DEFAULT_BASE_URL = "https://api.plannrcrm.com"
 # Plannr documents 500 requests per minute per user. Until the server announces its limit
@@ -64,6 +65,14 @@ class PlannrSettings:
             raise ConfigurationError(
                 "PLANNR_API_TOKEN has a line break or surrounding spaces (a copy-paste slip?): set it to the token alone."
             )
+        if bad := _first_unprintable(self.token):
+            # Never echo the token or the character: position and kind are enough to find it.
+            raise ConfigurationError(
+                f"PLANNR_API_TOKEN has {bad}: a Plannr token is printable ASCII only; "
+                "copy it again from Plannr (Settings -> Account Details -> Personal Access Tokens)."
+            )
+        if self.account_uuid is not None:
+            check_account_uuid(self.account_uuid)
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigurationError(
                 f"PLANNR_BASE_URL must start with http:// or https://, got {redact(self.base_url, self.token)!r}."
@@ -74,10 +83,11 @@ class PlannrSettings:
                 "PLANNR_BASE_URL carries credentials (user:password@): remove them; the token goes in PLANNR_API_TOKEN."
             )
         loopback = url.hostname in ("localhost", "::1") or (url.hostname or "").startswith("127.")
-        if url.scheme == "http" and not loopback and os.environ.get("PLANNR_ALLOW_INSECURE_HTTP") != "1":
+        # No way around this one: a token sent in clear across a network is a token given away.
+        if url.scheme == "http" and not loopback:
             raise ConfigurationError(
                 f"PLANNR_BASE_URL is plain http:// to {url.hostname}, which would send the token unencrypted: use "
-                "https://, or set PLANNR_ALLOW_INSECURE_HTTP=1 if you really mean it."
+                "https:// (plain http:// is for 127.0.0.1 and localhost only)."
             )
 
     @staticmethod
@@ -98,6 +108,48 @@ class PlannrSettings:
         )
 
 
+def _first_unprintable(text: str) -> str | None:
+    """Where `text` stops being printable ASCII (a control character, a space, a non-ASCII
+    letter), as words; None when it is clean. An HTTP header can carry nothing else anyway."""
+    for position, char in enumerate(text, start=1):
+        if not ("!" <= char <= "~"):
+            kind = "a control character" if ord(char) < 32 or ord(char) == 127 else "a non-ASCII character"
+            kind = "a space" if char == " " else kind
+            return f"{kind} at position {position}"
+    return None
+
+
+def check_account_uuid(value: str) -> str:
+    """PLANNR_ACCOUNT_UUID must be a uuid (it goes into the X-PLANNR-ACCOUNT-UUID header)."""
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or len(value) != 36 or _first_unprintable(value):
+        shown = (
+            repr(value) if not _first_unprintable(value) and len(value) <= 64 else f"{len(value)} characters"
+        )
+        raise ConfigurationError(
+            f"PLANNR_ACCOUNT_UUID must be a uuid like 0b5c0a7e-1f7e-4c4b-9d5e-0e0c6c5a9a11, got {shown}: "
+            "take it from GET /api/v1/logins (data[].account.uuid), or unset it."
+        )
+    return value
+
+
+def check_settings(env: Mapping[str, str] | None = None) -> None:
+    """Every connection setting, checked before anything runs: one ConfigurationError naming the
+    variable. The sandbox ignores the token and account, but a malformed one is still a mistake
+    to hear about now rather than on the day the real API is used."""
+    env = os.environ if env is None else env
+    if not PlannrSettings.wants_sandbox(env):
+        PlannrSettings.from_env(env)
+        return
+    if account := env.get("PLANNR_ACCOUNT_UUID"):
+        check_account_uuid(account)
+    budget_from_env(env)
+    concurrency_from_env(env)
+
+
 def sandbox_wanted(token: str | None, base_url: str | None) -> bool:
     """The one rule: with neither a token nor a base URL, the embedded sandbox serves."""
     return not token and not base_url
@@ -112,15 +164,24 @@ def concurrency_from_env(env: Mapping[str, str]) -> int:
     return positive_int(env, "PLANNR_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY)
 
 
+def default_budget_dir(env: Mapping[str, str]) -> Path:
+    """The user's own state folder: `$XDG_STATE_HOME/plannr-pipeline/budget`, else
+    `~/.local/state/plannr-pipeline/budget`. Not the shared temp folder, where whoever creates
+    the folder first decides what is in it (another user could pause our syncs for years)."""
+    state = env.get("XDG_STATE_HOME", "").strip()
+    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
+    return base / "plannr-pipeline" / "budget"
+
+
 def budget_dir_from_env(env: Mapping[str, str]) -> Path:
-    """PLANNR_BUDGET_DIR, or `plannr-pipeline-budget` under the temp directory: where the request
+    """PLANNR_BUDGET_DIR, or the user's state folder (`default_budget_dir`): where the request
     budget file lives (api/budget.py). Every process using one token must see the same directory.
 
-    Created if needed; one line naming the variable (or the default path) and the fix if it
-    cannot be used.
+    Created 0700 if needed. One line naming the variable (or the default path) and the fix if it
+    cannot be used, or cannot be trusted: a symlink, another user's, or writable by others.
     """
     raw = env.get("PLANNR_BUDGET_DIR", "").strip()
-    path = Path(raw).expanduser() if raw else Path(tempfile.gettempdir()) / "plannr-pipeline-budget"
+    path = Path(raw).expanduser() if raw else default_budget_dir(env)
     where = f"PLANNR_BUDGET_DIR ({path})" if raw else f"The request budget directory {path}"
     fix = (
         "set PLANNR_BUDGET_DIR to a directory you can write"
@@ -131,10 +192,15 @@ def budget_dir_from_env(env: Mapping[str, str]) -> Path:
         raise ConfigurationError(
             f"PLANNR_BUDGET_DIR must be an absolute path, got {raw!r}: every process using the token must find the same directory."
         )
+    if problem := not_ours(path):
+        raise ConfigurationError(
+            f"{where} {problem}, so it cannot be trusted with the budget: remove it, or set "
+            "PLANNR_BUDGET_DIR to a directory of your own that only you can write."
+        )
     if path.exists() and not path.is_dir():
         raise ConfigurationError(f"{where} is a file, not a directory: {fix}.")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path)
     except OSError as error:
         raise ConfigurationError(f"{where} cannot be created ({error.strerror or error}): {fix}.") from None
     if not os.access(path, os.W_OK | os.X_OK):

@@ -130,3 +130,15 @@ class MalformedResponseError(PlannrError):
             f"GET {endpoint} page {page}: {problem}. Nothing was stored from this listing; "
             "if it persists, the API has changed or a proxy is answering for it."
         )
+
+
+class ResponseLimitError(PlannrError):
+    """An answer past a limit no real Plannr answer comes near (api/limits.py): a hostile or broken
+    server, or a proxy answering for it. Not retried: asking again would only spend the budget."""
+
+    def __init__(self, endpoint: str, problem: str) -> None:
+        self.endpoint = endpoint
+        super().__init__(
+            f"GET {endpoint}: {problem}. Nothing was stored from this answer; Plannr never sends one "
+            "like it: check that PLANNR_BASE_URL points at the Plannr API."
+        )

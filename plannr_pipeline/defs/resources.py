@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 from urllib.parse import urlparse
 
 import dagster as dg
@@ -21,13 +21,26 @@ from plannr_pipeline.api.config import (
     positive_int,
     sandbox_wanted,
 )
+from plannr_pipeline.defs.deployment import FixedByDeployment
+from plannr_pipeline.private_files import make_private_dir
 from plannr_pipeline.storage.warehouse import CONNECT_CONFIG, DATABASE_FILE, Warehouse, data_dir_from_env
 
 T = TypeVar("T")
 
 
-class PlannrApi(dg.ConfigurableResource):
-    """The Plannr REST API, or the embedded sandbox when neither token nor base URL is set."""
+class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
+    """The Plannr REST API, or the embedded sandbox when neither token nor base URL is set.
+
+    Where the token goes is the deployment's to say (defs/deployment.py): run config cannot
+    change base_url, token or account_uuid. The rest (budget, concurrency, the sandbox's firm)
+    may be tuned per run.
+    """
+
+    DEPLOYMENT_FIELDS: ClassVar[Mapping[str, str]] = {
+        "base_url": "PLANNR_BASE_URL",
+        "token": "PLANNR_API_TOKEN",
+        "account_uuid": "PLANNR_ACCOUNT_UUID",
+    }
 
     base_url: str | None = None
     token: str | None = None
@@ -107,20 +120,34 @@ class PlannrApi(dg.ConfigurableResource):
         return asyncio.run(main())
 
 
-class PlannrStorage(dg.ConfigurableResource):
+class PlannrStorage(FixedByDeployment, dg.ConfigurableResource):
     """Where the Parquet of record lives, and the DuckDB database the views are kept in (by
-    default `plannr.duckdb` beside it; the definitions take it from the `duckdb` resource)."""
+    default `plannr.duckdb` beside it; the definitions take it from the `duckdb` resource).
+    Both are the deployment's (PLANNR_DATA_DIR), never run config."""
+
+    DEPLOYMENT_FIELDS: ClassVar[Mapping[str, str]] = {
+        "data_dir": "PLANNR_DATA_DIR",
+        "database": "PLANNR_DATA_DIR",
+    }
 
     data_dir: str = "data"
     database: str | None = None
 
     def warehouse(self) -> Warehouse:
-        return Warehouse(os.path.abspath(self.data_dir), self.database)
+        data_dir = os.path.abspath(self.data_dir)
+        make_private_dir(Path(data_dir))  # client data: the owner's alone, whoever created the run
+        return Warehouse(data_dir, self.database)
 
 
-class PlannrDuckDB(DuckDBResource):
+class PlannrDuckDB(FixedByDeployment, DuckDBResource):
     """The Plannr database for a user's own assets. Before a run uses it, views left pointing at
-    another folder (the data folder was moved or copied) are pointed at `data_dir`."""
+    another folder (the data folder was moved or copied) are pointed at `data_dir`. Which file
+    and folder are the deployment's (PLANNR_DATA_DIR), never run config."""
+
+    DEPLOYMENT_FIELDS: ClassVar[Mapping[str, str]] = {
+        "data_dir": "PLANNR_DATA_DIR",
+        "database": "PLANNR_DATA_DIR",
+    }
 
     data_dir: str
 

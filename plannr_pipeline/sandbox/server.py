@@ -4,17 +4,22 @@ Auth, a per-token rate limit and optional faults wrap every route, as the real A
 401 `{"message":"Unauthenticated."}`, `X-Ratelimit-Remaining` on every answer, and 429 with
 `Retry-After` past the limit.
 
-`advance(steps)` (or `POST /__sandbox/advance?steps=N`, loopback only, no token) moves the firm
+`advance(steps)` (or `POST /__sandbox/advance?steps=N`) moves the firm
 through numbered steps of change (see `timeline`); `changes` lists what each step did.
 
-`stats()` (or `GET /__sandbox/stats`, loopback only, no token) says what the sandbox has served:
+`stats()` (or `GET /__sandbox/stats`) says what the sandbox has served:
 API requests by endpoint (ids folded, e.g. `/api/v1/client/{uuid}/goal`), answers by status
 (401, 403, 429 and 500 included) and the total. The sandbox's own controls are not counted.
+
+The controls answer only on loopback, only with the sandbox's token (`Authorization: Bearer`),
+and never to a browser: any local process or web page could otherwise move the firm on, and a
+page's request carries an `Origin` (and `Sec-Fetch-Site`) header a program's does not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import logging
 import random
@@ -84,6 +89,13 @@ def _from_loopback(request: web.Request) -> bool:
         return ipaddress.ip_address(request.remote or "").is_loopback
     except ValueError:
         return False
+
+
+def _from_a_browser(request: web.Request) -> bool:
+    """A request a web page made: browsers add Origin to every cross-site POST (and fetch), and
+    Sec-Fetch-Site to everything; only a request the user typed in the address bar says `none`."""
+    site = request.headers.get("Sec-Fetch-Site")
+    return "Origin" in request.headers or (site is not None and site != "none")
 
 
 class _Dropped(web.HTTPInternalServerError):
@@ -254,9 +266,16 @@ class SandboxServer:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         if request.path.startswith(ADMIN_PREFIX):
-            # The sandbox's own controls: no token, no budget, but never from off this machine.
+            # The sandbox's own controls: no budget, not counted; never from off this machine or
+            # from a web page, and only with the sandbox's token.
             if not _from_loopback(request):
                 return _json(403, {"message": "Sandbox controls answer on loopback only."})
+            if _from_a_browser(request):
+                return _json(403, {"message": "Sandbox controls do not answer requests from web pages."})
+            if not self._token_matches(request):
+                return _json(
+                    401, {"message": "Sandbox controls need the sandbox's token (Authorization: Bearer)."}
+                )
             return await handler(request)
         self.requests[request.path] += 1
         self.endpoints[_endpoint(request)] += 1
@@ -274,14 +293,17 @@ class SandboxServer:
         self.statuses[response.status] += 1
         return response
 
+    def _token_matches(self, request: web.Request) -> bool:
+        sent = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(sent, f"Bearer {self.options.token}".encode())
+
     async def _answer(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         """An API request: latency, auth, acting account, rate limit, faults, then the route."""
         if self.options.latency_ms:
             await asyncio.sleep(self.options.latency_ms / 1000)
-        header = request.headers.get("Authorization", "")
-        if header != f"Bearer {self.options.token}":
+        if not self._token_matches(request):
             return _json(401, {"message": "Unauthenticated."})
-        token = header.removeprefix("Bearer ")
+        token = self.options.token
         acting = request.headers.get("X-PLANNR-ACCOUNT-UUID")
         if acting is not None and acting not in self._staff_uuids:
             # Plannr scopes data by the acting account; a client account may not read the firm.

@@ -41,13 +41,11 @@ class ImportSnapshot:
     failed_jobs: int
     created_day: str
     updated_at: datetime | None
-    error_report_url: str | None
-    first_errors: list[Any]
+    # Deliberately not kept: the import's failed rows and its error report's link. They hold client
+    # data; the `imports` asset lands them in `import_errors`, and nothing a sensor says needs them.
 
     @classmethod
     def of(cls, record: dict[str, Any]) -> ImportSnapshot:
-        report = record.get("error_report")
-        errors = record.get("errors")
         return cls(
             uuid=record["uuid"],
             type=record.get("type"),
@@ -58,8 +56,6 @@ class ImportSnapshot:
             failed_jobs=_count(record.get("failed_jobs")) or 0,
             created_day=uk_day(to_utc(record["created_at"])),
             updated_at=to_utc(record.get("updated_at")),
-            error_report_url=report.get("download_url") if isinstance(report, dict) else None,
-            first_errors=(list(errors.values()) if isinstance(errors, dict) else list(errors or []))[:5],
         )
 
     @property

@@ -18,7 +18,7 @@ from typing import Any
 import dagster as dg
 
 from plannr_pipeline.api import PlannrError
-from plannr_pipeline.defs.alerts import AlertWebhook
+from plannr_pipeline.defs.alerts import AlertWebhook, ui_link
 from plannr_pipeline.defs.jobs import clients_job, imports_job
 from plannr_pipeline.defs.partitions import client_months, partition_key_of
 from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
@@ -147,6 +147,9 @@ def _result(
 
 
 def failure_alert(snapshot: ImportSnapshot, new_failed_jobs: int, source: str) -> dict[str, Any]:
+    """Counts, the import's uuid and where to look: never its failed rows (names, emails, dates of
+    birth), nor the error report's download link. The same payload is the observation stored in
+    the event log, which every UI user and anyone holding the instance's database can read."""
     return {
         "event": "plannr.import.failed" if snapshot.failed else "plannr.import.jobs_failed",
         "source": source,
@@ -157,8 +160,7 @@ def failure_alert(snapshot: ImportSnapshot, new_failed_jobs: int, source: str) -
         "new_failed_jobs": new_failed_jobs,
         "total_jobs": snapshot.total_jobs,
         "created_day": snapshot.created_day,
-        "error_report_url": snapshot.error_report_url,
-        "first_errors": snapshot.first_errors,
+        "link": ui_link("/assets/imports"),
     }
 
 

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from plannr_pipeline.defs.alerts import AlertWebhook
+from plannr_pipeline.defs.alerts import AlertWebhook, ui_link
 
 
 @dg.run_failure_sensor(
@@ -17,7 +17,8 @@ def pipeline_run_failure_sensor(context: dg.RunFailureSensorContext, alert_webho
         "run_id": run.run_id,
         "job": run.job_name,
         "partition": run.tags.get("dagster/partition"),
-        "message": context.failure_event.message,
+        # Not the failure's message: an error's text can quote a record. The UI has the details.
+        "link": ui_link(f"/runs/{run.run_id}"),
     }
     problem = alert_webhook.send(payload)
     if problem:
