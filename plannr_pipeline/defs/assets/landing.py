@@ -332,7 +332,7 @@ class Landing:
                 replaced = self._commit()
         else:
             replaced = self._commit()
-        problem = self.warehouse.refresh_views(only=self._relations())
+        problem = self.warehouse.refresh_views()  # writes the database only if a view changed
         for line in self.drift.summary():
             self.context.log.warning(f"schema drift: {line} (kept in extra_json)")
         if self.rejected:
@@ -347,25 +347,6 @@ class Landing:
             metadata=self._metadata(self.stats, source, replaced, problem, extra),
             check_results=checks,
         )
-
-    def _relations(self) -> list[str] | None:
-        """The views this write can change, or None for every view while the database is new.
-
-        A view reads its Parquet through a glob, so a write changes only the views of its own
-        tables (from an empty shape to reading files, on their first write), of its history and
-        of `rejected_records`; the analyst views read those views by name and need no refresh.
-        Creating only these costs a tenth of recreating every view and comment.
-        """
-        if not self.warehouse.db_path.exists() or self.warehouse.views_read_elsewhere():
-            # The first write creates every relation, so each can be queried at once; the first
-            # after the data folder moved points every view at the folder it is in now.
-            return None
-        names = [table.name for table in self.tables]
-        if self.root.name in HISTORY_OF:
-            names.append(history_table(self.root).name)
-        if self.rejected:
-            names.append(REJECTED_RECORDS.name)
-        return names
 
     def _commit(self) -> dict[str, int]:
         """Commit the staged set; return the rows each replaced root partition held before."""
