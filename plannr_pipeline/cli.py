@@ -64,6 +64,8 @@ def _sync(args: argparse.Namespace) -> int:
     print(f"plannr-pipeline sync: from {source} into {data_dir}", flush=True)
     if moved := Warehouse(data_dir).follow_a_move():
         print(moved, flush=True)
+    for line in Warehouse(data_dir).store.recover():  # what a sync killed earlier left staged
+        print(line, flush=True)
     on_terminal = sys.stderr.isatty()
     if on_terminal:  # live bars instead of the run log's progress lines
         progress.SINK = bars = progress.TerminalBars()
@@ -78,7 +80,10 @@ def _sync(args: argparse.Namespace) -> int:
     try:
         with signals:
             report = run_sync(
-                selected, log_level="WARNING" if on_terminal else "INFO", should_stop=signals.received
+                selected,
+                log_level="WARNING" if on_terminal else "INFO",
+                should_stop=signals.received,
+                pool_wait=args.pool_wait,
             )
     except KeyboardInterrupt:  # between steps, where no step is there to unwind
         signals.received()
@@ -295,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
 
     sync = commands.add_parser("sync", help="materialise every asset, all partitions, in one process")
     sync.add_argument("--select", help="comma-separated asset names (default: all)")
+    sync.add_argument(
+        "--pool-wait",
+        type=_amount(),
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for a slot in the plannr_api pool held by another run before giving up (default 600)",
+    )
     sync.set_defaults(run=_sync)
 
     views = commands.add_parser("views", help="(re)create the DuckDB views over the stored Parquet")
