@@ -122,6 +122,7 @@ def test_a_sync_waiting_for_a_held_slot_gives_up_after_its_bound_without_spinnin
         timeout=60,
     )
     seconds, cpu = time.monotonic() - started, child_cpu_seconds() - cpu
+    print(f"waiting sync: {seconds:.1f}s wall, {cpu:.1f}s CPU, exit {waiting.returncode}")
     assert holder.poll() is None, "the holding sync ended before the test could see the wait"
     assert waiting.returncode == 1, (waiting.stdout + waiting.stderr)[-3000:]
     [line] = [line for line in waiting.stderr.splitlines() if "gave up after 8s" in line]
@@ -130,7 +131,6 @@ def test_a_sync_waiting_for_a_held_slot_gives_up_after_its_bound_without_spinnin
     assert "Traceback" not in waiting.stderr
     # Asleep while it waited: its CPU is the start-up's (~3 s), not 8 s of spinning.
     assert cpu < seconds / 2, f"{cpu:.1f}s CPU in {seconds:.1f}s"
-    print(f"waiting sync: {seconds:.1f}s wall, {cpu:.1f}s CPU")
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
         assert (
             instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
