@@ -135,3 +135,21 @@ def test_a_sync_waiting_for_a_held_slot_gives_up_after_its_bound_without_spinnin
         assert (
             instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
         )  # a live run is left alone
+
+
+def test_the_sensor_ends_a_killed_syncs_run_and_frees_its_slot(slow_sync, tmp_path):
+    """In a deployment no sync may come: dead_runs_sensor, under the daemon, does the same."""
+    from plannr_pipeline.defs.sensors.dead_runs import dead_runs_sensor
+
+    _, killed, run_id = slow_sync
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        quiet = dead_runs_sensor(dg.build_sensor_context(instance=instance))
+        assert quiet.skip_message == "no run of a dead process"  # the live sync is left alone
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
+
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+        said = dead_runs_sensor(dg.build_sensor_context(instance=instance))
+        assert f"ended run {run_id}" in said.skip_message
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+        assert not instance.event_log_storage.get_concurrency_info(POOL).claimed_slots
