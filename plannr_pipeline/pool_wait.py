@@ -5,12 +5,17 @@ Dagster 1.13's in-process executor waits for a pool slot in a loop that never sl
 `ActiveExecution.sleep_til_ready` has nothing to sleep): a whole core for as long as the slot is
 held, with no end. So a sync launches a run only once the pool has a free slot, looking once a
 second, ending dead runs and freeing slots of ended ones as it goes, and gives up at the bound.
+Between the steps of its run another run can still take the slot; while a step of ours waits
+inside Dagster's loop, `reaping_while_waiting` ends a holder that died meanwhile.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 
@@ -61,3 +66,32 @@ def wait_for_slot(
             )
         dead_runs.reap(instance, pool, by="a sync waiting for its slot", say=say)
         time.sleep(poll)
+
+
+@contextmanager
+def reaping_while_waiting(
+    instance: dg.DagsterInstance, pool: str, say: Callable[[str], None], every: float = 5.0
+) -> Iterator[None]:
+    """While the block executes a run: whenever a step waits for a slot in `pool`, end the dead
+    runs of this host, so a holder killed during our run does not keep us spinning forever."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(every):
+            try:
+                if storage.get_concurrency_info(pool).pending_step_count:
+                    dead_runs.reap(instance, pool, by="a sync whose step waited for its slot", say=say)
+            except Exception:  # the watch must never be what fails a sync
+                logging.getLogger(__name__).warning("looking for dead runs failed", exc_info=True)
+
+    watcher = threading.Thread(target=watch, name="plannr-dead-runs", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()

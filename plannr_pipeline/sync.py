@@ -22,7 +22,7 @@ from plannr_pipeline.api import UnreachableError
 from plannr_pipeline.definitions import ASSETS, resources
 from plannr_pipeline.defs.assets.common import API_POOL, SkippedUnreachable
 from plannr_pipeline.defs.checks import CHECKS
-from plannr_pipeline.pool_wait import wait_for_slot
+from plannr_pipeline.pool_wait import reaping_while_waiting, wait_for_slot
 
 # How long a sync waits for a slot in the API pool before it gives up (--pool-wait).
 POOL_WAIT_SECONDS = 600.0
@@ -165,18 +165,19 @@ def run_sync(
             a.partitions_def is not None and any(key.to_user_string() in selection for key in a.keys)
             for a in step.assets
         )
-        run = dg.materialize(
-            [*ASSETS, *CHECKS],  # the blocking checks of the selected assets run too
-            selection=selection,
-            resources=resources_by_key or resources(),
-            instance=instance,
-            # The process, so a later sync (or dead_runs_sensor) can tell if it died mid-run.
-            tags={**dead_runs.process_tags(), **(range_tags(step.partitions_def) if partitioned else {})},
-            # INFO shows each asset's progress lines (WARNING when terminal bars show them instead);
-            # DEBUG would add an event per partition.
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-            raise_on_error=False,
-        )
+        with reaping_while_waiting(instance, API_POOL, say=echo):
+            run = dg.materialize(
+                [*ASSETS, *CHECKS],  # the blocking checks of the selected assets run too
+                selection=selection,
+                resources=resources_by_key or resources(),
+                instance=instance,
+                # The process, so a later sync (or dead_runs_sensor) can tell if it died mid-run.
+                tags={**dead_runs.process_tags(), **(range_tags(step.partitions_def) if partitioned else {})},
+                # INFO shows each asset's progress lines (WARNING when terminal bars show them
+                # instead); DEBUG would add an event per partition.
+                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+                raise_on_error=False,
+            )
         counted_assets = set()
         for event in run.get_asset_materialization_events():
             materialization = event.materialization

@@ -153,3 +153,44 @@ def test_the_sensor_ends_a_killed_syncs_run_and_frees_its_slot(slow_sync, tmp_pa
         assert f"ended run {run_id}" in said.skip_message
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
         assert not instance.event_log_storage.get_concurrency_info(POOL).claimed_slots
+
+
+def test_a_step_waiting_inside_dagster_is_freed_when_the_holder_dies_meanwhile(
+    slow_sync, tmp_path, monkeypatch
+):
+    """The race the wait before a run cannot close: the slot looked free, another run took it,
+    and our step waits in Dagster's own loop. That holder is then killed: the sync must go on."""
+    import threading
+
+    import plannr_pipeline.sync as sync_module
+    from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
+
+    fast, holder, run_id = slow_sync
+    monkeypatch.setattr(sync_module, "wait_for_slot", lambda *args, **kwargs: None)  # "it was free"
+    resources = {
+        "plannr": PlannrApi(base_url=fast.url, token=fast.options.token, rate_limit_per_minute=100_000),
+        "storage": PlannrStorage(data_dir=str(tmp_path / "data")),
+    }
+    said: list[str] = []
+    outcome: list[sync_module.SyncReport] = []
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        ours = threading.Thread(
+            target=lambda: outcome.append(
+                sync_module.run_sync(
+                    {"clients"}, instance=instance, resources_by_key=resources, echo=said.append
+                )
+            ),
+            daemon=True,
+        )
+        ours.start()
+        deadline = time.monotonic() + 60
+        while not instance.event_log_storage.get_concurrency_info(POOL).pending_step_count:
+            assert time.monotonic() < deadline, "our step never waited for the slot"
+            time.sleep(0.2)
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+        ours.join(timeout=60)
+        assert not ours.is_alive(), "the sync still waits for the slot of a run whose process died"
+        assert outcome[0].ok, outcome[0].failures
+        assert any(f"ended run {run_id}" in line for line in said)
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
