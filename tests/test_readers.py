@@ -137,3 +137,31 @@ def test_a_moved_data_folder_is_followed_with_a_reader_attached(make_sandbox, tm
     finally:
         reader.close()
     assert db_counts(tmp_path / "data" / "plannr.duckdb", ["clients"]) == {"clients": 30}
+
+
+def test_a_change_held_up_by_a_reader_waits_for_the_next_sync_without_failing_one(make_sandbox, tmp_path):
+    """A file that holds an analyst's own table is never replaced (that would lose it), so a reader
+    can hold a view change up: the sync still exits 0, and the next one makes the change."""
+    sandbox = make_sandbox(clients=30)
+    env = sandbox_env(sandbox, tmp_path)
+    db = tmp_path / "data" / "plannr.duckdb"
+    assert run_cli("sync", "--select", "clients", cwd=tmp_path, env=env).returncode == 0
+    with duckdb.connect(str(db)) as connection:
+        connection.execute("CREATE TABLE my_notes AS SELECT 1 AS note")
+
+    reader = Reader([sys.executable, "-c", PYTHON_READER, str(db)])
+    try:
+        assert reader.line() == "open"
+        held = run_cli("sync", "--select", "circles", cwd=tmp_path, env=env)  # circles' view must change
+        assert held.returncode == 0, held.stderr[-2000:]
+        assert "the DuckDB views could not be updated yet" in held.stderr
+        assert "sync finished: all assets landed." in held.stdout
+        assert reader.ask("select count(*) from my_notes") == "1"
+        assert reader.ask("select count(*) from circles") == "0"  # the change waits
+    finally:
+        reader.close()
+
+    later = run_cli("sync", "--select", "clients", cwd=tmp_path, env=env)  # the next chance
+    assert later.returncode == 0, later.stderr[-2000:]
+    assert "could not be updated" not in later.stderr
+    assert db_counts(db, ["circles", "my_notes"]) == {"circles": len(sandbox.firm.circles), "my_notes": 1}
