@@ -93,9 +93,6 @@ class Warehouse:
         ]
         return relations
 
-    def view_statements(self) -> dict[str, list[str]]:
-        return {relation.name: relation.statements() for relation in self.relations()}
-
     def refresh_views(self) -> str | None:
         """Bring the database's views in line with the stored Parquet; return why not, if another
         program holds the database read-write (the next refresh tries again).
