@@ -95,7 +95,7 @@ class Warehouse:
 
     def refresh_views(self) -> str | None:
         """Bring the database's views in line with the stored Parquet; return why not, if another
-        program holds the database read-write (the next refresh tries again).
+        program's session stands in the way (the next refresh tries again).
 
         Nothing is written unless a relation's definition changed (see `catalog`): a run that
         only added files leaves the database alone, however many analysts have it open. When
@@ -108,6 +108,9 @@ class Warehouse:
         wanted = self.relations()
         try:
             with FileLock(f"{self.db_path}.lock", timeout=60):
+                # Only the lock's holder builds a new file: any found now was left by a killed one.
+                for leftover in self.db_path.parent.glob(f".{self.db_path.name}.*.tmp*"):
+                    leftover.unlink(missing_ok=True)
                 if not self.db_path.exists():
                     self._replace(wanted)
                     return None
