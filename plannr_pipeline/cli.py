@@ -64,8 +64,11 @@ def _sync(args: argparse.Namespace) -> int:
     print(f"plannr-pipeline sync: from {source} into {data_dir}", flush=True)
     if moved := Warehouse(data_dir).follow_a_move():
         print(moved, flush=True)
-    for line in Warehouse(data_dir).store.recover():  # what a sync killed earlier left staged
+    recovered = Warehouse(data_dir).store.recover()  # what a sync killed earlier left staged
+    for line in recovered[:3]:  # a killed goals write leaves a file per month: the gist will do
         print(line, flush=True)
+    if len(recovered) > 3:
+        print(f"... and {len(recovered) - 3} more like it", flush=True)
     on_terminal = sys.stderr.isatty()
     if on_terminal:  # live bars instead of the run log's progress lines
         progress.SINK = bars = progress.TerminalBars()
