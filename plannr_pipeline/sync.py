@@ -17,10 +17,15 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from plannr_pipeline import dead_runs
 from plannr_pipeline.api import UnreachableError
 from plannr_pipeline.definitions import ASSETS, resources
-from plannr_pipeline.defs.assets.common import SkippedUnreachable
+from plannr_pipeline.defs.assets.common import API_POOL, SkippedUnreachable
 from plannr_pipeline.defs.checks import CHECKS
+from plannr_pipeline.pool_wait import reaping_while_waiting, wait_for_slot
+
+# How long a sync waits for a slot in the API pool before it gives up (--pool-wait).
+POOL_WAIT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -137,10 +142,13 @@ def run_sync(
     echo=print,
     log_level: str = "INFO",
     should_stop=lambda: False,
+    pool_wait: float = POOL_WAIT_SECONDS,
 ) -> SyncReport:
     report = SyncReport()
     started = time.monotonic()
     instance = instance or sync_instance()
+    # A sync killed earlier left its run STARTED, holding its slot: end it before waiting on it.
+    dead_runs.reap(instance, API_POOL, by=f"plannr-pipeline sync (pid {os.getpid()})", say=echo)
     for step in STEPS:
         if should_stop():  # SIGTERM or Ctrl-C: the step under way has unwound; start no other
             report.ok = False
@@ -149,21 +157,27 @@ def run_sync(
         if not selection:
             continue
         echo(f"==> {', '.join(selection)}")
+        if gave_up := wait_for_slot(instance, API_POOL, pool_wait, say=echo):
+            report.ok = False
+            report.failures.append(gave_up)
+            break  # the next steps would wait for the same slot
         partitioned = any(
             a.partitions_def is not None and any(key.to_user_string() in selection for key in a.keys)
             for a in step.assets
         )
-        run = dg.materialize(
-            [*ASSETS, *CHECKS],  # the blocking checks of the selected assets run too
-            selection=selection,
-            resources=resources_by_key or resources(),
-            instance=instance,
-            tags=range_tags(step.partitions_def) if partitioned else {},
-            # INFO shows each asset's progress lines (WARNING when terminal bars show them instead);
-            # DEBUG would add an event per partition.
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-            raise_on_error=False,
-        )
+        with reaping_while_waiting(instance, API_POOL, say=echo):
+            run = dg.materialize(
+                [*ASSETS, *CHECKS],  # the blocking checks of the selected assets run too
+                selection=selection,
+                resources=resources_by_key or resources(),
+                instance=instance,
+                # The process, so a later sync (or dead_runs_sensor) can tell if it died mid-run.
+                tags={**dead_runs.process_tags(), **(range_tags(step.partitions_def) if partitioned else {})},
+                # INFO shows each asset's progress lines (WARNING when terminal bars show them
+                # instead); DEBUG would add an event per partition.
+                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+                raise_on_error=False,
+            )
         counted_assets = set()
         for event in run.get_asset_materialization_events():
             materialization = event.materialization

@@ -242,7 +242,7 @@ def test_the_citation_scan_catches_what_it_should():
         assert _citation_problems(citing, "".join(bad)), bad
 
 
-# -- 3. a database held read-write elsewhere: the sync says the views were not refreshed ----------
+# -- 3. a database held read-write elsewhere: the sync lands, exits 0 and says the views wait -------
 
 
 def test_sync_says_when_the_views_could_not_be_refreshed(make_sandbox, tmp_path):
@@ -268,10 +268,11 @@ def test_sync_says_when_the_views_could_not_be_refreshed(make_sandbox, tmp_path)
     finally:
         holder.kill()
         holder.wait()
-    assert second.returncode == 3, second.stderr[-2000:]
-    assert "the DuckDB views were NOT refreshed" in second.stderr
+    # The data landed and the views there read it: a held database is a note, not a failed sync.
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "the DuckDB views could not be updated yet" in second.stderr
     assert "run `plannr-pipeline views`" in second.stderr
-    assert "sync finished: all assets landed." not in second.stdout
+    assert "sync finished: all assets landed." in second.stdout
     import dagster as dg
 
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:

@@ -1,9 +1,9 @@
 """DuckDB for queries: views over the Parquet of record.
 
-Views read the Parquet files at query time, so a materialisation never has to write to the
-database: it only renames Parquet files. An analyst holding `plannr.duckdb` open (even
-read-write) therefore cannot make a run fail; the views are (re)created when the database is
-free, and only their definitions live in it.
+Views read the Parquet files at query time through globs, so a materialisation that only adds
+or replaces Parquet files leaves the database alone; it is written only when a relation's
+definition changes (`catalog`), and then, if an analyst's read-only session holds it, replaced by
+a new file. A reader therefore never makes a run fail. Only the views' definitions live in it.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Collection
+import uuid
 from pathlib import Path
 
 import duckdb
 from filelock import FileLock, Timeout
 
-from plannr_pipeline.storage import history
+from plannr_pipeline.storage import catalog, history
+from plannr_pipeline.storage.catalog import Relation
 from plannr_pipeline.storage.parquet_store import ParquetStore
 from plannr_pipeline.storage.tables import ALL_TABLES, TABLES, Table
 from plannr_pipeline.storage.views import ANALYST_VIEWS
@@ -54,65 +55,105 @@ def view_sql(table: Table, store: ParquetStore) -> str:
     return f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT {columns} WHERE false'
 
 
-def _comments(relation: str, description: str, columns: dict[str, str]) -> list[str]:
-    return [
-        f'COMMENT ON VIEW "{relation}" IS {_quote(description)}',
-        *(f'COMMENT ON COLUMN "{relation}"."{name}" IS {_quote(text)}' for name, text in columns.items()),
-    ]
-
-
 class Warehouse:
     def __init__(self, data_dir: Path, db_path: str | Path | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.db_path = Path(db_path) if db_path else self.data_dir / DATABASE_FILE
         self.store = ParquetStore(self.data_dir / "parquet")
 
-    def view_statements(self) -> dict[str, list[str]]:
+    def relations(self) -> list[Relation]:
         """Every relation an analyst queries (the tables, their history, the analyst views), in
         dependency order, each with its comments: the data dictionary lives in the database too."""
-        statements = {}
-        for table in ALL_TABLES:
-            statements[table.name] = [
+        relations = [
+            Relation(
+                table.name,
                 view_sql(table, self.store),
-                *_comments(table.name, table.description, {c.name: c.description for c in table.columns}),
-            ]
+                table.description,
+                {c.name: c.description for c in table.columns},
+            )
+            for table in ALL_TABLES
+        ]
         for name in history.HISTORY_OF:
             table = TABLES[name]
             log_table = history.history_table(table)
             glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
-            statements[log_table.name] = [
-                history.view_sql(table, glob),
-                *_comments(
+            relations.append(
+                Relation(
                     log_table.name,
+                    history.view_sql(table, glob),
                     log_table.description,
                     {**{c.name: c.description for c in table.columns}, **history.VALIDITY_COLUMNS},
-                ),
-            ]
-        for view in ANALYST_VIEWS:
-            statements[view.name] = [
-                view.create_sql,
-                *_comments(view.name, view.description, {c.name: c.description for c in view.columns}),
-            ]
-        return statements
+                )
+            )
+        relations += [
+            Relation(
+                view.name, view.create_sql, view.description, {c.name: c.description for c in view.columns}
+            )
+            for view in ANALYST_VIEWS
+        ]
+        return relations
 
-    def refresh_views(self, only: Collection[str] | None = None) -> str | None:
-        """Create or replace every view, or those named (a few statements, cheap); return why
-        not, if the database is busy elsewhere."""
+    def refresh_views(self) -> str | None:
+        """Bring the database's views in line with the stored Parquet; return why not, if another
+        program's session stands in the way (the next refresh tries again).
+
+        Nothing is written unless a relation's definition changed (see `catalog`): a run that
+        only added files leaves the database alone, however many analysts have it open. When
+        something changed and a reader holds the file, a new file replaces it by rename: open
+        sessions keep the copy they opened, the next ones see the new one.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.store.recover()  # a reader never sees a half-done commit
+        wanted = self.relations()
         try:
             with FileLock(f"{self.db_path}.lock", timeout=60):
+                # Only the lock's holder builds a new file: any found now was left by a killed one.
+                for leftover in self.db_path.parent.glob(f".{self.db_path.name}.*.tmp*"):
+                    leftover.unlink(missing_ok=True)
+                if not self.db_path.exists():
+                    self._replace(wanted)
+                    return None
+                # Read-only, so an analyst's read-only session does not stand in the way.
+                with duckdb.connect(str(self.db_path), read_only=True) as reading:
+                    stored = catalog.read_stored(reading, {r.name for r in wanted})
+                    stale = catalog.changed(reading, wanted, stored)
+                    if not stale:
+                        return None
+                    if not stored.others and not self._wal_path.exists():
+                        # Still open, so no program can take the old file's write lock meanwhile.
+                        self._replace(wanted)
+                        log.info(f"{self.db_path}: replaced to update {', '.join(r.name for r in stale)}")
+                        return None
+                # The file holds a user's own objects, which a new file would lose: write in place.
                 with duckdb.connect(str(self.db_path), config=CONNECT_CONFIG) as connection:
-                    for relation, statements in self.view_statements().items():
-                        if only is None or relation in only:
-                            for statement in statements:
-                                connection.execute(statement)
+                    for relation in stale:
+                        for statement in relation.statements():
+                            connection.execute(statement)
         except (duckdb.Error, Timeout) as error:
             reason = f"views in {self.db_path} not refreshed (database in use: {str(error).splitlines()[0]}); the data is in Parquet and existing views read it"
             log.warning(reason)
             return reason
         return None
+
+    @property
+    def _wal_path(self) -> Path:
+        return self.db_path.with_name(self.db_path.name + ".wal")
+
+    def _replace(self, wanted: list[Relation]) -> None:
+        """Write every relation into a new file and rename it over the database."""
+        temp = self.db_path.with_name(f".{self.db_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with duckdb.connect(str(temp), config=CONNECT_CONFIG) as connection:
+                for relation in wanted:
+                    for statement in relation.statements():
+                        connection.execute(statement)
+            with open(temp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temp, self.db_path)
+        finally:
+            for leftover in (temp, temp.with_name(temp.name + ".wal")):
+                leftover.unlink(missing_ok=True)
 
     def views_read_elsewhere(self) -> str | None:
         """A path the stored views read outside this data folder (it was moved or copied), or None.

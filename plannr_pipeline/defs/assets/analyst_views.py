@@ -62,11 +62,12 @@ VIEWS_BY_NAME = {view.name: view for view in ANALYST_VIEWS}
 
 @dg.multi_asset(specs=[view_spec(view) for view in ANALYST_VIEWS], can_subset=True, name="analyst_views")
 def analyst_views(context: dg.AssetExecutionContext, storage: PlannrStorage):
-    """The selected views in one step: one statement each in one connection, then their row
-    counts in another (a step per view would cost more in Dagster's bookkeeping than the view)."""
+    """The selected views in one step: the database's views brought in line (written only where a
+    definition changed), then their row counts in one connection (a step per view would cost
+    more in Dagster's bookkeeping than the view)."""
     warehouse = storage.warehouse()
     names = [key.to_user_string() for key in context.selected_asset_keys]
-    problem = warehouse.refresh_views(only=names)
+    problem = warehouse.refresh_views()
     if problem:  # the definitions already in the database still read the current Parquet
         context.log.warning(problem)
     counts = {} if problem else warehouse.counts(names)

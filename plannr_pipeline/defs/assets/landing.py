@@ -31,10 +31,10 @@ from plannr_pipeline.defs.resources import PlannrStorage
 from plannr_pipeline.progress import Progress
 from plannr_pipeline.storage.commit import CommitRequest, DeletionRefused, Outcome, Scope, commit
 from plannr_pipeline.storage.convert import to_utc
-from plannr_pipeline.storage.history import HISTORY_OF, history_table
+from plannr_pipeline.storage.history import HISTORY_OF
 from plannr_pipeline.storage.normalise import Drift, arrow
 from plannr_pipeline.storage.parquet_store import StagedWrite
-from plannr_pipeline.storage.tables import REJECTED_RECORDS, Table
+from plannr_pipeline.storage.tables import Table
 
 
 def complete_check_name(table: Table) -> str:
@@ -386,7 +386,7 @@ class Landing:
         for line in self.outcome.recovered:
             self.context.log.warning(line)
         self._report_outcome(self.outcome)
-        problem = self.warehouse.refresh_views(only=self._relations())
+        problem = self.warehouse.refresh_views()  # writes the database only if a view changed
         for line in self.drift.summary():
             self.context.log.warning(f"schema drift: {line} (kept in extra_json)")
         if self.rejected:
@@ -401,24 +401,6 @@ class Landing:
             metadata=self._metadata(self.stats, source, self.outcome, problem, extra),
             check_results=checks,
         )
-
-    def _relations(self) -> list[str] | None:
-        """The views this write can change, or None for every view while the database is new.
-
-        A view reads its Parquet through a glob, so a write changes only the views of its own
-        tables (from an empty shape to reading files, on their first write), of its history and
-        of `rejected_records`; the analyst views read those views by name and need no refresh.
-        Creating only these costs a tenth of recreating every view and comment.
-        """
-        if not self.warehouse.db_path.exists() or self.warehouse.views_read_elsewhere():
-            # The first write creates every relation, so each can be queried at once; the first
-            # after the data folder moved points every view at the folder it is in now.
-            return None
-        names = [table.name for table in self.tables]
-        if self.root.name in HISTORY_OF:
-            names.append(history_table(self.root).name)
-        names.append(REJECTED_RECORDS.name)  # rewritten whenever a record joins or leaves it
-        return names
 
     def _commit(self) -> Outcome:
         return commit(

@@ -1,6 +1,8 @@
-"""Sensors: imports as they progress, import failures, changed clients, and our own run failures."""
+"""Sensors: imports as they progress, import failures, changed clients, our own run failures, and
+runs whose process died."""
 
 from plannr_pipeline.defs.sensors.clients import changed_clients_sensor
+from plannr_pipeline.defs.sensors.dead_runs import dead_runs_sensor
 from plannr_pipeline.defs.sensors.import_sensors import import_failures_sensor, import_progress_sensor
 from plannr_pipeline.defs.sensors.run_failures import pipeline_run_failure_sensor
 
@@ -9,6 +11,7 @@ SENSORS = [
     import_failures_sensor,
     changed_clients_sensor,
     pipeline_run_failure_sensor,
+    dead_runs_sensor,
 ]
 
 __all__ = ["SENSORS"]

@@ -1,0 +1,103 @@
+"""What `plannr.duckdb` holds against what it should hold: which relations need writing.
+
+The database is written only when a relation's definition changes (it is new, an empty-shaped
+view gains files to read, the data folder moved, a release changed a column or a comment). New
+Parquet files need no write: views read them through globs at query time. Every write of the
+database needs its write lock, which any analyst's open session (even read-only) denies, so
+writing only on change is what keeps a reader from blocking a run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import duckdb
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class Relation:
+    """One view an analyst queries: its definition and the comments that document it."""
+
+    name: str
+    create_sql: str  # CREATE OR REPLACE VIEW "<name>" AS <query>
+    description: str
+    column_comments: dict[str, str] = field(default_factory=dict)
+
+    def statements(self) -> list[str]:
+        return [
+            self.create_sql,
+            f'COMMENT ON VIEW "{self.name}" IS {_quote(self.description)}',
+            *(
+                f'COMMENT ON COLUMN "{self.name}"."{column}" IS {_quote(text)}'
+                for column, text in self.column_comments.items()
+            ),
+        ]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The views a database holds (their SQL as DuckDB renders it, their comments), and whether
+    it holds anything else (a user's own table or view, which a rebuilt file would lose)."""
+
+    sql: dict[str, str]
+    comments: dict[str, str | None]
+    column_comments: dict[str, dict[str, str | None]]
+    others: list[str]
+
+
+def read_stored(connection: duckdb.DuckDBPyConnection, ours: set[str]) -> Stored:
+    views = connection.execute(
+        "SELECT view_name, sql, comment FROM duckdb_views() WHERE NOT internal AND database_name = current_database()"
+    ).fetchall()
+    tables = connection.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+    ).fetchall()
+    columns: dict[str, dict[str, str | None]] = {}
+    for table, column, comment in connection.execute(
+        "SELECT table_name, column_name, comment FROM duckdb_columns() WHERE database_name = current_database()"
+    ).fetchall():
+        columns.setdefault(table, {})[column] = comment
+    return Stored(
+        sql={name: sql for name, sql, _ in views},
+        comments={name: comment for name, _, comment in views},
+        column_comments=columns,
+        others=sorted({name for name, _, _ in views} - ours | {name for (name,) in tables}),
+    )
+
+
+_CREATE = re.compile(r'^\s*CREATE OR REPLACE VIEW\s+"(?:[^"]|"")+"\s+AS\s+', re.S | re.I)
+
+
+def rendered(connection: duckdb.DuckDBPyConnection, relation: Relation) -> str | None:
+    """The SQL DuckDB stores for `relation`'s view (it keeps its own rendering of the query, not
+    the text given), or None when that cannot be worked out: the caller then rewrites it."""
+    query = _CREATE.sub("", relation.create_sql, count=1)
+    try:
+        # A parse and print round trip: DuckDB's own rendering, without binding the query (which
+        # would open every Parquet file the view reads).
+        (text,) = connection.execute("SELECT json_deserialize_sql(json_serialize_sql(?))", [query]).fetchone()
+    except duckdb.Error:
+        return None
+    name = relation.name if re.fullmatch(r"[a-z_][a-z0-9_]*", relation.name) else f'"{relation.name}"'
+    return f"CREATE VIEW {name} AS {text};"
+
+
+def changed(connection: duckdb.DuckDBPyConnection, wanted: list[Relation], stored: Stored) -> list[Relation]:
+    """The relations whose view or comments differ from what is stored (all, for a new file)."""
+    out = []
+    for relation in wanted:
+        if (
+            stored.sql.get(relation.name) != rendered(connection, relation)
+            or stored.comments.get(relation.name) != relation.description
+            or any(
+                stored.column_comments.get(relation.name, {}).get(column) != text
+                for column, text in relation.column_comments.items()
+            )
+        ):
+            out.append(relation)
+    return out
