@@ -29,7 +29,10 @@ def _sync(args: argparse.Namespace) -> int:
         check_settings()  # fail now, clearly, rather than inside every step
         budget_dir_from_env(os.environ)  # the sandbox's token has a budget file too
         # Importing the definitions reads the rest of the settings (partitions, budget).
+        from plannr_pipeline.defs.assets.landing import delete_share_from_env
         from plannr_pipeline.sync import ASSET_NAMES, run_sync
+
+        delete_share_from_env()
     except PlannrError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

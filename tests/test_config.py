@@ -68,6 +68,8 @@ def test_plain_http_is_for_loopback_only(monkeypatch):
     [
         ("PLANNR_DATA_DIR", lambda tmp: tmp / "a-file"),
         ("PLANNR_START_DATE", lambda tmp: "2999-01-01"),
+        ("PLANNR_MAX_DELETE_SHARE", lambda tmp: "half"),
+        ("PLANNR_MAX_DELETE_SHARE", lambda tmp: "1.5"),
     ],
 )
 def test_sync_refuses_a_bad_setting_before_any_run(tmp_path, env_name, make):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,11 +103,9 @@ DEFAULT_MAX_DELETE_SHARE = 0.5
 ACCEPT_DELETIONS_TAG = "plannr/accept_deletions"
 
 
-def max_delete_share(context: dg.AssetExecutionContext) -> float | None:
-    """PLANNR_MAX_DELETE_SHARE (0-1), or None (no limit) for a run tagged to accept deletions."""
-    if context.run.tags.get(ACCEPT_DELETIONS_TAG, "").lower() in ("1", "true", "yes"):
-        return None
-    raw = os.environ.get("PLANNR_MAX_DELETE_SHARE") or str(DEFAULT_MAX_DELETE_SHARE)
+def delete_share_from_env(env: Mapping[str, str] = os.environ) -> float | None:
+    """PLANNR_MAX_DELETE_SHARE (0-1; 1, or None returned, for no limit)."""
+    raw = env.get("PLANNR_MAX_DELETE_SHARE") or str(DEFAULT_MAX_DELETE_SHARE)
     try:
         share = float(raw)
     except ValueError:
@@ -117,6 +115,13 @@ def max_delete_share(context: dg.AssetExecutionContext) -> float | None:
             f"PLANNR_MAX_DELETE_SHARE must be a share from 0 to 1 (0.5 = half a table), got {raw!r}."
         )
     return None if share == 1 else share
+
+
+def max_delete_share(context: dg.AssetExecutionContext) -> float | None:
+    """The share a run's commits accept: none for a run tagged to accept deletions."""
+    if context.run.tags.get(ACCEPT_DELETIONS_TAG, "").lower() in ("1", "true", "yes"):
+        return None
+    return delete_share_from_env()
 
 
 class Landing:
