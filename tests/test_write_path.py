@@ -528,7 +528,8 @@ def test_recovery_leaves_a_journal_it_did_not_write_alone(tmp_path, planted):
         (store.root / "link").symlink_to(outside)
         target, temp = "link/data.parquet", "link/.data.parquet.1-x.tmp"
     elif planted == "climbing":
-        target, temp = "../elsewhere/data.parquet", "../elsewhere/.data.parquet.1-x.tmp"
+        up = Path("..") / outside.name
+        target, temp = str(up / precious.name), str(up / ".data.parquet.1-x.tmp")
     else:
         target, temp = str(precious), str(outside / ".data.parquet.1-x.tmp")
     journal = store.root / ".commit-planted.json"
