@@ -161,8 +161,6 @@ def test_a_record_that_cannot_be_stored_is_quarantined_and_the_rest_lands(lying)
 
 def test_a_commit_killed_half_way_is_rolled_forward(tmp_path, monkeypatch):
     """A commit killed after its first rename is completed by the next writer or reader."""
-    from plannr_pipeline.storage import parquet_store
-
     store = ParquetStore(tmp_path / "parquet")
 
     def client(uuid, month):
@@ -175,18 +173,7 @@ def test_a_commit_killed_half_way_is_rolled_forward(tmp_path, monkeypatch):
     second.write(
         CLIENTS, arrow(CLIENTS, [client("b", "2024-01"), client("c", "2024-02")]), ["2024-01", "2024-02"]
     )
-    renamed = []
-
-    def rename_once_then_die(source, target):
-        if renamed:
-            raise KeyboardInterrupt("killed between two renames")
-        renamed.append(target)
-        os.rename(source, target)
-
-    monkeypatch.setattr(parquet_store.os, "replace", rename_once_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        second.commit()
-    monkeypatch.undo()
+    renamed = _killed_after_first_rename(second, monkeypatch)
     [journal] = store.root.glob(".commit-*.json")
     assert len(renamed) == 1  # one partition new, the other old: what a reader must never see
     assert store.recover() == [f"rolled forward an interrupted commit ({journal.name})"]
@@ -456,7 +443,8 @@ def _names(store: ParquetStore) -> tuple[list, list]:
     )
 
 
-def _killed_after_first_rename(write: StagedWrite, monkeypatch) -> None:
+def _killed_after_first_rename(write: StagedWrite, monkeypatch) -> list:
+    """Commit `write`, killed between its first and second rename; return what was renamed."""
     from plannr_pipeline.storage import parquet_store
 
     renamed = []
@@ -471,6 +459,7 @@ def _killed_after_first_rename(write: StagedWrite, monkeypatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         write.commit()
     monkeypatch.undo()
+    return renamed
 
 
 def test_a_killed_commit_is_finished_before_a_newer_one_never_over_it(tmp_path, monkeypatch):
