@@ -135,7 +135,7 @@ def test_an_empty_or_short_listing_replaces_nothing_and_marks_nothing_deleted(fi
     assert done.returncode != 0
     said = done.stdout + done.stderr
     assert f"of the {len(stored):,} stored tasks deleted" in said
-    assert "PLANNR_ACCEPT_DELETIONS" in said or "plannr/accept_deletions" in said
+    assert "PLANNR_MAX_DELETE_SHARE=1" in said and "plannr/accept_deletions=true" in said
     assert uuids_of(firm.data_dir, "tasks") == stored
     assert deletions(firm.data_dir, "tasks") == set()
 

@@ -196,8 +196,7 @@ def commit(store: ParquetStore, write: StagedWrite, request: CommitRequest) -> O
             raise DeletionRefused(
                 f"this write would mark {len(deleted):,} of the {len(stored):,} stored {root.name} deleted "
                 f"(more than {request.max_delete_share:.0%}); an API answer that short is more likely wrong "
-                "than true, so nothing was replaced. If the records really are gone, accept it once with "
-                "PLANNR_ACCEPT_DELETIONS=1 (or the asset's `accept_deletions` run config)"
+                "than true, so nothing was replaced"
             )
         replaced_here = {uuid for uuid, s in stored.items() if not part or s.partition in partitions}
         carried = replaced_here - live - deleted

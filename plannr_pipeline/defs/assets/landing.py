@@ -387,7 +387,10 @@ class Landing:
                 metadata={**checks[0].metadata, "problems": dg.MetadataValue.json([str(refused)])},
             )
             yield from checks
-            raise ValidationFailed(description=f"{self.root.name}: {refused}.") from None
+            raise ValidationFailed(
+                description=f"{self.root.name}: {refused}. If the records really are gone, accept it once: "
+                f"PLANNR_MAX_DELETE_SHARE=1, or launch the run with the tag {ACCEPT_DELETIONS_TAG}=true."
+            ) from None
         for line in self.outcome.recovered:
             self.context.log.warning(line)
         self._report_outcome(self.outcome)
