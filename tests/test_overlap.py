@@ -386,3 +386,25 @@ def test_a_changed_custom_field_is_a_new_version_of_its_task(firm):
     assert (
         query(firm.data_dir, "select count(*) from tasks_history")[0][0] == len(firm.sandbox.firm.tasks) + 1
     )
+
+
+def test_a_run_tagged_to_accept_deletions_lands_a_short_listing(firm):
+    """The UI's way to accept a sweep the share limit refused: the run tag."""
+    import dagster as dg
+
+    from plannr_pipeline.definitions import ASSETS
+    from plannr_pipeline.defs.assets.landing import ACCEPT_DELETIONS_TAG
+    from tests.test_write_path import resources_for
+
+    stored = uuids_of(firm.data_dir, "tasks")
+    firm.proxy.lies[TASKS] = cut_without_meta
+    resources = resources_for(firm.proxy.url, firm.sandbox.options.token, firm.data_dir)
+
+    def run(tags: dict[str, str]) -> bool:
+        return dg.materialize(
+            ASSETS, selection=["tasks"], resources=resources, tags=tags, raise_on_error=False
+        ).success
+
+    assert not run({})
+    assert run({ACCEPT_DELETIONS_TAG: "true"})
+    assert uuids_of(firm.data_dir, "tasks") == stored  # each missing task confirmed alive, so kept
