@@ -408,3 +408,33 @@ def test_a_run_tagged_to_accept_deletions_lands_a_short_listing(firm):
     assert not run({})
     assert run({ACCEPT_DELETIONS_TAG: "true"})
     assert uuids_of(firm.data_dir, "tasks") == stored  # each missing task confirmed alive, so kept
+
+
+def test_a_stale_sweep_without_show_route_checks_loses_no_newer_record(firm):
+    """Circles have no show route: only `seen_at` against the listing's start keeps a circle
+    another sweep stored meanwhile from being taken for deleted by the stale one."""
+    held = []
+
+    def hold_the_first(path, query):
+        if path == "/api/v1/circles" and not held:
+            held.append(query)
+            return True
+        return False
+
+    firm.proxy.hold = hold_the_first
+    stale = start_cli(
+        "sync", "--select", "circles", env=firm.env(), cwd=firm.tmp_path, stdout=subprocess.DEVNULL
+    )
+    try:
+        assert firm.proxy.holding.wait(120), "the stale sweep never asked for its listing"
+        circle = copy.deepcopy(firm.sandbox.firm.circles[0])
+        circle["uuid"] = str(uuids.uuid4())
+        firm.sandbox.firm.circles.append(circle)
+        newer = firm.materialize("circles")
+        assert newer.returncode == 0, newer.stderr[-3000:]
+        assert circle["uuid"] in uuids_of(firm.data_dir, "circles")
+    finally:
+        firm.proxy.release()
+    assert stale.wait(180) == 0, stale.stderr.read()[-3000:]
+    assert circle["uuid"] in uuids_of(firm.data_dir, "circles")
+    assert circle["uuid"] not in deletions(firm.data_dir, "circles")
