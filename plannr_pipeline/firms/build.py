@@ -1,0 +1,36 @@
+"""A firm's whole definitions from the same asset modules as the single firm's."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from plannr_pipeline.defs.assets import COLLECTION_ASSETS
+from plannr_pipeline.defs.assets.analyst_views import analyst_views_for
+from plannr_pipeline.defs.assets.common import collection_asset_for
+from plannr_pipeline.defs.checks import checks_for
+from plannr_pipeline.defs.jobs import jobs_for
+from plannr_pipeline.defs.schedules import schedules_for
+from plannr_pipeline.firms.settings import FirmSettings
+
+
+def collection_assets_of(settings: FirmSettings) -> list[dg.AssetsDefinition]:
+    return [collection_asset_for(a.key.path[-1], settings.firm) for a in COLLECTION_ASSETS]
+
+
+def firm_definitions(settings: FirmSettings) -> dg.Definitions:
+    firm = settings.firm
+    collections = collection_assets_of(settings)
+    jobs = jobs_for(firm, collections)
+    return dg.Definitions(
+        assets=[*collections, analyst_views_for(firm)],
+        asset_checks=checks_for(firm),
+        jobs=jobs,
+        schedules=schedules_for(
+            firm,
+            jobs,
+            running=settings.schedules_running,
+            nightly=settings.nightly_cron,
+            hourly=settings.hourly_cron,
+        ),
+        resources=settings.resources(),
+    )
