@@ -19,6 +19,7 @@ from plannr_pipeline.defs.jobs import JOBS
 from plannr_pipeline.defs.resources import PlannrApi, storage_resources_from_env
 from plannr_pipeline.defs.schedules import SCHEDULES
 from plannr_pipeline.defs.sensors import FIRM_SENSORS
+from plannr_pipeline.firms.files import read_firm_files
 from plannr_pipeline.private_files import owner_only_umask
 
 __all__ = ["ASSETS", "FIRMS_DIR", "defs", "firm_folders", "resources"]
@@ -67,6 +68,7 @@ def _without_single_firm(loaded: dg.Definitions) -> dg.Definitions:
 def _definitions() -> dg.Definitions:
     loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
     if firm_folders():
+        read_firm_files(FIRMS_DIR)  # two firms sharing a slug or a data folder: refused here
         return _without_single_firm(loaded)
     return dg.Definitions.merge(loaded, dg.Definitions(resources=resources()))
 

@@ -1,0 +1,138 @@
+"""Many firms in one deployment (issue 23): a firm is one defs.yaml of type PlannrFirm."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plannr_pipeline.firms import Firm
+from plannr_pipeline.firms.files import FirmFileError, read_firm_files
+from tests.cli import clean_env
+from tests.firms import REPO, firm_project, project_env, write_firm
+
+# Loads the copy's definitions and prints what the UI would be given: asset keys with group and
+# pool, jobs, schedules, resource keys, and the serialised repository snapshot the webserver reads.
+DESCRIBE = """
+import json, sys
+import plannr_pipeline
+from dagster._core.remote_representation.external_data import RepositorySnap
+from dagster_shared.serdes import serialize_value
+from plannr_pipeline.definitions import defs
+graph = defs.resolve_asset_graph()
+repo = defs.get_repository_def()
+print(json.dumps({
+    "package": plannr_pipeline.__file__,
+    "assets": {k.to_user_string(): [graph.get(k).group_name, sorted(graph.get(k).pools or [])]
+               for k in graph.get_all_asset_keys()},
+    "jobs": sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")),
+    "schedules": sorted(s.name for s in defs.schedules),
+    "resources": sorted(defs.resources),
+    "snapshot": serialize_value(RepositorySnap.from_def(repo)),
+}))
+"""
+
+
+def describe(root: Path | None, env: dict[str, str]) -> dict:
+    cwd = root or REPO
+    out = subprocess.run(
+        [sys.executable, "-c", DESCRIBE],
+        env=project_env(cwd, env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_repository_ships_with_no_firm_and_keeps_todays_keys(tmp_path: Path) -> None:
+    assert not list((REPO / "plannr_pipeline" / "defs" / "firms").glob("*/defs.yaml"))
+    seen = describe(None, clean_env({"DAGSTER_HOME": str(tmp_path)}))
+    assert "clients" in seen["assets"] and seen["assets"]["clients"] == ["plannr", ["plannr_api"]]
+    assert all("/" not in key for key in seen["assets"])
+    assert "clients_job" in seen["jobs"] and "nightly_clients" in seen["schedules"]
+    assert {"plannr", "storage", "duckdb"} <= set(seen["resources"])
+
+
+def test_two_firm_files_give_prefixed_keys_groups_pools_and_no_token(tmp_path: Path) -> None:
+    tokens = {"ACME_TOKEN": "acme-secret-7f3a9c", "BETA_TOKEN": "beta-secret-2b8e41"}
+    root = firm_project(
+        tmp_path,
+        {
+            "acme": {"token_env": "ACME_TOKEN", "base_url": "http://127.0.0.1:9"},
+            "beta": {"token_env": "BETA_TOKEN", "base_url": "http://127.0.0.1:9", "schedules_running": False},
+        },
+    )
+    seen = describe(root, clean_env({"DAGSTER_HOME": str(tmp_path), **tokens}))
+    assert seen["package"].startswith(str(root))
+    assert seen["assets"]["acme/clients"] == ["acme", ["plannr_api_acme"]]
+    assert seen["assets"]["beta/goals"] == ["beta", ["plannr_api_beta"]]
+    assert seen["assets"]["beta/client_overview"][0] == "beta"
+    # No single firm beside the firms: every key is a firm's.
+    assert {key.split("/")[0] for key in seen["assets"]} == {"acme", "beta"}
+    assert "acme_clients_job" in seen["jobs"] and "beta_tasks_incremental_job" in seen["jobs"]
+    assert "clients_job" not in seen["jobs"]
+    assert "acme_nightly_clients" in seen["schedules"] and "beta_hourly_tasks" in seen["schedules"]
+    assert {"acme_plannr", "acme_storage", "beta_plannr", "beta_storage"} <= set(seen["resources"])
+    # The token's variable name may be shown; its value never.
+    assert "ACME_TOKEN" in seen["snapshot"]
+    for value in tokens.values():
+        assert value not in json.dumps(seen)
+
+
+def test_a_mistake_in_one_firm_file_is_one_line_naming_file_and_field(tmp_path: Path) -> None:
+    firms = tmp_path / "firms"
+    write_firm(firms.parent / "x", "ok", {"slug": "ok"})  # elsewhere: not read
+    path = write_firm(tmp_path / "p", "acme", {"slug": "Acme-1", "token_env": "ACME_TOKEN"})
+    with pytest.raises(FirmFileError) as caught:
+        read_firm_files(path.parent.parent)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and "slug" in message
+
+    path.write_text("type: plannr_pipeline.components.PlannrFirm\nattributes:\n  slug: acme\n  tokn_env: X\n")
+    with pytest.raises(FirmFileError, match="tokn_env"):
+        read_firm_files(path.parent.parent)
+
+
+def test_two_firms_may_not_share_a_slug_or_a_data_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "p"
+    write_firm(folder, "a", {"slug": "acme", "data_dir": str(tmp_path / "d1")})
+    write_firm(folder, "b", {"slug": "acme", "data_dir": str(tmp_path / "d2")})
+    firms = folder / "plannr_pipeline" / "defs" / "firms"
+    with pytest.raises(FirmFileError, match="slug: 'acme' is used by another firm file"):
+        read_firm_files(firms)
+    write_firm(folder, "b", {"slug": "beta", "data_dir": str(tmp_path / "d1" / "beta")})
+    with pytest.raises(FirmFileError, match="data_dir: .* overlaps firm acme"):
+        read_firm_files(firms)
+
+
+@pytest.mark.parametrize("slug", ["Acme", "1acme", "acme-co", "../acme", "acme/x", ""])
+def test_a_slug_is_lowercase_letters_digits_underscores(slug: str) -> None:
+    with pytest.raises(ValueError):
+        Firm(slug)
+
+
+def test_dg_scaffolds_a_firm_and_checks_it(tmp_path: Path) -> None:
+    root = firm_project(tmp_path, {})
+    env = project_env(root, clean_env({"DAGSTER_HOME": str(tmp_path)}))
+    dg_cli = str(Path(sys.executable).with_name("dg"))
+    made = subprocess.run(
+        [dg_cli, "scaffold", "defs", "plannr_pipeline.components.PlannrFirm", "firms/acme"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    text = (root / "plannr_pipeline/defs/firms/acme/defs.yaml").read_text()
+    assert "slug: acme" in text and "token_env: ACME_PLANNR_API_TOKEN" in text
+    checked = subprocess.run(
+        [dg_cli, "check", "defs"], cwd=root, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert checked.returncode == 0, checked.stderr[-2000:]
