@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
+import duckdb
 import pytest
 
 from plannr_pipeline.firms import Firm
 from plannr_pipeline.firms.files import FirmFileError, read_firm_files
-from tests.cli import clean_env
+from tests.cli import clean_env, run_cli
 from tests.firms import REPO, firm_project, project_env, write_firm
 
 # Loads the copy's definitions and prints what the UI would be given: asset keys with group and
@@ -136,3 +138,67 @@ def test_dg_scaffolds_a_firm_and_checks_it(tmp_path: Path) -> None:
         [dg_cli, "check", "defs"], cwd=root, env=env, capture_output=True, text=True, timeout=180
     )
     assert checked.returncode == 0, checked.stderr[-2000:]
+
+
+def _two_firms(make_sandbox, tmp_path: Path, beta_token: str | None = None):
+    """Two sandboxes (own seed, own token) and two firm files pointing at them."""
+    acme, beta = make_sandbox(clients=12, seed=7), make_sandbox(clients=9, seed=8)
+    root = firm_project(
+        tmp_path,
+        {
+            "acme": {"token_env": "ACME_TOKEN", "base_url": acme.url, "rate_limit_per_minute": 100_000},
+            "beta": {"token_env": "BETA_TOKEN", "base_url": beta.url, "rate_limit_per_minute": 100_000},
+        },
+    )
+    tokens = {"ACME_TOKEN": acme.options.token, "BETA_TOKEN": beta_token or beta.options.token}
+    env = project_env(
+        root,
+        clean_env(
+            {"DAGSTER_HOME": str(tmp_path / "home"), "PLANNR_DATA_DIR": str(tmp_path / "data"), **tokens}
+        ),
+    )
+    return root, env, acme, beta, tokens
+
+
+def _uuids(folder: Path, table: str) -> set[str]:
+    with duckdb.connect(str(folder / "plannr.duckdb"), read_only=True) as db:
+        return {row[0] for row in db.execute(f"select uuid from {table}").fetchall()}
+
+
+def _run_events_text(home: Path) -> str:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return "\n".join(str(entry) for run in instance.get_runs() for entry in instance.all_logs(run.run_id))
+
+
+def test_two_firms_sync_side_by_side_each_into_its_own_folder(make_sandbox, tmp_path: Path) -> None:
+    root, env, acme, beta, tokens = _two_firms(make_sandbox, tmp_path)
+    done = run_cli("sync", env=env, cwd=root, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "[acme] " in done.stdout and "[beta] " in done.stdout  # progress per firm
+    assert "firm acme: landed" in done.stdout and "firm beta: landed" in done.stdout
+    data = tmp_path / "data"
+    # Each firm exactly, in its own folder, and nothing of one in the other's.
+    assert _uuids(data / "acme", "clients") == {c["uuid"] for c in acme.firm.clients}
+    assert _uuids(data / "beta", "clients") == {c["uuid"] for c in beta.firm.clients}
+    assert not _uuids(data / "acme", "clients") & _uuids(data / "beta", "clients")
+    assert not (data / "plannr.duckdb").exists()  # no single firm beside them
+    events = _run_events_text(tmp_path / "home")
+    assert "acme/clients" in events and "beta/clients" in events
+    for value in tokens.values():
+        assert value not in done.stdout + done.stderr
+        assert value not in events
+
+
+def test_a_wrong_token_fails_that_firm_alone_and_firm_selects(make_sandbox, tmp_path: Path) -> None:
+    root, env, acme, _beta, _tokens = _two_firms(make_sandbox, tmp_path, beta_token="not-betas-token")
+    done = run_cli("sync", env=env, cwd=root, timeout=600)
+    assert done.returncode == 1
+    assert "firm acme: landed" in done.stdout and "firm beta: FAILED" in done.stdout
+    assert "beta" in done.stderr and "not-betas-token" not in done.stdout + done.stderr
+    assert _uuids(tmp_path / "data" / "acme", "clients") == {c["uuid"] for c in acme.firm.clients}
+
+    only = run_cli("sync", "--firm", "acme", env=env, cwd=root, timeout=600)
+    assert only.returncode == 0, (only.stdout + only.stderr)[-3000:]
+    assert "[acme] " in only.stdout and "[beta] " not in only.stdout
+    unknown = run_cli("sync", "--firm", "gamma", env=env, cwd=root)
+    assert unknown.returncode == 2 and "gamma" in unknown.stderr

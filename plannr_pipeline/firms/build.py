@@ -34,3 +34,14 @@ def firm_definitions(settings: FirmSettings) -> dg.Definitions:
         ),
         resources=settings.resources(),
     )
+
+
+def firm_run_parts(settings: FirmSettings, pool: str) -> dict:
+    """What `run_sync` needs to sync this firm alone: its assets, checks, resources and pool."""
+    firm = settings.firm
+    return {
+        "assets": [*collection_assets_of(settings), analyst_views_for(firm)],
+        "checks": checks_for(firm),
+        "resources_by_key": settings.resources(),
+        "pool": pool,
+    }

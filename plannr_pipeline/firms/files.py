@@ -12,6 +12,18 @@ from pydantic import ValidationError
 from plannr_pipeline.firms.settings import FirmSettings
 
 FIRM_TYPE = "plannr_pipeline.components.PlannrFirm"
+FIRMS_DIR = Path(__file__).resolve().parent.parent / "defs" / "firms"
+
+
+def firm_files_exist() -> bool:
+    return any(FIRMS_DIR.glob("*/defs.yaml"))
+
+
+def firm_named(slug: str) -> FirmSettings:
+    for firm in read_firm_files(FIRMS_DIR):
+        if firm.slug == slug:
+            return firm
+    raise FirmFileError(f"{FIRMS_DIR}: no firm file has slug {slug!r}")
 
 
 class FirmFileError(ValueError):
