@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from plannr_pipeline.firms.files import FIRMS_DIR, FirmFileError, read_firm_files
 
@@ -32,6 +33,12 @@ def sync_firms(slugs: Sequence[str], passthrough: Sequence[str]) -> int:
     try:  # once, here: children preparing a fresh DAGSTER_HOME at the same moment would race
         for line in prepare_instance():
             print(line)
+        import dagster as dg
+
+        # Opening it creates its databases now: two children creating them at once can both
+        # stamp the schema's version and leave the instance unusable.
+        with dg.DagsterInstance.get() as instance:
+            instance.get_runs(limit=1)
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -61,6 +68,7 @@ def sync_firms(slugs: Sequence[str], passthrough: Sequence[str]) -> int:
         thread.join()
     failed = [slug for slug, code in codes.items() if code != 0]
     print()
+    _combine(firms)
     for slug, code in codes.items():
         print(f"firm {slug}: {'landed' if code == 0 else f'FAILED (exit {code})'}", flush=True)
     if failed:
@@ -68,3 +76,24 @@ def sync_firms(slugs: Sequence[str], passthrough: Sequence[str]) -> int:
         return 1
     print("sync finished: every firm landed.")
     return 0
+
+
+def _combine(firms: list) -> None:
+    """The read-only view across every firm (not only those synced now), with a `firm` column."""
+    import duckdb
+
+    from plannr_pipeline.firms.combined import COMBINED_FILE, write_combined
+    from plannr_pipeline.storage.warehouse import data_dir_from_env
+
+    path = Path(data_dir_from_env()).absolute() / COMBINED_FILE
+    try:
+        views = write_combined(firms, path)
+    except (
+        duckdb.Error,
+        OSError,
+    ) as error:  # an analyst holding it open: the old views still read current data
+        print(
+            f"note: {path} not rewritten ({type(error).__name__}); its views still read the current Parquet"
+        )
+        return
+    print(f"across firms: {path} ({len(views)} views, each with a `firm` column)")
