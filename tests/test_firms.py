@@ -208,3 +208,34 @@ def test_a_wrong_token_fails_that_firm_alone_and_firm_selects(make_sandbox, tmp_
     assert "[acme] " in only.stdout and "[beta] " not in only.stdout
     unknown = run_cli("sync", "--firm", "gamma", env=env, cwd=root)
     assert unknown.returncode == 2 and "gamma" in unknown.stderr
+
+
+def test_the_embedded_sandbox_serves_each_seed_its_own_firm_and_token() -> None:
+    from plannr_pipeline.sandbox.server import embedded_sandbox
+
+    one, two = embedded_sandbox(101, 5), embedded_sandbox(102, 5)
+    assert one is embedded_sandbox(101, 5) and one is not two
+    assert one.options.token != two.options.token
+    assert {c["uuid"] for c in one.firm.clients}.isdisjoint(c["uuid"] for c in two.firm.clients)
+
+
+def test_two_sandbox_firms_land_side_by_side(tmp_path: Path) -> None:
+    """The quick start with two firms: firm files with no token, each its own sandbox seed."""
+    root = firm_project(tmp_path, {"north": {"sandbox_seed": 1}, "south": {"sandbox_seed": 2}})
+    env = project_env(
+        root,
+        clean_env(
+            {
+                "DAGSTER_HOME": str(tmp_path / "home"),
+                "PLANNR_DATA_DIR": str(tmp_path / "data"),
+                "PLANNR_SANDBOX_CLIENTS": "10",
+            }
+        ),
+    )
+    done = run_cli("sync", env=env, cwd=root, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    north, south = (
+        _uuids(tmp_path / "data" / "north", "clients"),
+        _uuids(tmp_path / "data" / "south", "clients"),
+    )
+    assert len(north) == len(south) == 10 and north.isdisjoint(south)
