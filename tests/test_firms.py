@@ -239,3 +239,18 @@ def test_two_sandbox_firms_land_side_by_side(tmp_path: Path) -> None:
         _uuids(tmp_path / "data" / "south", "clients"),
     )
     assert len(north) == len(south) == 10 and north.isdisjoint(south)
+
+
+def test_run_config_cannot_move_a_firms_token_or_folder(tmp_path: Path, monkeypatch) -> None:
+    from plannr_pipeline.defs.deployment import DeploymentSettingError
+    from plannr_pipeline.firms.settings import FirmSettings
+
+    monkeypatch.setenv("ACME_TOKEN", "acme-secret")
+    firm = FirmSettings(
+        slug="acme", token_env="ACME_TOKEN", base_url="http://127.0.0.1:9", data_dir=str(tmp_path)
+    )
+    resources = firm.resources()
+    with pytest.raises(DeploymentSettingError, match="base_url"):
+        resources["acme_plannr"]._with_updated_values({"base_url": "http://elsewhere.example"})
+    with pytest.raises(DeploymentSettingError, match="data_dir"):
+        resources["acme_storage"]._with_updated_values({"data_dir": str(tmp_path / "other")})
