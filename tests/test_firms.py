@@ -32,6 +32,7 @@ print(json.dumps({
                for k in graph.get_all_asset_keys()},
     "jobs": sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")),
     "schedules": sorted(s.name for s in defs.schedules),
+    "sensors": sorted(s.name for s in defs.sensors),
     "resources": sorted(defs.resources),
     "snapshot": serialize_value(RepositorySnap.from_def(repo)),
 }))
@@ -80,6 +81,8 @@ def test_two_firm_files_give_prefixed_keys_groups_pools_and_no_token(tmp_path: P
     assert "acme_clients_job" in seen["jobs"] and "beta_tasks_incremental_job" in seen["jobs"]
     assert "clients_job" not in seen["jobs"]
     assert "acme_nightly_clients" in seen["schedules"] and "beta_hourly_tasks" in seen["schedules"]
+    assert {"acme_changed_clients_sensor", "beta_changed_clients_sensor"} <= set(seen["sensors"])
+    assert "changed_clients_sensor" not in seen["sensors"]
     assert {"acme_plannr", "acme_storage", "beta_plannr", "beta_storage"} <= set(seen["resources"])
     # The token's variable name may be shown; its value never.
     assert "ACME_TOKEN" in seen["snapshot"]

@@ -10,6 +10,7 @@ from plannr_pipeline.defs.assets.common import collection_asset_for
 from plannr_pipeline.defs.checks import checks_for
 from plannr_pipeline.defs.jobs import jobs_for
 from plannr_pipeline.defs.schedules import schedules_for
+from plannr_pipeline.defs.sensors.clients import changed_clients_sensor_for
 from plannr_pipeline.firms.settings import FirmSettings
 
 
@@ -32,6 +33,8 @@ def firm_definitions(settings: FirmSettings) -> dg.Definitions:
             nightly=settings.nightly_cron,
             hourly=settings.hourly_cron,
         ),
+        # The import sensors are the single firm's only, so far (README: "Not yet per firm").
+        sensors=[changed_clients_sensor_for(firm, jobs[0])],
         resources=settings.resources(),
     )
 
