@@ -257,3 +257,13 @@ def test_run_config_cannot_move_a_firms_token_or_folder(tmp_path: Path, monkeypa
         resources["acme_plannr"]._with_updated_values({"base_url": "http://elsewhere.example"})
     with pytest.raises(DeploymentSettingError, match="data_dir"):
         resources["acme_storage"]._with_updated_values({"data_dir": str(tmp_path / "other")})
+
+
+def test_a_firm_without_base_url_uses_the_deployments_and_a_sandbox_firm_never(monkeypatch) -> None:
+    from plannr_pipeline.firms.settings import FirmSettings
+
+    monkeypatch.setenv("PLANNR_BASE_URL", "http://127.0.0.1:9/api")
+    real = FirmSettings(slug="acme", token_env="ACME_TOKEN").resources()["acme_plannr"]
+    assert real.base_url == "http://127.0.0.1:9/api"
+    sandbox = FirmSettings(slug="north", sandbox_seed=3).resources()["north_plannr"]
+    assert sandbox.base_url is None and sandbox.uses_sandbox

@@ -51,8 +51,11 @@ class FirmSettings(dg.Model):
         """The firm's own API (its own token, so its own budget) and storage (its own folder and
         database), under its own resource keys (`<slug>_plannr`, ...)."""
         env = os.environ
+        # A firm with a token and no base_url uses the deployment's PLANNR_BASE_URL; one with
+        # neither is a sandbox firm, whatever the deployment points at.
+        base_url = self.base_url or (env.get("PLANNR_BASE_URL") if self.token_env else None)
         plannr = PlannrApi(
-            base_url=self.base_url,
+            base_url=base_url or None,
             # The variable's name only: Dagster reads the value when a run starts, so the token
             # never enters the definitions, their metadata or the UI.
             token=dg.EnvVar(self.token_env) if self.token_env else None,
