@@ -22,7 +22,11 @@ from plannr_pipeline.private_files import make_private_dir, owner_only_umask, re
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from plannr_pipeline.firms.files import FirmFileError, firm_files_exist, firm_named
+    try:  # the firm settings import the definitions, which read settings such as PLANNR_START_DATE
+        from plannr_pipeline.firms.files import FirmFileError, firm_files_exist, firm_named
+    except PlannrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     firm = None
     if args.one_firm:  # a child of `sync_firms`: this one firm, in its own data folder
