@@ -22,6 +22,29 @@ from plannr_pipeline.private_files import make_private_dir, owner_only_umask, re
 
 
 def _sync(args: argparse.Namespace) -> int:
+    try:  # the firm settings import the definitions, which read settings such as PLANNR_START_DATE
+        from plannr_pipeline.firms.files import FirmFileError, firm_files_exist, firm_named
+    except PlannrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    firm = None
+    if args.one_firm:  # a child of `sync_firms`: this one firm, in its own data folder
+        try:
+            firm = firm_named(args.one_firm)
+        except FirmFileError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        # Fixed before PLANNR_DATA_DIR becomes the firm's folder (the default is relative to it).
+        firm = firm.model_copy(update={"data_dir": os.path.abspath(firm.folder())})
+        os.environ["PLANNR_DATA_DIR"] = firm.folder()
+    elif args.firm or firm_files_exist():
+        from plannr_pipeline.firms.sync import sync_firms
+
+        passthrough = ["--pool-wait", str(args.pool_wait)] + (
+            ["--select", args.select] if args.select else []
+        )
+        return sync_firms(args.firm or [], passthrough)
     # Arrow's default allocator (jemalloc) keeps what it frees for reuse, memory the sync then
     # holds to its end (~12 MB at its peak). Read when pyarrow loads, which has not happened yet.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
@@ -47,7 +70,16 @@ def _sync(args: argparse.Namespace) -> int:
         return 2
 
     data_dir = os.path.abspath(data_dir_from_env())
-    if PlannrSettings.wants_sandbox():
+    firm_run: dict = {}
+    if firm is not None:
+        from plannr_pipeline.defs.assets.common import API_POOL
+        from plannr_pipeline.firms.build import firm_run_parts
+
+        firm_run = firm_run_parts(firm, pool=firm.firm.pool(API_POOL))
+        if selected:
+            selected = {firm.firm.key(name).to_user_string() for name in selected}
+        source = f"firm {firm.slug}: {firm_run['resources_by_key'][firm.firm.name('plannr')].source()}"
+    elif PlannrSettings.wants_sandbox():
         source = "the embedded sandbox (no PLANNR_API_TOKEN or PLANNR_BASE_URL set)"
     else:
         source = os.environ.get("PLANNR_BASE_URL") or DEFAULT_BASE_URL
@@ -92,6 +124,7 @@ def _sync(args: argparse.Namespace) -> int:
                 log_level="WARNING" if on_terminal else "INFO",
                 should_stop=signals.received,
                 pool_wait=args.pool_wait,
+                **firm_run,
             )
     except KeyboardInterrupt:  # between steps, where no step is there to unwind
         signals.received()
@@ -336,6 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="how long to wait for a slot in the plannr_api pool held by another run before giving up (default 600)",
     )
+    sync.add_argument(
+        "--firm",
+        action="append",
+        metavar="SLUG",
+        help="with firm files: sync this firm (repeatable; default every firm), firms side by side",
+    )
+    sync.add_argument("--one-firm", help=argparse.SUPPRESS)  # what `--firm` runs, one process per firm
     sync.set_defaults(run=_sync)
 
     views = commands.add_parser("views", help="(re)create the DuckDB views over the stored Parquet")

@@ -42,11 +42,11 @@ class Step:
         return ", ".join(self.names)
 
 
-def _steps() -> list[Step]:
+def _steps(assets: list[dg.AssetsDefinition] = ASSETS) -> list[Step]:
     """One step per partitioning, in the order the assets are listed (dependencies first); the
     unpartitioned assets join the partitioned step when there is only one partitioning."""
     steps: list[Step] = []
-    for asset in ASSETS:
+    for asset in assets:
         same = next((s for s in steps if s.partitions_def == asset.partitions_def), None)
         if same is None:
             steps.append(Step([asset], asset.partitions_def))
@@ -143,13 +143,20 @@ def run_sync(
     log_level: str = "INFO",
     should_stop=lambda: False,
     pool_wait: float = POOL_WAIT_SECONDS,
+    assets: list[dg.AssetsDefinition] | None = None,
+    checks: list[dg.AssetChecksDefinition] | None = None,
+    pool: str = API_POOL,
 ) -> SyncReport:
+    """Sync the single firm, or (assets, checks, resources_by_key and pool given) one firm of
+    many: the same steps over that firm's own definitions."""
     report = SyncReport()
+    steps = STEPS if assets is None else _steps(assets)
+    assets, checks = assets or ASSETS, checks or CHECKS
     started = time.monotonic()
     instance = instance or sync_instance()
     # A sync killed earlier left its run STARTED, holding its slot: end it before waiting on it.
-    dead_runs.reap(instance, API_POOL, by=f"plannr-pipeline sync (pid {os.getpid()})", say=echo)
-    for step in STEPS:
+    dead_runs.reap(instance, pool, by=f"plannr-pipeline sync (pid {os.getpid()})", say=echo)
+    for step in steps:
         if should_stop():  # SIGTERM or Ctrl-C: the step under way has unwound; start no other
             report.ok = False
             break
@@ -157,7 +164,7 @@ def run_sync(
         if not selection:
             continue
         echo(f"==> {', '.join(selection)}")
-        if gave_up := wait_for_slot(instance, API_POOL, pool_wait, say=echo):
+        if gave_up := wait_for_slot(instance, pool, pool_wait, say=echo):
             report.ok = False
             report.failures.append(gave_up)
             break  # the next steps would wait for the same slot
@@ -165,9 +172,9 @@ def run_sync(
             a.partitions_def is not None and any(key.to_user_string() in selection for key in a.keys)
             for a in step.assets
         )
-        with reaping_while_waiting(instance, API_POOL, say=echo):
+        with reaping_while_waiting(instance, pool, say=echo):
             run = dg.materialize(
-                [*ASSETS, *CHECKS],  # the blocking checks of the selected assets run too
+                [*assets, *checks],  # the blocking checks of the selected assets run too
                 selection=selection,
                 resources=resources_by_key or resources(),
                 instance=instance,

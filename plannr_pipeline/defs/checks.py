@@ -9,6 +9,7 @@ import dagster as dg
 import duckdb
 
 from plannr_pipeline.defs.resources import PlannrStorage
+from plannr_pipeline.firms import DEFAULT_FIRM, Firm, rename_resources
 from plannr_pipeline.storage.tables import CLIENTS, GOALS, Table
 from plannr_pipeline.storage.warehouse import Warehouse
 
@@ -25,15 +26,25 @@ def _count(warehouse: Warehouse, sql: str, *tables: Table) -> int:
         return int(connection.execute(sql.format(**sources)).fetchone()[0])
 
 
-@dg.asset_check(asset="goals", blocking=True, description="Every goal belongs to a client that is stored.")
-def goals_reference_clients(storage: PlannrStorage) -> dg.AssetCheckResult:
-    orphans = _count(
-        storage.warehouse(),
-        "select count(*) from {goals} g anti join {clients} c on c.uuid = g.client_uuid",
-        GOALS,
-        CLIENTS,
-    )
-    return dg.AssetCheckResult(passed=orphans == 0, metadata={"orphan_goals": orphans})
+def checks_for(firm: Firm) -> list[dg.AssetChecksDefinition]:
+    def goals_reference_clients(storage: PlannrStorage) -> dg.AssetCheckResult:
+        orphans = _count(
+            storage.warehouse(),
+            "select count(*) from {goals} g anti join {clients} c on c.uuid = g.client_uuid",
+            GOALS,
+            CLIENTS,
+        )
+        return dg.AssetCheckResult(passed=orphans == 0, metadata={"orphan_goals": orphans})
+
+    return [
+        dg.asset_check(
+            asset=firm.key("goals"),
+            name="goals_reference_clients",
+            blocking=True,
+            description="Every goal belongs to a client that is stored.",
+        )(rename_resources(goals_reference_clients, firm.resource_keys()))
+    ]
 
 
-CHECKS = [goals_reference_clients]
+CHECKS = checks_for(DEFAULT_FIRM)
+(goals_reference_clients,) = CHECKS

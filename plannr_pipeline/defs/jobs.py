@@ -4,39 +4,52 @@ Assets with different partitions need different jobs: the monthly client assets 
 and the full sweeps (everything unpartitioned) together.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import dagster as dg
 
 from plannr_pipeline.defs.assets import COLLECTION_ASSETS
-from plannr_pipeline.defs.assets.imports import imports
-from plannr_pipeline.defs.assets.tasks import TasksConfig, tasks
+from plannr_pipeline.defs.assets.tasks import TasksConfig
 from plannr_pipeline.defs.partitions import client_months
+from plannr_pipeline.firms import DEFAULT_FIRM, Firm
+
+
+def jobs_for(firm: Firm, collection_assets: Sequence[dg.AssetsDefinition]) -> list[Any]:
+    """One firm's four jobs over its own collection assets, named `<slug>_...` for a firm."""
+    by_name = {a.key.path[-1]: a for a in collection_assets}
+    monthly = [a for a in collection_assets if a.partitions_def == client_months]
+    swept = [a for a in collection_assets if a.partitions_def is None]
+    return [
+        dg.define_asset_job(
+            firm.name("clients_job"),
+            selection=dg.AssetSelection.assets(*monthly),
+            partitions_def=client_months,
+            description="Clients and their goals for the requested months.",
+        ),
+        dg.define_asset_job(
+            firm.name("imports_job"),
+            selection=dg.AssetSelection.assets(by_name["imports"]),
+            description="Every import and its row errors (a request or two).",
+        ),
+        dg.define_asset_job(
+            firm.name("sweeps_job"),
+            selection=dg.AssetSelection.assets(*swept),
+            description="Full sweeps of the unpartitioned collections: "
+            + ", ".join(a.key.to_user_string() for a in swept)
+            + ".",
+        ),
+        dg.define_asset_job(
+            firm.name("tasks_incremental_job"),
+            selection=dg.AssetSelection.assets(by_name["tasks"]),
+            config=dg.RunConfig(ops={by_name["tasks"].op.name: TasksConfig(incremental=True)}),
+            description="Tasks changed since the stored updated_at watermark (sort=-updated_at, early stop).",
+        ),
+    ]
+
 
 MONTHLY_ASSETS = [a for a in COLLECTION_ASSETS if a.partitions_def == client_months]
 SWEPT_ASSETS = [a for a in COLLECTION_ASSETS if a.partitions_def is None]
 
-clients_job = dg.define_asset_job(
-    "clients_job",
-    selection=dg.AssetSelection.assets(*MONTHLY_ASSETS),
-    partitions_def=client_months,
-    description="Clients and their goals for the requested months.",
-)
-imports_job = dg.define_asset_job(
-    "imports_job",
-    selection=dg.AssetSelection.assets(imports),
-    description="Every import and its row errors (a request or two).",
-)
-sweeps_job = dg.define_asset_job(
-    "sweeps_job",
-    selection=dg.AssetSelection.assets(*SWEPT_ASSETS),
-    description="Full sweeps of the unpartitioned collections: "
-    + ", ".join(a.key.to_user_string() for a in SWEPT_ASSETS)
-    + ".",
-)
-tasks_incremental_job = dg.define_asset_job(
-    "tasks_incremental_job",
-    selection=dg.AssetSelection.assets(tasks),
-    config=dg.RunConfig(ops={tasks.op.name: TasksConfig(incremental=True)}),
-    description="Tasks changed since the stored updated_at watermark (sort=-updated_at, early stop).",
-)
-
-JOBS = [clients_job, imports_job, sweeps_job, tasks_incremental_job]
+JOBS = jobs_for(DEFAULT_FIRM, COLLECTION_ASSETS)
+clients_job, imports_job, sweeps_job, tasks_incremental_job = JOBS

@@ -6,11 +6,15 @@ deletions. Hourly (:15): the current month of clients and goals, every import (a
 two), and tasks changed since the stored watermark.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from plannr_pipeline.defs.jobs import clients_job, imports_job, sweeps_job, tasks_incremental_job
+from plannr_pipeline.defs.jobs import JOBS
 from plannr_pipeline.defs.partitions import client_months
+from plannr_pipeline.firms import DEFAULT_FIRM, Firm
 
 TIMEZONE = "Europe/London"
 NIGHTLY = "0 2 * * *"
@@ -34,55 +38,74 @@ def current_partition(
     return dg.RunRequest(run_key=f"{key}:{context.scheduled_execution_time.isoformat()}", partition_key=key)
 
 
-@dg.schedule(
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    job=clients_job,
-    cron_schedule=NIGHTLY,
-    execution_timezone=TIMEZONE,
-    description="Nightly: every month of clients and their goals, in one run.",
-)
-def nightly_clients(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    return whole_range(client_months, context, "nightly-clients")
+def schedules_for(
+    firm: Firm,
+    jobs: Sequence[Any],
+    *,
+    running: bool = True,
+    nightly: str = NIGHTLY,
+    hourly: str = HOURLY,
+) -> list[dg.ScheduleDefinition]:
+    """One firm's schedules over its own jobs (`jobs_for`), named `<slug>_...` for a firm; a firm
+    may turn them off or move them (its defs.yaml)."""
+    clients_job, imports_job, sweeps_job, tasks_incremental_job = jobs
+    status = dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
+
+    @dg.schedule(
+        name=firm.name("nightly_clients"),
+        default_status=status,
+        job=clients_job,
+        cron_schedule=nightly,
+        execution_timezone=TIMEZONE,
+        description="Nightly: every month of clients and their goals, in one run.",
+    )
+    def nightly_clients(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        return whole_range(client_months, context, firm.name("nightly-clients"))
+
+    @dg.schedule(
+        name=firm.name("hourly_current_clients"),
+        default_status=status,
+        job=clients_job,
+        cron_schedule=hourly,
+        execution_timezone=TIMEZONE,
+        description="Hourly: this month's clients and their goals.",
+    )
+    def hourly_current_clients(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        return current_partition(client_months, context)
+
+    def plain(name: str, job: Any, cron: str, description: str) -> dg.ScheduleDefinition:
+        return dg.ScheduleDefinition(
+            name=firm.name(name),
+            job=job,
+            default_status=status,
+            cron_schedule=cron,
+            execution_timezone=TIMEZONE,
+            description=description,
+        )
+
+    return [
+        nightly_clients,
+        plain(
+            "nightly_sweeps",
+            sweeps_job,
+            nightly,
+            "Nightly: full sweeps of the unpartitioned collections (these also drop deleted records).",
+        ),
+        hourly_current_clients,
+        plain(
+            "hourly_imports",
+            imports_job,
+            hourly,
+            "Hourly: every import and its row errors (a request or two).",
+        ),
+        plain(
+            "hourly_tasks",
+            tasks_incremental_job,
+            hourly,
+            "Hourly: tasks changed since the stored watermark (incremental, usually one request).",
+        ),
+    ]
 
 
-nightly_sweeps = dg.ScheduleDefinition(
-    name="nightly_sweeps",
-    job=sweeps_job,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    cron_schedule=NIGHTLY,
-    execution_timezone=TIMEZONE,
-    description="Nightly: full sweeps of the unpartitioned collections (these also drop deleted records).",
-)
-
-
-@dg.schedule(
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    job=clients_job,
-    cron_schedule=HOURLY,
-    execution_timezone=TIMEZONE,
-    description="Hourly: this month's clients and their goals.",
-)
-def hourly_current_clients(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    return current_partition(client_months, context)
-
-
-hourly_imports = dg.ScheduleDefinition(
-    name="hourly_imports",
-    job=imports_job,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    cron_schedule=HOURLY,
-    execution_timezone=TIMEZONE,
-    description="Hourly: every import and its row errors (a request or two).",
-)
-
-
-hourly_tasks = dg.ScheduleDefinition(
-    name="hourly_tasks",
-    job=tasks_incremental_job,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    cron_schedule=HOURLY,
-    execution_timezone=TIMEZONE,
-    description="Hourly: tasks changed since the stored watermark (incremental, usually one request).",
-)
-
-SCHEDULES = [nightly_clients, nightly_sweeps, hourly_current_clients, hourly_imports, hourly_tasks]
+SCHEDULES = schedules_for(DEFAULT_FIRM, JOBS)
+nightly_clients, nightly_sweeps, hourly_current_clients, hourly_imports, hourly_tasks = SCHEDULES

@@ -449,19 +449,23 @@ class SandboxServer:
         return self._not_found("File", request.match_info["uuid"])
 
 
-_embedded: SandboxServer | None = None
+# One embedded sandbox per (seed, size): several sandbox firms in one process (a run of two
+# firms' assets, the UI's code server) each get their own imitation firm, never another's.
+_embedded: dict[tuple[int, int], SandboxServer] = {}
 _embedded_lock = threading.Lock()
 
 
 def embedded_sandbox(seed: int = 42, clients: int = 250) -> SandboxServer:
-    """The process-wide sandbox the pipeline uses when no credentials are set (started once)."""
-    global _embedded
+    """The process-wide sandbox for this seed the pipeline uses when no credentials are set
+    (started once). Each seed but the default has its own token, so one firm's token never
+    opens another firm's sandbox."""
     with _embedded_lock:
-        if _embedded is None:
-            options = SandboxOptions(seed=seed, size=FirmSize(clients=clients))
-            _embedded = SandboxServer(options).start()
+        if (seed, clients) not in _embedded:
+            token = {} if seed == 42 else {"token": f"{DEFAULT_TOKEN}-seed-{seed}"}
+            options = SandboxOptions(seed=seed, size=FirmSize(clients=clients), **token)
+            _embedded[(seed, clients)] = server = SandboxServer(options).start()
             log.info(
                 "No PLANNR_API_TOKEN or PLANNR_BASE_URL set: serving the embedded sandbox at %s",
-                _embedded.url,
+                server.url,
             )
-        return _embedded
+        return _embedded[(seed, clients)]

@@ -9,6 +9,7 @@ import dagster as dg
 
 from plannr_pipeline.defs.assets.common import GROUP, OWNERS
 from plannr_pipeline.defs.resources import PlannrStorage
+from plannr_pipeline.firms import DEFAULT_FIRM, Firm, rename_resources
 from plannr_pipeline.storage.history import HISTORY_OF
 from plannr_pipeline.storage.tables import TABLES
 from plannr_pipeline.storage.views import ANALYST_VIEWS, AnalystView
@@ -21,12 +22,12 @@ def asset_of(relation: str) -> str:
     return WRITTEN_BY.get(relation, relation)
 
 
-def column_lineage(view: AnalystView) -> dg.TableColumnLineage:
+def column_lineage(view: AnalystView, firm: Firm = DEFAULT_FIRM) -> dg.TableColumnLineage:
     return dg.TableColumnLineage(
         deps_by_column={
             column.name: [
                 dg.TableColumnDep(
-                    asset_key=dg.AssetKey(asset_of(source.split(".")[0])), column_name=source.split(".")[1]
+                    asset_key=firm.key(asset_of(source.split(".")[0])), column_name=source.split(".")[1]
                 )
                 for source in column.sources
             ]
@@ -35,14 +36,14 @@ def column_lineage(view: AnalystView) -> dg.TableColumnLineage:
     )
 
 
-def view_spec(view: AnalystView) -> dg.AssetSpec:
+def view_spec(view: AnalystView, firm: Firm = DEFAULT_FIRM) -> dg.AssetSpec:
     return dg.AssetSpec(
-        view.name,
+        firm.key(view.name),
         description=view.description,
-        group_name=GROUP,  # one group: the graph shows the views beside the tables they read
+        group_name=firm.group(GROUP),  # one group: the graph shows the views beside the tables they read
         owners=OWNERS,
         kinds={"duckdb", "sql"},
-        deps=sorted({asset_of(relation) for relation in view.reads}),
+        deps=[firm.key(name) for name in sorted({asset_of(relation) for relation in view.reads})],
         automation_condition=dg.AutomationCondition.eager(),
         metadata={
             "dagster/table_name": view.name,
@@ -51,7 +52,7 @@ def view_spec(view: AnalystView) -> dg.AssetSpec:
                     dg.TableColumn(c.name, c.duckdb_type, description=c.description) for c in view.columns
                 ]
             ),
-            "dagster/column_lineage": column_lineage(view),
+            "dagster/column_lineage": column_lineage(view, firm),
             "sql": dg.MetadataValue.md(f"```sql\n{view.sql.strip()}\n```"),
         },
     )
@@ -60,30 +61,41 @@ def view_spec(view: AnalystView) -> dg.AssetSpec:
 VIEWS_BY_NAME = {view.name: view for view in ANALYST_VIEWS}
 
 
-@dg.multi_asset(specs=[view_spec(view) for view in ANALYST_VIEWS], can_subset=True, name="analyst_views")
-def analyst_views(context: dg.AssetExecutionContext, storage: PlannrStorage):
-    """The selected views in one step: the database's views brought in line (written only where a
-    definition changed), then their row counts in one connection (a step per view would cost
-    more in Dagster's bookkeeping than the view)."""
-    warehouse = storage.warehouse()
-    names = [key.to_user_string() for key in context.selected_asset_keys]
-    problem = warehouse.refresh_views()
-    if problem:  # the definitions already in the database still read the current Parquet
-        context.log.warning(problem)
-    counts = {} if problem else warehouse.counts(names)
-    for name in names:
-        # The UI draws column lineage from the latest materialisation, so every one carries it.
-        metadata = {
-            "dagster/column_lineage": column_lineage(VIEWS_BY_NAME[name]),
-            "database": str(warehouse.db_path),
-        }
-        if problem:
-            metadata.update({"views_refreshed": False, "views_problem": problem})
-        else:
-            metadata["views_refreshed"] = True
-            if counts.get(name) is not None:  # None if another program took the database meanwhile
-                metadata["dagster/row_count"] = counts[name]
-        yield dg.MaterializeResult(asset_key=name, metadata=metadata)
+def analyst_views_for(firm: Firm) -> dg.AssetsDefinition:
+    """The views of one firm's database, as one multi-asset."""
+
+    def views(context: dg.AssetExecutionContext, storage: PlannrStorage):
+        """The selected views in one step: the database's views brought in line (written only where a
+        definition changed), then their row counts in one connection (a step per view would cost
+        more in Dagster's bookkeeping than the view)."""
+        warehouse = storage.warehouse()
+        names = [key.path[-1] for key in context.selected_asset_keys]
+        problem = warehouse.refresh_views()
+        if problem:  # the definitions already in the database still read the current Parquet
+            context.log.warning(problem)
+        counts = {} if problem else warehouse.counts(names)
+        for name in names:
+            # The UI draws column lineage from the latest materialisation, so every one carries it.
+            metadata = {
+                "dagster/column_lineage": column_lineage(VIEWS_BY_NAME[name], firm),
+                "database": str(warehouse.db_path),
+            }
+            if problem:
+                metadata.update({"views_refreshed": False, "views_problem": problem})
+            else:
+                metadata["views_refreshed"] = True
+                if counts.get(name) is not None:  # None if another program took the database meanwhile
+                    metadata["dagster/row_count"] = counts[name]
+            yield dg.MaterializeResult(asset_key=firm.key(name), metadata=metadata)
+
+    return dg.multi_asset(
+        specs=[view_spec(view, firm) for view in ANALYST_VIEWS],
+        can_subset=True,
+        name=firm.name("analyst_views"),
+    )(rename_resources(views, firm.resource_keys()))
+
+
+analyst_views = analyst_views_for(DEFAULT_FIRM)
 
 
 VIEW_ASSETS = [analyst_views]

@@ -3,6 +3,7 @@ and how API trouble becomes a step outcome."""
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,6 +17,7 @@ from plannr_pipeline.api.client import gone
 from plannr_pipeline.api.errors import UnreachableError
 from plannr_pipeline.defs.assets.landing import Landing, check_specs, column_schema
 from plannr_pipeline.defs.resources import PlannrApi
+from plannr_pipeline.firms import DEFAULT_FIRM, Firm, rename_resources
 from plannr_pipeline.storage.normalise import Drift
 from plannr_pipeline.storage.tables import Table
 
@@ -40,6 +42,11 @@ NIGHTLY_FRESHNESS = dg.FreshnessPolicy.cron(
 )
 
 
+# How each collection asset is built, by asset name, for `collection_assets_for` (firms.py):
+# the modules define each asset once, and a firm gets its own copy with its own keys.
+_RECIPES: dict[str, Callable[[Firm], dg.AssetsDefinition]] = {}
+
+
 def collection_asset(
     tables: Sequence[Table],
     listing: str,
@@ -48,28 +55,42 @@ def collection_asset(
     **asset_args: Any,
 ) -> Callable:
     """`@dg.asset` for one Plannr collection: its first table names the asset, the others are
-    child tables written in the same validated commit."""
+    child tables written in the same validated commit. The decorated name is the single firm's
+    asset (today's keys); `collection_assets_for(firm)` builds any firm's from the same body."""
     root, children = tables[0], tables[1:]
     description = root.description
     if children:
         description += " Also writes " + ", ".join(f"`{t.name}`" for t in children) + " in the same commit."
-    return dg.asset(
-        name=root.name,
-        description=description,
-        group_name=GROUP,
-        owners=OWNERS,
-        kinds=KINDS,
-        deps=list(deps),
-        pool=API_POOL,
-        freshness_policy=freshness,
-        check_specs=check_specs(root, listing),
-        metadata={
-            "dagster/column_schema": column_schema(root),
-            "dagster/table_name": root.name,
-            "tables": dg.MetadataValue.json([t.name for t in tables]),
-        },
-        **asset_args,
-    )
+
+    def build(fn: Callable, firm: Firm) -> dg.AssetsDefinition:
+        return dg.asset(
+            name=root.name,
+            key_prefix=[firm.slug] if firm.slug else None,
+            description=description,
+            group_name=firm.group(GROUP),
+            owners=OWNERS,
+            kinds=KINDS,
+            deps=[firm.key(dep) for dep in deps],
+            pool=firm.pool(API_POOL),
+            freshness_policy=freshness,
+            check_specs=check_specs(root, listing, firm.key(root.name)),
+            metadata={
+                "dagster/column_schema": column_schema(root),
+                "dagster/table_name": root.name,
+                "tables": dg.MetadataValue.json([t.name for t in tables]),
+            },
+            **asset_args,
+        )(rename_resources(fn, firm.resource_keys()))
+
+    def decorate(fn: Callable) -> dg.AssetsDefinition:
+        _RECIPES[root.name] = functools.partial(build, fn)
+        return build(fn, DEFAULT_FIRM)
+
+    return decorate
+
+
+def collection_asset_for(name: str, firm: Firm) -> dg.AssetsDefinition:
+    return _RECIPES[name](firm)
 
 
 # A fan-out that outlasted the client's retries pauses this long, then resumes with the parents

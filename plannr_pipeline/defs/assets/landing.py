@@ -45,18 +45,20 @@ def keys_check_name(table: Table) -> str:
     return f"{table.name}_uuid_unique_and_present"
 
 
-def check_specs(table: Table, listing: str) -> list[dg.AssetCheckSpec]:
-    """The checks every collection asset reports from its own write (no extra request)."""
+def check_specs(table: Table, listing: str, key: dg.AssetKey | None = None) -> list[dg.AssetCheckSpec]:
+    """The checks every collection asset reports from its own write (no extra request); `key`
+    is the asset's (a firm's is prefixed), by default the table's name."""
+    key = key or dg.AssetKey(table.name)
     return [
         dg.AssetCheckSpec(
             complete_check_name(table),
-            asset=table.name,
+            asset=key,
             blocking=True,
             description=f"Every record {listing} reported (meta.total) was received and staged before commit.",
         ),
         dg.AssetCheckSpec(
             keys_check_name(table),
-            asset=table.name,
+            asset=key,
             blocking=True,
             description=f"Every {table.name} row has a uuid, and no uuid appears twice in the whole table.",
         ),
@@ -342,7 +344,7 @@ class Landing:
         received = sum(r for _, _, r in self.listings)
         return [
             dg.AssetCheckResult(
-                asset_key=self.root.name,
+                asset_key=self.context.asset_key,
                 check_name=complete_check_name(self.root),
                 passed=not complete,
                 metadata={
@@ -356,7 +358,7 @@ class Landing:
                 },
             ),
             dg.AssetCheckResult(
-                asset_key=self.root.name,
+                asset_key=self.context.asset_key,
                 check_name=keys_check_name(self.root),
                 passed=not keys,
                 metadata={"duplicate_uuids": self._duplicate_keys, "problems": dg.MetadataValue.json(keys)},
@@ -381,7 +383,7 @@ class Landing:
         except DeletionRefused as refused:
             self.abort()
             checks[0] = dg.AssetCheckResult(
-                asset_key=self.root.name,
+                asset_key=self.context.asset_key,
                 check_name=complete_check_name(self.root),
                 passed=False,
                 metadata={**checks[0].metadata, "problems": dg.MetadataValue.json([str(refused)])},
@@ -405,7 +407,7 @@ class Landing:
             self.context.log.warning(problem)
         self._partition_metadata(self.outcome.replaced)
         yield dg.MaterializeResult(
-            asset_key=self.root.name,
+            asset_key=self.context.asset_key,
             metadata=self._metadata(self.stats, source, self.outcome, problem, extra),
             check_results=checks,
         )
@@ -457,7 +459,7 @@ class Landing:
                     "dagster/row_count": self.rows_by_partition[partition],
                     "rows_replaced": replaced.get(partition, 0),
                 },
-                asset_key=self.root.name,
+                asset_key=self.context.asset_key,
                 partition_key=partition,
             )
 

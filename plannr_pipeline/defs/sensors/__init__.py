@@ -14,4 +14,7 @@ SENSORS = [
     dead_runs_sensor,
 ]
 
-__all__ = ["SENSORS"]
+# The single firm's own sensors (they read its API and storage); the others watch the instance.
+FIRM_SENSORS = [import_progress_sensor, import_failures_sensor, changed_clients_sensor]
+
+__all__ = ["FIRM_SENSORS", "SENSORS"]

@@ -6,6 +6,7 @@ Plannr has no updated-since filter, so the sensor reads clients newest-updated f
 
 import json
 from datetime import datetime
+from typing import Any
 
 import dagster as dg
 
@@ -14,6 +15,7 @@ from plannr_pipeline.defs.jobs import clients_job
 from plannr_pipeline.defs.partitions import client_months, partition_key_of
 from plannr_pipeline.defs.resources import PlannrApi
 from plannr_pipeline.defs.sensors.cursors import load_cursor
+from plannr_pipeline.firms import DEFAULT_FIRM, Firm, rename_resources
 from plannr_pipeline.storage.convert import to_utc
 
 
@@ -29,55 +31,67 @@ async def _changed_since(api: PlannrClient, watermark: datetime | None) -> list[
     return changed
 
 
-@dg.sensor(
-    name="changed_clients_sensor",
-    jobs=[clients_job],
-    minimum_interval_seconds=300,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "Polls Plannr clients by most recent update (sort=-updated_at), usually one request, and runs "
-        "`clients_job` (clients and their goals) only for the created months that hold changed or new clients."
-    ),
-)
-def changed_clients_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi):
-    state = load_cursor(context, {"watermark", "uuids_at_watermark"})
-    try:
-        watermark = datetime.fromisoformat(state["watermark"]) if state else None
-    except (TypeError, ValueError):
-        context.log.warning("the cursor's watermark could not be read; starting again from a fresh baseline")
-        state = watermark = None
-    stats = RequestStats()
-    try:
-        changed = plannr.run(lambda api: _changed_since(api, watermark), stats=stats)
-        requests = stats.requests
-    except PlannrError as error:
-        return dg.SkipReason(f"Plannr API error; state kept, will retry next tick: {error}")
-    # Clients updated exactly at the watermark were seen last tick unless their uuid is new.
-    seen_at_watermark = set(state["uuids_at_watermark"]) if state else set()
-    news = [
-        c for c in changed if not (to_utc(c["updated_at"]) == watermark and c["uuid"] in seen_at_watermark)
-    ]
-    if not changed:
-        return dg.SkipReason("no clients yet" if state is None else "no changed clients")
-    newest = max(to_utc(c["updated_at"]) for c in changed)
-    cursor = json.dumps(
-        {
-            "watermark": newest.isoformat(),
-            "uuids_at_watermark": sorted(c["uuid"] for c in changed if to_utc(c["updated_at"]) == newest),
-        }
-    )
-    if state is None:  # first tick: a baseline, not a replay of every client
-        return dg.SensorResult(cursor=cursor, skip_reason=f"baseline at {newest.isoformat()}")
-    if not news:
-        return dg.SensorResult(cursor=cursor, skip_reason="no changed clients")
-    months = sorted({partition_key_of(to_utc(c["created_at"]), client_months) for c in news})
-    context.log.info(f"{len(news)} changed clients in {len(months)} month(s), {requests} request(s)")
-    runs = [
-        dg.RunRequest(
-            job_name=clients_job.name,
-            partition_key=month,
-            run_key=f"clients-changed:{month}:{newest.isoformat()}",
+def changed_clients_sensor_for(firm: Firm, clients_job: Any) -> dg.SensorDefinition:
+    """One firm's changed-clients sensor, `<slug>_changed_clients_sensor` for a firm, launching
+    its own clients job through its own API resource (so its own token and cursor)."""
+
+    def changed_clients_sensor(context: dg.SensorEvaluationContext, plannr: PlannrApi):
+        state = load_cursor(context, {"watermark", "uuids_at_watermark"})
+        try:
+            watermark = datetime.fromisoformat(state["watermark"]) if state else None
+        except (TypeError, ValueError):
+            context.log.warning(
+                "the cursor's watermark could not be read; starting again from a fresh baseline"
+            )
+            state = watermark = None
+        stats = RequestStats()
+        try:
+            changed = plannr.run(lambda api: _changed_since(api, watermark), stats=stats)
+            requests = stats.requests
+        except PlannrError as error:
+            return dg.SkipReason(f"Plannr API error; state kept, will retry next tick: {error}")
+        # Clients updated exactly at the watermark were seen last tick unless their uuid is new.
+        seen_at_watermark = set(state["uuids_at_watermark"]) if state else set()
+        news = [
+            c
+            for c in changed
+            if not (to_utc(c["updated_at"]) == watermark and c["uuid"] in seen_at_watermark)
+        ]
+        if not changed:
+            return dg.SkipReason("no clients yet" if state is None else "no changed clients")
+        newest = max(to_utc(c["updated_at"]) for c in changed)
+        cursor = json.dumps(
+            {
+                "watermark": newest.isoformat(),
+                "uuids_at_watermark": sorted(c["uuid"] for c in changed if to_utc(c["updated_at"]) == newest),
+            }
         )
-        for month in months
-    ]
-    return dg.SensorResult(run_requests=runs, cursor=cursor)
+        if state is None:  # first tick: a baseline, not a replay of every client
+            return dg.SensorResult(cursor=cursor, skip_reason=f"baseline at {newest.isoformat()}")
+        if not news:
+            return dg.SensorResult(cursor=cursor, skip_reason="no changed clients")
+        months = sorted({partition_key_of(to_utc(c["created_at"]), client_months) for c in news})
+        context.log.info(f"{len(news)} changed clients in {len(months)} month(s), {requests} request(s)")
+        runs = [
+            dg.RunRequest(
+                job_name=clients_job.name,
+                partition_key=month,
+                run_key=f"clients-changed:{month}:{newest.isoformat()}",
+            )
+            for month in months
+        ]
+        return dg.SensorResult(run_requests=runs, cursor=cursor)
+
+    return dg.sensor(
+        name=firm.name("changed_clients_sensor"),
+        jobs=[clients_job],
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Polls Plannr clients by most recent update (sort=-updated_at), usually one request, and runs "
+            f"`{clients_job.name}` (clients and their goals) only for the created months that hold changed or new clients."
+        ),
+    )(rename_resources(changed_clients_sensor, firm.resource_keys()))
+
+
+changed_clients_sensor = changed_clients_sensor_for(DEFAULT_FIRM, clients_job)
