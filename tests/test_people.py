@@ -97,6 +97,9 @@ def readme_queries(section: str | None = "## Example queries") -> list[str]:
 def test_every_query_in_the_readme_runs_as_printed(synced_people):
     _, data_dir, _ = synced_people
     queries = readme_queries(section=None)  # example and history queries, and the data dictionary's
+    # The across-firms query is for the combined database of firm files, which a one-firm sync
+    # does not write: it names that database on its first line.
+    queries = [sql for sql in queries if "firms.duckdb" not in sql.splitlines()[0]]
     assert len(queries) >= 13
     for sql in queries:
         query(data_dir, sql)  # raises on any error
