@@ -8,6 +8,7 @@ none of them reaches a child started here unless the test passes it in `settings
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -91,6 +92,17 @@ def start_cli(
         start_new_session=True,
         **popen,  # type: ignore[arg-type]
     )
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop a child started in a session of its own, and everything it started: SIGTERM, then
+    SIGKILL if it has not ended within 30 s."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _run(

@@ -11,8 +11,6 @@ against a sandbox on loopback; a catcher on loopback stands for the attacker's h
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +25,7 @@ import pytest
 
 from plannr_pipeline.defs.alerts import AlertWebhook
 from plannr_pipeline.defs.deployment import DeploymentSettingError
-from tests.cli import clean_env, run_cli
+from tests.cli import clean_env, run_cli, stop_group
 from tests.test_ui import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, LOCATION, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,12 +128,7 @@ def deployed(tmp_path_factory, request):
         wait_for(up, 120, 1, "the Dagster webserver")
         yield url, workdir, make_sandbox
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
         log.close()
 
 

@@ -6,8 +6,6 @@ Screenshots land in test-artifacts/. Every process started here is stopped at th
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +20,7 @@ import httpx
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
-from tests.cli import clean_env, run_cli
+from tests.cli import clean_env, run_cli, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -122,12 +120,7 @@ def dagster_ui(tmp_path_factory) -> DagsterUI:
         wait_for(up, 120, 1, "the Dagster webserver")
         yield ui
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
         log.close()
 
 
