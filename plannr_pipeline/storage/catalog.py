@@ -70,21 +70,26 @@ def read_stored(connection: duckdb.DuckDBPyConnection, ours: set[str]) -> Stored
     )
 
 
-_CREATE = re.compile(r'^\s*CREATE OR REPLACE VIEW\s+"(?:[^"]|"")+"\s+AS\s+', re.S | re.I)
+_CREATE = re.compile(
+    r'^\s*CREATE (?:OR REPLACE )?VIEW\s+(?:"(?:[^"]|"")+"|[a-z_][a-z0-9_]*)\s+AS\s+', re.S | re.I
+)
 
 
-def rendered(connection: duckdb.DuckDBPyConnection, relation: Relation) -> str | None:
-    """The SQL DuckDB stores for `relation`'s view (it keeps its own rendering of the query, not
-    the text given), or None when that cannot be worked out: the caller then rewrites it."""
-    query = _CREATE.sub("", relation.create_sql, count=1)
+def normalised(connection: duckdb.DuckDBPyConnection, create_sql: str | None) -> str | None:
+    """A view's query as DuckDB prints it after a parse, or None if it cannot be parsed.
+
+    DuckDB stores its own rendering of a view's query, not the text given, and that rendering
+    differs between releases (1.5 quotes `"TIMESTAMP WITH TIME ZONE"`, its parser's printer does
+    not). So both sides of a comparison go through the same parse and print round trip, which
+    never binds the query (binding would open every Parquet file the view reads)."""
+    if create_sql is None:
+        return None
+    query = _CREATE.sub("", create_sql, count=1).rstrip().removesuffix(";")
     try:
-        # A parse and print round trip: DuckDB's own rendering, without binding the query (which
-        # would open every Parquet file the view reads).
         (text,) = connection.execute("SELECT json_deserialize_sql(json_serialize_sql(?))", [query]).fetchone()
     except duckdb.Error:
         return None
-    name = relation.name if re.fullmatch(r"[a-z_][a-z0-9_]*", relation.name) else f'"{relation.name}"'
-    return f"CREATE VIEW {name} AS {text};"
+    return text
 
 
 def changed(connection: duckdb.DuckDBPyConnection, wanted: list[Relation], stored: Stored) -> list[Relation]:
@@ -92,7 +97,8 @@ def changed(connection: duckdb.DuckDBPyConnection, wanted: list[Relation], store
     out = []
     for relation in wanted:
         if (
-            stored.sql.get(relation.name) != rendered(connection, relation)
+            (wanted_sql := normalised(connection, relation.create_sql)) is None
+            or normalised(connection, stored.sql.get(relation.name)) != wanted_sql
             or stored.comments.get(relation.name) != relation.description
             or any(
                 stored.column_comments.get(relation.name, {}).get(column) != text
