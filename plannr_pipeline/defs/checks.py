@@ -1,12 +1,11 @@
 """Checks that look across tables. Each collection asset reports its own completeness and key
 checks from the write it validated (assets/landing.py); what remains here needs two tables.
 
-They query the Parquet of record with an in-memory DuckDB, so they never need the shared
-database file.
+They query the store of record directly (the Parquet with an in-memory DuckDB, or the lake), so
+they never need the shared database file.
 """
 
 import dagster as dg
-import duckdb
 
 from plannr_pipeline.defs.resources import PlannrStorage
 from plannr_pipeline.firms import DEFAULT_FIRM, Firm, rename_resources
@@ -15,15 +14,14 @@ from plannr_pipeline.storage.warehouse import Warehouse
 
 
 def _count(warehouse: Warehouse, sql: str, *tables: Table) -> int:
-    """Run `sql` with each `{name}` replaced by that table's Parquet files."""
-    sources = {
-        t.name: f"read_parquet('{warehouse.store.glob_of(t)}', union_by_name = true, hive_partitioning = false)"
-        for t in tables
-    }
-    if not all(warehouse.store.files_of(t) for t in tables):
+    """Run `sql` with each `{name}` replaced by that table as stored."""
+    store = warehouse.store
+    if not all(store.has(t) for t in tables):
         return 0
-    with duckdb.connect() as connection:
-        return int(connection.execute(sql.format(**sources)).fetchone()[0])
+    with store.connect() as connection:
+        return int(
+            connection.execute(sql.format(**{t.name: store.source_sql(t) for t in tables})).fetchone()[0]
+        )
 
 
 def checks_for(firm: Firm) -> list[dg.AssetChecksDefinition]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, TypeVar
 from urllib.parse import urlparse
 
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
 
 from plannr_pipeline.api import PlannrClient, PlannrSettings, RequestStats
@@ -23,6 +25,8 @@ from plannr_pipeline.api.config import (
 )
 from plannr_pipeline.defs.deployment import FixedByDeployment
 from plannr_pipeline.private_files import make_private_dir
+from plannr_pipeline.storage.lake import ALIAS as LAKE_ALIAS
+from plannr_pipeline.storage.lake import LakeSettings, open_lake
 from plannr_pipeline.storage.warehouse import CONNECT_CONFIG, DATABASE_FILE, Warehouse, data_dir_from_env
 
 T = TypeVar("T")
@@ -121,22 +125,32 @@ class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
 
 
 class PlannrStorage(FixedByDeployment, dg.ConfigurableResource):
-    """Where the Parquet of record lives, and the DuckDB database the views are kept in (by
-    default `plannr.duckdb` beside it; the definitions take it from the `duckdb` resource).
-    Both are the deployment's (PLANNR_DATA_DIR), never run config."""
+    """Where the data of record lives: Parquet under `data_dir` with the views in a DuckDB database
+    beside it (by default `plannr.duckdb`; the definitions take it from the `duckdb` resource), or,
+    with `lake_catalog` and `lake_data`, a DuckLake (then `data_dir` only stages writes). All are
+    the deployment's (PLANNR_DATA_DIR, PLANNR_LAKE_*), never run config."""
 
     DEPLOYMENT_FIELDS: ClassVar[Mapping[str, str]] = {
         "data_dir": "PLANNR_DATA_DIR",
         "database": "PLANNR_DATA_DIR",
+        "lake_catalog": "PLANNR_LAKE_CATALOG",
+        "lake_data": "PLANNR_LAKE_DATA",
     }
 
     data_dir: str = "data"
     database: str | None = None
+    lake_catalog: str | None = None
+    lake_data: str | None = None
+
+    def lake(self) -> LakeSettings | None:
+        return LakeSettings.from_env(
+            {"PLANNR_LAKE_CATALOG": self.lake_catalog or "", "PLANNR_LAKE_DATA": self.lake_data or ""}
+        )
 
     def warehouse(self) -> Warehouse:
         data_dir = os.path.abspath(self.data_dir)
         make_private_dir(Path(data_dir))  # client data: the owner's alone, whoever created the run
-        return Warehouse(data_dir, self.database)
+        return Warehouse(data_dir, self.database, self.lake())
 
 
 class PlannrDuckDB(FixedByDeployment, DuckDBResource):
@@ -147,22 +161,49 @@ class PlannrDuckDB(FixedByDeployment, DuckDBResource):
     DEPLOYMENT_FIELDS: ClassVar[Mapping[str, str]] = {
         "data_dir": "PLANNR_DATA_DIR",
         "database": "PLANNR_DATA_DIR",
+        "lake_catalog": "PLANNR_LAKE_CATALOG",
+        "lake_data": "PLANNR_LAKE_DATA",
     }
 
     data_dir: str
+    lake_catalog: str | None = None
+    lake_data: str | None = None
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.lake_catalog:
+            return  # the relations live in the lake; nothing points at a folder
         if moved := Warehouse(os.path.abspath(self.data_dir), self.database).follow_a_move():
             context.log.warning(moved)
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The database, or on the lake a connection with it attached read-only (a user's asset
+        reads the data of record; only the Plannr assets write it)."""
+        lake = LakeSettings.from_env(
+            {"PLANNR_LAKE_CATALOG": self.lake_catalog or "", "PLANNR_LAKE_DATA": self.lake_data or ""}
+        )
+        if lake is None:
+            with super().get_connection() as connection:
+                yield connection
+            return
+        connection = open_lake(lake, os.environ, read_only=True)
+        try:
+            connection.execute(f"USE {LAKE_ALIAS}")
+            yield connection
+        finally:
+            connection.close()
 
 
 def storage_resources_from_env() -> tuple[PlannrStorage, PlannrDuckDB]:
     """One setting (PLANNR_DATA_DIR) places both: the DuckDB resource a user's own assets read
     through, and the storage the Plannr assets write, which keeps its views in that database."""
     data_dir = data_dir_from_env()
-    duckdb = PlannrDuckDB(
+    lake = LakeSettings.from_env()
+    lake_fields = {"lake_catalog": lake.catalog, "lake_data": lake.data} if lake else {}
+    database = PlannrDuckDB(
         database=str(Path(data_dir).absolute() / DATABASE_FILE),
         connection_config=CONNECT_CONFIG,
         data_dir=data_dir,
+        **lake_fields,
     )
-    return PlannrStorage(data_dir=data_dir, database=duckdb.database), duckdb
+    return PlannrStorage(data_dir=data_dir, database=database.database, **lake_fields), database

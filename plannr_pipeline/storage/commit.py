@@ -17,7 +17,10 @@ holding the store's lock from the first read to the last rename:
 3. refuses a write that would delete more than `max_delete_share` of the stored table;
 4. records history (versions and the proven deletions) against the history stored now;
 5. replaces `rejected_records` rows of the records this write quarantined or stored cleanly;
-6. renames every staged file into place as one set (`StagedWrite.commit_locked`).
+6. puts every staged file in place as one set (`StagedWrite.commit_locked`, the store's `land`).
+
+The store is either backend behind one interface (`storage.store.Store`): the local Parquet
+folder, or a DuckLake (`storage.lake`), where the last step is one transaction.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from plannr_pipeline.storage import history
-from plannr_pipeline.storage.parquet_store import ParquetStore, StagedWrite
+from plannr_pipeline.storage.parquet_store import StagedWrite
+from plannr_pipeline.storage.store import Store
 from plannr_pipeline.storage.tables import REJECTED_RECORDS, Table
 
 EARLIEST = datetime.min.replace(tzinfo=UTC)  # `seen_at` of rows stored before it existed
@@ -47,7 +51,7 @@ class Scope:
 
     everything: bool = False
     columns: tuple[str, ...] = ()
-    test: Callable[[pa.Table, ParquetStore], pa.Array] | None = None
+    test: Callable[[pa.Table, Store], pa.Array] | None = None
 
     @classmethod
     def whole_table(cls) -> Scope:
@@ -58,10 +62,10 @@ class Scope:
         return cls()
 
     @classmethod
-    def where(cls, columns: Sequence[str], test: Callable[[pa.Table, ParquetStore], pa.Array]) -> Scope:
+    def where(cls, columns: Sequence[str], test: Callable[[pa.Table, Store], pa.Array]) -> Scope:
         return cls(columns=tuple(columns), test=test)
 
-    def mask(self, stored: pa.Table, store: ParquetStore) -> list[bool]:
+    def mask(self, stored: pa.Table, store: Store) -> list[bool]:
         if self.everything:
             return [True] * stored.num_rows
         if self.test is None or stored.num_rows == 0:
@@ -125,7 +129,7 @@ def _is_in(column: pa.ChunkedArray, values: Collection[str]) -> pa.Array:
 
 
 def _carry(
-    store: ParquetStore, write: StagedWrite, table: Table, partitions: Collection[str], keys: set[str]
+    store: Store, write: StagedWrite, table: Table, partitions: Collection[str], keys: set[str]
 ) -> None:
     """Write stored rows of records `keys` (in `partitions`, for a partitioned table) into the
     staged files that replace them: records this write keeps as they are."""
@@ -137,13 +141,13 @@ def _carry(
         write.write(table, kept, partitions)
 
 
-def commit(store: ParquetStore, write: StagedWrite, request: CommitRequest) -> Outcome:
+def commit(store: Store, write: StagedWrite, request: CommitRequest) -> Outcome:
     root = request.tables[0]
     partitions = set(request.partitions)
     with store.lock():
         outcome = Outcome(replaced={}, recovered=store.recover_locked())
         for partition in partitions or [None]:
-            outcome.replaced[partition or ""] = store.rows_in(store.path_of(root, partition))
+            outcome.replaced[partition or ""] = store.rows_in_partition(root, partition)
 
         staged = _read_staged_root(write, root)
         part = root.partition_column
@@ -168,8 +172,8 @@ def commit(store: ParquetStore, write: StagedWrite, request: CommitRequest) -> O
             if inside
         ]
         log_table = history.history_table(root) if root.name in history.HISTORY_OF else None
-        log_glob = store.glob_of(log_table) if log_table and store.files_of(log_table) else None
-        gone_since = history.tombstones(root, log_glob)
+        log = store.source_sql(log_table) if log_table and store.has(log_table) else None
+        gone_since = history.tombstones(log, store.connect)
 
         # A staged record another commit has seen more recently (or proved gone after we read it).
         stale = {
@@ -219,7 +223,7 @@ def commit(store: ParquetStore, write: StagedWrite, request: CommitRequest) -> O
                     if rest.num_rows:
                         write.write(table, rest, [partition])
                     else:
-                        write.remove(store.path_of(table, partition))
+                        write.remove(table, partition)
 
         if log_table is not None:
             now = datetime.now(UTC)
@@ -227,13 +231,14 @@ def commit(store: ParquetStore, write: StagedWrite, request: CommitRequest) -> O
             found = history.events_for(
                 root,
                 write.staged_files_of(root),
-                log_glob,
+                log,
                 deleted,
                 now,
                 request.proof_time,
                 write.id,
                 out,
                 children=[(child, write.staged_files_of(child)) for child in request.tables[1:]],
+                connect=store.connect,
             )
             if not found.versions and not found.deletions:
                 write.discard(log_table, write.id)  # a write that changed nothing leaves no file
@@ -243,29 +248,12 @@ def commit(store: ParquetStore, write: StagedWrite, request: CommitRequest) -> O
         _replace_rejections(store, write, root, request.rejected, live)
         write.commit_locked()
         if log_table is not None:
-            outcome.folded = _fold_log(store, log_table)
+            outcome.folded = store.compact_log(log_table)
     return outcome
 
 
-def _fold_log(store: ParquetStore, log_table: Table) -> int:
-    """Fold a long history log's small files into one (a commit of its own); return how many."""
-    folded = history.files_to_fold(store.files_of(log_table))
-    if not folded:
-        return 0
-    write = StagedWrite(store)
-    out = write.file_for(log_table, f"folded-{write.id}")
-    before = sum(pq.ParquetFile(f).metadata.num_rows for f in folded)
-    if history.fold(folded, out) != before:  # never trade events for fewer files
-        write.abort()
-        raise RuntimeError(f"folding {log_table.name} lost events; nothing was changed")
-    for path in folded:
-        write.remove(path)
-    write.commit_locked()
-    return len(folded)
-
-
 def _replace_rejections(
-    store: ParquetStore,
+    store: Store,
     write: StagedWrite,
     root: Table,
     rejected: list[dict[str, Any]],
@@ -279,7 +267,7 @@ def _replace_rejections(
 
     new_keys = {key(root.name, r["uuid"], r["raw_json"]) for r in rejected}
     leaving = {key(root.name, uuid, "") for uuid in stored_cleanly}
-    if not new_keys and not store.files_of(REJECTED_RECORDS):
+    if not new_keys and not store.has(REJECTED_RECORDS):
         return
     existing = store.read(REJECTED_RECORDS)
     if not rejected and existing.num_rows == 0:

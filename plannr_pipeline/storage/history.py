@@ -15,7 +15,7 @@ to be rewritten.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -113,22 +113,24 @@ EVENT_ROW_GROUP_ROWS = 4_096
 def events_for(
     table: Table,
     staged_files: Collection[Path],
-    history_glob: str | None,
+    log: str | None,
     deleted: Collection[str],
     now: datetime,
     proof_time: datetime,
     batch: str,
     out: Path,
     children: Collection[tuple[Table, Collection[Path]]] = (),
+    connect: Callable[[], duckdb.DuckDBPyConnection] = duckdb.connect,
 ) -> HistoryEvents:
     """Write to `out` (Parquet, in the log's schema) the events a write adds: versions for new
     or changed records (their modelled columns or their child rows), and a deletion for each of
-    `deleted` (decided by the commit against what is stored now), stamped `seen_at = proof_time`."""
+    `deleted` (decided by the commit against what is stored now), stamped `seen_at = proof_time`.
+    `log`: SQL reading the stored log in a connection from `connect` (None: nothing logged yet)."""
     log_table = history_table(table)
     part = f'"{table.partition_column}"' if table.partition_column else "NULL"
     columns = ", ".join(f'"{c.name}"' for c in table.columns)
     children_cte, children_hash = _children_hash_sql([(child, files) for child, files in children if files])
-    with duckdb.connect() as db:
+    with connect() as db:
         db.execute("SET TimeZone = 'UTC'")
         # Memory, not speed, bounds this step: one thread, no ordering to keep (the log is read by
         # uuid and time), the staged rows read through a view, never copied into a table, and the
@@ -147,12 +149,11 @@ def events_for(
         db.execute("CREATE TEMP TABLE deleted (uuid VARCHAR)")
         if deleted:
             db.executemany("INSERT INTO deleted VALUES (?)", [(u,) for u in deleted])
-        log = f"read_parquet({_quote(history_glob or '')}, union_by_name = true, hive_partitioning = false)"
-        logged = _log_columns(db, log) if history_glob else set()
+        logged = _log_columns(db, log) if log else set()
         logged_children = (
             "children_hash" if "children_hash" in logged else "CAST(NULL AS VARCHAR) AS children_hash"
         )
-        if history_glob:
+        if log:
             # The latest event of each record, its hash worked out again under today's definition
             # (so a change of what is compared never reads as a change of every record).
             log_columns = ", ".join(f'"{c.name}"' for c in compared_columns(table))
@@ -172,7 +173,7 @@ def events_for(
                 FROM staged s LEFT JOIN latest l ON l.uuid = s.uuid
                 WHERE l.uuid IS NULL OR l.change = 'delete' OR l.row_hash <> s.row_hash
                    OR l.children_hash <> s.children_hash)"""
-        if history_glob and deleted:
+        if log and deleted:
             # A deletion keeps the record's identity; its other columns stay as the last version had them.
             events += f"""
             UNION ALL
@@ -186,7 +187,7 @@ def events_for(
         db.execute(
             f"COPY ({events}) TO {_quote(str(out))} "
             f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {EVENT_ROW_GROUP_ROWS})",
-            {"now": now, "batch": batch, **({"proof": proof_time} if history_glob and deleted else {})},
+            {"now": now, "batch": batch, **({"proof": proof_time} if log and deleted else {})},
         )
         counts = dict(
             db.execute(
@@ -201,12 +202,13 @@ def _log_columns(db: duckdb.DuckDBPyConnection, log: str) -> set[str]:
     return {row[0] for row in db.execute(f"DESCRIBE SELECT * FROM {log}").fetchall()}
 
 
-def tombstones(table: Table, history_glob: str | None) -> dict[str, datetime | None]:
+def tombstones(
+    log: str | None, connect: Callable[[], duckdb.DuckDBPyConnection] = duckdb.connect
+) -> dict[str, datetime | None]:
     """Records whose latest event is a deletion, with when that deletion was proven."""
-    if not history_glob:
+    if not log:
         return {}
-    log = f"read_parquet({_quote(history_glob)}, union_by_name = true, hive_partitioning = false)"
-    with duckdb.connect() as db:
+    with connect() as db:
         db.execute("SET TimeZone = 'UTC'")
         names = _log_columns(db, log)
         # Logs written before `seen_at` existed: the deletion's own time is the best proof time.
@@ -218,11 +220,12 @@ def tombstones(table: Table, history_glob: str | None) -> dict[str, datetime | N
     return {uuid: when for uuid, when, _ in rows}
 
 
-def view_sql(table: Table, history_glob: str | None) -> str:
-    """`<table>_history`: every column of the table plus valid_from, valid_to, deleted_at."""
+def view_sql(table: Table, log: str | None) -> str:
+    """`<table>_history`: every column of the table plus valid_from, valid_to, deleted_at, from
+    `log` (SQL reading the stored event log; None: nothing logged yet)."""
     columns = ", ".join(f'"{c.name}"' for c in table.columns)
     name = f"{table.name}_history"
-    if history_glob is None:
+    if log is None:
         nulls = ", ".join(f'CAST(NULL AS {c.duckdb_type}) AS "{c.name}"' for c in table.columns)
         return (
             f'CREATE OR REPLACE VIEW "{name}" AS SELECT {nulls}, CAST(NULL AS TIMESTAMPTZ) AS valid_from, '
@@ -231,7 +234,7 @@ def view_sql(table: Table, history_glob: str | None) -> str:
     return f"""CREATE OR REPLACE VIEW "{name}" AS
         WITH events AS (
             SELECT *, lead(valid_from) OVER w AS next_at, lead(change) OVER w AS next_change
-            FROM read_parquet({_quote(history_glob)}, union_by_name = true, hive_partitioning = false)
+            FROM {log}
             WINDOW w AS (PARTITION BY uuid ORDER BY valid_from)
         )
         SELECT {columns}, valid_from, next_at AS valid_to,

@@ -24,11 +24,13 @@ from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
+from plannr_pipeline.storage import history
 from plannr_pipeline.storage.tables import Table
 
 FILE_NAME = "data.parquet"
@@ -64,15 +66,19 @@ class StagedWrite:
         self._id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._writers: dict[Path, pq.ParquetWriter] = {}
         self._staged: dict[Path, Path] = {}  # target -> temp file
-        self._removals: set[Path] = set()
+        self._removals: dict[Path, tuple[Table, str | None]] = {}
+        self._places: dict[Path, tuple[Table, str | None]] = {}  # target -> (table, partition)
 
-    def _stage(self, target: Path) -> Path:
-        """Name the temp file beside `target` that its commit renames into place."""
+    def _stage(self, table: Table, partition: str | None) -> Path:
+        """Name the temp file beside its target that the commit puts in the target's place."""
+        target = self._store.path_of(table, partition)
         target.parent.mkdir(parents=True, exist_ok=True)
+        self._places[target] = (table, partition)
         self._staged[target] = temp = target.with_name(f".{target.name}.{self._id}.tmp")
         return temp
 
-    def _writer(self, target: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    def _writer(self, table: Table, partition: str | None = None) -> pq.ParquetWriter:
+        target, schema = self._store.path_of(table, partition), table.schema
         if target in self._writers:
             return self._writers[target]
         if (temp := self._staged.get(target)) is not None and temp.exists():
@@ -82,12 +88,12 @@ class StagedWrite:
             writer = self._writers[target] = pq.ParquetWriter(temp, schema, compression="zstd")
             writer.write_table(held)
             return writer
-        self._writers[target] = pq.ParquetWriter(self._stage(target), schema, compression="zstd")
+        self._writers[target] = pq.ParquetWriter(self._stage(table, partition), schema, compression="zstd")
         return self._writers[target]
 
     def file_for(self, table: Table, partition: str | None = None) -> Path:
         """Stage a file that another writer (DuckDB's COPY) fills: the path to write it to."""
-        return self._stage(self._store.path_of(table, partition))
+        return self._stage(table, partition)
 
     def discard(self, table: Table, partition: str | None = None) -> None:
         """Take a staged file out of this write, as if it had never been staged."""
@@ -96,16 +102,17 @@ class StagedWrite:
             writer.close()
         if temp := self._staged.pop(target, None):
             temp.unlink(missing_ok=True)
+        self._places.pop(target, None)
         _remove_if_empty(target.parent)  # the partition folder it made
 
     def write(self, table: Table, rows: pa.Table, partitions: Iterable[str] = ()) -> None:
         """Append rows; for a partitioned table, name every partition this write replaces
         (those with no rows become empty files, so a partition that emptied is emptied)."""
         if table.partition_column is None:
-            self._writer(self._store.path_of(table), table.schema).write_table(rows)
+            self._writer(table).write_table(rows)
             return
         for partition in partitions:
-            self._writer(self._store.path_of(table, partition), table.schema)
+            self._writer(table, partition)
         if rows.num_rows == 0:
             return
         values = rows.column(table.partition_column)
@@ -121,9 +128,9 @@ class StagedWrite:
     def id(self) -> str:
         return self._id
 
-    def remove(self, target: Path) -> None:
-        """Remove a stored file in the same commit (a partition no longer configured)."""
-        self._removals.add(target)
+    def remove(self, table: Table, partition: str | None = None) -> None:
+        """Remove a stored partition (or table) in the same commit (a partition no longer configured)."""
+        self._removals[self._store.path_of(table, partition)] = (table, partition)
 
     def targets(self) -> list[Path]:
         return list(self._staged)
@@ -162,28 +169,19 @@ class StagedWrite:
     def commit_locked(self) -> list[Path]:
         """Commit with the store's lock already held (the commit protocol holds it throughout).
         A commit a killed process left half-done is finished first, never after this one."""
-        self._store.recover_locked()
         for writer in self._writers.values():
             writer.close()  # closing twice is harmless
-        for temp in self._staged.values():
-            _fsync(temp)
-        root = self._store.root
-        journal = root / f".commit-{self._id}.json"
-        journal.write_text(
-            json.dumps(
-                {
-                    "base_version": self._store.version(),
-                    "renames": [
-                        [str(temp.relative_to(root)), str(target.relative_to(root))]
-                        for target, temp in self._staged.items()
-                    ],
-                    "removals": [str(path.relative_to(root)) for path in sorted(self._removals)],
-                }
-            )
-        )
-        _fsync(journal)
-        self._store.apply_journal(journal)
+        self._writers.clear()
+        self._store.land(self)
         return list(self._staged)
+
+    def staged_files(self) -> list[tuple[Table, str | None, Path, Path]]:
+        """(table, partition, target, staged file) of every file this write puts in place."""
+        return [(*self._places[target], target, temp) for target, temp in self._staged.items()]
+
+    def removals(self) -> list[tuple[Table, str | None, Path]]:
+        """(table, partition, target) of every stored file this write removes."""
+        return [(table, partition, target) for target, (table, partition) in sorted(self._removals.items())]
 
     def abort(self) -> None:
         for writer in self._writers.values():
@@ -194,6 +192,21 @@ class StagedWrite:
         for temp in self._staged.values():
             temp.unlink(missing_ok=True)
             _remove_if_empty(temp.parent)  # a partition folder this write made
+
+
+def remove_dead_staged_files(root: Path) -> list[str]:
+    """Remove the staged files of runs that died before committing; say which."""
+    done = []
+    for temp in root.glob(f"**/.{FILE_NAME}.*.tmp"):
+        pid = temp.name.split(".")[-2].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            temp.unlink(missing_ok=True)
+            done.append(f"removed a staged file of a run that died ({temp.relative_to(root)})")
+    return done
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -243,6 +256,30 @@ class ParquetStore:
         if not resolved.is_relative_to(self.root.resolve()):
             raise UntrustedJournal(relative)  # through a symbolic link, out of the store
         return self.root / path
+
+    def land(self, write: StagedWrite) -> None:
+        """Put a write's staged files in place as one set (the lock held): a journal naming every
+        rename and removal is synced first, so a kill half-way is rolled forward, never undone.
+        A commit a killed process left half-done is finished first, never after this one."""
+        self.recover_locked()
+        staged = write.staged_files()
+        for *_, temp in staged:
+            _fsync(temp)
+        journal = self.root / f".commit-{write.id}.json"
+        journal.write_text(
+            json.dumps(
+                {
+                    "base_version": self.version(),
+                    "renames": [
+                        [str(temp.relative_to(self.root)), str(target.relative_to(self.root))]
+                        for *_, target, temp in staged
+                    ],
+                    "removals": [str(target.relative_to(self.root)) for *_, target in write.removals()],
+                }
+            )
+        )
+        _fsync(journal)
+        self.apply_journal(journal)
 
     def apply_journal(self, journal: Path) -> str:
         """Carry out a commit's renames and removals, if it was made against the current version;
@@ -301,12 +338,7 @@ class ParquetStore:
             except (ValueError, KeyError, TypeError):  # a journal cut short was never acted on
                 journal.unlink()
                 done.append(f"discarded an incomplete commit journal ({journal.name})")
-        for temp in self.root.glob("**/.data.parquet.*.tmp"):
-            pid = temp.name.split(".")[-2].split("-")[0]
-            if pid.isdigit() and not _alive(int(pid)):
-                temp.unlink(missing_ok=True)
-                done.append(f"removed a staged file of a run that died ({temp.relative_to(self.root)})")
-        return done
+        return done + remove_dead_staged_files(self.root)
 
     def partitions_of(self, table: Table) -> list[str]:
         """The partition values stored for a partitioned table."""
@@ -319,6 +351,39 @@ class ParquetStore:
     @staticmethod
     def rows_in(path: Path) -> int:
         return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+
+    def rows_in_partition(self, table: Table, partition: str | None) -> int:
+        return self.rows_in(self.path_of(table, partition))
+
+    def has(self, table: Table) -> bool:
+        """Whether anything of `table` is stored (an empty view stands in until then)."""
+        return bool(self.files_of(table))
+
+    def source_sql(self, table: Table) -> str:
+        """SQL that reads `table` as stored, in a connection from `connect` (and in plannr.duckdb)."""
+        return f"read_parquet({_quote(self.glob_of(table))}, union_by_name = true, hive_partitioning = false)"
+
+    @staticmethod
+    def connect() -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection for reading `source_sql` (and staged files)."""
+        return duckdb.connect()
+
+    def compact_log(self, log_table: Table) -> int:
+        """Fold a long history log's small files into one, a commit of its own (the lock held);
+        return how many were folded."""
+        folded = history.files_to_fold(self.files_of(log_table))
+        if not folded:
+            return 0
+        write = StagedWrite(self)
+        out = write.file_for(log_table, f"folded-{write.id}")
+        before = sum(pq.ParquetFile(f).metadata.num_rows for f in folded)
+        if history.fold(folded, out) != before:  # never trade events for fewer files
+            write.abort()
+            raise RuntimeError(f"folding {log_table.name} lost events; nothing was changed")
+        for path in folded:
+            write.remove(log_table, path.parent.name.split("=", 1)[1])
+        write.commit_locked()
+        return len(folded)
 
     @contextmanager
     def lock(self) -> Iterator[None]:

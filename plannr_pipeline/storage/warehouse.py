@@ -19,7 +19,11 @@ from filelock import FileLock, Timeout
 
 from plannr_pipeline.storage import catalog, history
 from plannr_pipeline.storage.catalog import Relation
+from plannr_pipeline.storage.lake import ALIAS as LAKE_ALIAS
+from plannr_pipeline.storage.lake import LakeSettings, LakeStore
+from plannr_pipeline.storage.lake_views import refresh_lake_views
 from plannr_pipeline.storage.parquet_store import ParquetStore
+from plannr_pipeline.storage.store import Store
 from plannr_pipeline.storage.tables import ALL_TABLES, TABLES, Table
 from plannr_pipeline.storage.views import ANALYST_VIEWS
 
@@ -43,11 +47,9 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def view_sql(table: Table, store: ParquetStore) -> str:
-    if store.files_of(table):
-        source = (
-            f"read_parquet({_quote(store.glob_of(table))}, union_by_name = true, hive_partitioning = false)"
-        )
+def view_sql(table: Table, store: Store) -> str:
+    if store.has(table):
+        source = store.source_sql(table)
         columns = ", ".join(f'"{c.name}"' for c in table.columns)
         return f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT {columns} FROM {source}'
     # Not materialised yet: an empty view of the right shape, so queries and joins still work.
@@ -56,10 +58,24 @@ def view_sql(table: Table, store: ParquetStore) -> str:
 
 
 class Warehouse:
-    def __init__(self, data_dir: Path, db_path: str | Path | None = None) -> None:
+    """The store of record and the relations analysts query over it.
+
+    Local (the default): Parquet under `data_dir/parquet`, views in `plannr.duckdb`. With `lake`
+    (PLANNR_LAKE_CATALOG and PLANNR_LAKE_DATA): the tables in DuckLake and the views in the lake
+    too, so an analyst who attaches it (`plannr-pipeline lake-sql`) finds every relation there;
+    `data_dir` then only stages writes."""
+
+    def __init__(
+        self, data_dir: Path, db_path: str | Path | None = None, lake: LakeSettings | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.db_path = Path(db_path) if db_path else self.data_dir / DATABASE_FILE
-        self.store = ParquetStore(self.data_dir / "parquet")
+        self.lake = lake
+        self.store: Store = (
+            LakeStore(lake, self.data_dir / "lake-staging")
+            if lake
+            else ParquetStore(self.data_dir / "parquet")
+        )
 
     def relations(self) -> list[Relation]:
         """Every relation an analyst queries (the tables, their history, the analyst views), in
@@ -76,11 +92,11 @@ class Warehouse:
         for name in history.HISTORY_OF:
             table = TABLES[name]
             log_table = history.history_table(table)
-            glob = self.store.glob_of(log_table) if self.store.files_of(log_table) else None
+            log = self.store.source_sql(log_table) if self.store.has(log_table) else None
             relations.append(
                 Relation(
                     log_table.name,
-                    history.view_sql(table, glob),
+                    history.view_sql(table, log),
                     log_table.description,
                     {**{c.name: c.description for c in table.columns}, **history.VALIDITY_COLUMNS},
                 )
@@ -103,6 +119,8 @@ class Warehouse:
         sessions keep the copy they opened, the next ones see the new one.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.store, LakeStore):
+            return refresh_lake_views(self.store)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.store.recover()  # a reader never sees a half-done commit
         wanted = self.relations()
@@ -161,7 +179,7 @@ class Warehouse:
         Views name absolute paths, so an analyst's DuckDB finds the Parquet from any working
         directory; the price is that a moved or copied folder's views still point at the old
         place, until they are rewritten here."""
-        if not self.db_path.exists():
+        if self.lake or not self.db_path.exists():
             return None
         try:
             with duckdb.connect(str(self.db_path), read_only=True) as connection:
@@ -188,6 +206,13 @@ class Warehouse:
 
     def counts(self, relations: list[str]) -> dict[str, int]:
         """Rows in each relation, read-only in one connection; none if the database is busy elsewhere."""
+        if isinstance(self.store, LakeStore):
+            with self.store.connect() as connection:
+                connection.execute(f"USE {LAKE_ALIAS}")
+                return {
+                    name: int(connection.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0])
+                    for name in relations
+                }
         try:
             with duckdb.connect(str(self.db_path), read_only=True) as connection:
                 return {

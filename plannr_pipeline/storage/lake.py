@@ -1,0 +1,388 @@
+"""The data of record in DuckLake: a Postgres catalog, Parquet on S3-compatible storage.
+
+One machine's folder cannot serve workers on several machines, and object storage has no atomic
+rename for a home-made journal. DuckLake gives real transactions instead: a commit's tables and
+its history land in one catalog transaction or not at all, so a process killed mid-commit leaves
+the previous snapshot readable and nothing to roll forward (the Parquet it had uploaded is an
+orphan that `maintain` deletes).
+
+The commit protocol is the same as on the local store (commit.py): a write stages local Parquet
+files, then, holding the lake's commit lock (a Postgres advisory lock, so it spans machines),
+re-bases them on what the lake holds now and lands them in one transaction. Commits are short
+and one at a time per lake, which is how DuckLake's known write-conflict bugs are avoided
+(docs/storage-and-scale.md); a conflict that still happens is retried.
+
+Relation names are the local store's: the tables by their names, `<table>_history` a view over
+the event log `<table>_history_events`, the analyst views as views in the lake itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import duckdb
+import pyarrow as pa
+from filelock import FileLock
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from plannr_pipeline.storage import history
+from plannr_pipeline.storage.parquet_store import FILE_NAME, LOCK_TIMEOUT_SECONDS, remove_dead_staged_files
+from plannr_pipeline.storage.tables import Table
+
+if TYPE_CHECKING:
+    from plannr_pipeline.storage.parquet_store import StagedWrite
+
+ALIAS = "plannr"  # what the lake is attached as, here and in the SQL `lake-sql` prints
+EVENTS_SUFFIX = "_events"  # the history log behind the `<table>_history` view
+# The extensions come from PyPI wheels (DuckDB cannot download them here); each wheel holds one.
+EXTENSIONS = {"ducklake": "duckdb_extension_ducklake", "httpfs": "duckdb_extension_httpfs"}
+POSTGRES_EXTENSION = ("postgres_scanner", "duckdb_extension_postgres_scanner")
+
+
+class LakeSettingsError(ValueError):
+    """The lake variables are set wrongly; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True)
+class LakeSettings:
+    catalog: str  # a DuckLake catalog: `postgres:dbname=... host=...`, or a local file
+    data: str  # where its Parquet goes: `s3://bucket/prefix/`, or a local folder
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LakeSettings | None:
+        """PLANNR_LAKE_CATALOG with PLANNR_LAKE_DATA, or None (the local store) when neither is set."""
+        env = os.environ if env is None else env
+        catalog, data = env.get("PLANNR_LAKE_CATALOG", ""), env.get("PLANNR_LAKE_DATA", "")
+        if not catalog and not data:
+            return None
+        if not catalog or not data:
+            missing, given = (
+                ("PLANNR_LAKE_CATALOG", "PLANNR_LAKE_DATA")
+                if data
+                else ("PLANNR_LAKE_DATA", "PLANNR_LAKE_CATALOG")
+            )
+            raise LakeSettingsError(
+                f"{given} is set but {missing} is not: set both to keep the data in DuckLake, or neither "
+                "for the local store"
+            )
+        if not data.endswith("/"):
+            data += "/"
+        return cls(catalog, data)
+
+    @property
+    def postgres_conninfo(self) -> str | None:
+        """The libpq connection string of a Postgres catalog, or None for another kind."""
+        return self.catalog.removeprefix("postgres:") if self.catalog.startswith("postgres:") else None
+
+    def attach_sql(self, read_only: bool = False) -> str:
+        options = [f"DATA_PATH {_quote(self.data)}", "DATA_INLINING_ROW_LIMIT 0"]  # every row in Parquet
+        if read_only:
+            options.append("READ_ONLY")
+        return f"ATTACH {_quote('ducklake:' + self.catalog)} AS {ALIAS} ({', '.join(options)})"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def extension_file(name: str, package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LakeSettingsError(f"the DuckDB extension {name} is not installed: pip install {package}")
+    [folder] = spec.submodule_search_locations
+    [path] = Path(folder).glob(f"extensions/*/{name}.duckdb_extension")
+    return path
+
+
+def s3_secret_sql(env: Mapping[str, str], for_cli: bool = False) -> str | None:
+    """CREATE SECRET for the standard AWS_* variables; None when the data is not on S3.
+
+    For the command-line client the values stay `getenv(...)` calls, so the SQL `lake-sql` prints
+    holds no credential and is safe to paste, share or keep."""
+
+    def value(name: str, default: str | None = None) -> str | None:
+        if for_cli:
+            return f"getenv('{name}')" if env.get(name) or default is None else _quote(default)
+        found = env.get(name) or default
+        return _quote(found) if found is not None else None
+
+    parts = ["TYPE s3"]
+    for option, name, default in (
+        ("KEY_ID", "AWS_ACCESS_KEY_ID", None),
+        ("SECRET", "AWS_SECRET_ACCESS_KEY", None),
+        ("SESSION_TOKEN", "AWS_SESSION_TOKEN", None),
+        ("REGION", "AWS_REGION", "us-east-1"),
+    ):
+        if env.get(name) or default is not None:
+            parts.append(f"{option} {value(name, default)}")
+    if endpoint := env.get("AWS_ENDPOINT_URL"):
+        # A store that is not AWS (SeaweedFS, MinIO, moto): its host, path-style URLs.
+        url = urlparse(endpoint)
+        parts += [f"ENDPOINT {_quote(url.netloc)}", "URL_STYLE 'path'", f"USE_SSL {url.scheme == 'https'}"]
+    return f"CREATE OR REPLACE SECRET plannr_lake_s3 ({', '.join(parts)})"
+
+
+def is_event_log(table: Table) -> bool:
+    return table.name in {f"{name}_history" for name in history.HISTORY_OF}
+
+
+def lake_name(table: Table) -> str:
+    return table.name + EVENTS_SUFFIX if is_event_log(table) else table.name
+
+
+def _is_conflict(error: BaseException) -> bool:
+    return isinstance(error, duckdb.TransactionException) or "conflict" in str(error).lower()
+
+
+class LakeStore:
+    """The data of record in DuckLake, behind the same interface as `ParquetStore`."""
+
+    def __init__(self, settings: LakeSettings, staging: Path) -> None:
+        self.settings = settings
+        self.root = Path(staging)  # a write's files are staged here before they land
+        self._db: duckdb.DuckDBPyConnection | None = None
+        self._ensured: set[str] = set()
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._db is None:
+            self._db = open_lake(self.settings, os.environ)
+        return self._db
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on this process's lake connection (the lake attached as `plannr`)."""
+        return self._connection().cursor()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- layout of staged files ----------------------------------------------------------------
+
+    def path_of(self, table: Table, partition: str | None = None) -> Path:
+        if table.partition_column is None:
+            return self.root / table.name / FILE_NAME
+        if partition is None:
+            raise ValueError(f"{table.name} is partitioned by {table.partition_column}; name a partition")
+        return self.root / table.name / f"{table.partition_column}={partition}" / FILE_NAME
+
+    # -- the commit lock -----------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One commit at a time per lake, across processes and machines: a Postgres advisory
+        lock in the catalog's database, let go when the holder's connection ends (a killed
+        process included). A catalog that is a local file takes a file lock beside the staging."""
+        conninfo = self.settings.postgres_conninfo
+        if conninfo is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.root / ".lake-write.lock"), timeout=LOCK_TIMEOUT_SECONDS):
+                yield
+            return
+        import psycopg2  # only a Postgres catalog needs it
+
+        key = f"plannr-lake-commit:{self.settings.data}"
+        with psycopg2.connect(conninfo) as connection:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+                while True:
+                    cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [key])
+                    if cursor.fetchone()[0]:
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"another process has held the lake's commit lock for {LOCK_TIMEOUT_SECONDS} s; "
+                            "nothing was written. It is let go when its process ends: find the sync or "
+                            "Dagster run still committing and let it finish or stop it."
+                        )
+                    time.sleep(0.2)
+                try:
+                    yield
+                finally:
+                    cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
+        connection.close()
+
+    def recover(self) -> list[str]:
+        return self.recover_locked()
+
+    def recover_locked(self) -> list[str]:
+        """Nothing to roll forward (a transaction lands whole or not at all): only the staged
+        files of runs that died are removed."""
+        return remove_dead_staged_files(self.root)
+
+    # -- tables ------------------------------------------------------------------------------
+
+    def _exists(self, table: Table) -> bool:
+        if lake_name(table) in self._ensured:
+            return True
+        found = self.connect().execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = ?",
+            [ALIAS, lake_name(table)],
+        )
+        return bool(found.fetchone()[0])
+
+    def ensure(self, db: duckdb.DuckDBPyConnection, table: Table) -> None:
+        """Create the table on first use, and add the columns a newer release models."""
+        name = lake_name(table)
+        if name in self._ensured:
+            return
+        columns = ", ".join(f'"{c.name}" {c.duckdb_type}' for c in table.columns)
+        if not self._exists(table):
+            db.execute(f'CREATE TABLE IF NOT EXISTS {ALIAS}."{name}" ({columns})')
+            db.execute(f'COMMENT ON TABLE {ALIAS}."{name}" IS {_quote(table.description)}')
+            for column in table.columns:
+                db.execute(
+                    f'COMMENT ON COLUMN {ALIAS}."{name}"."{column.name}" IS {_quote(column.description)}'
+                )
+        stored = {
+            row[0]
+            for row in db.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND table_name = ?",
+                [ALIAS, name],
+            ).fetchall()
+        }
+        for column in table.columns:
+            if column.name not in stored:
+                db.execute(f'ALTER TABLE {ALIAS}."{name}" ADD COLUMN "{column.name}" {column.duckdb_type}')
+        self._ensured.add(name)
+
+    def source_sql(self, table: Table) -> str:
+        return f'{ALIAS}."{lake_name(table)}"'
+
+    def has(self, table: Table) -> bool:
+        return self._exists(table)
+
+    def _where(self, table: Table, partitions: Iterable[str] | None) -> tuple[str, list[str]]:
+        if not table.partition_column or partitions is None:
+            return "", []
+        values = list(partitions)
+        if not values:
+            return " WHERE false", []
+        marks = ", ".join("?" for _ in values)
+        return f' WHERE "{table.partition_column}" IN ({marks})', values
+
+    def read(
+        self, table: Table, partitions: Iterable[str] | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
+        schema = pa.schema([table.schema.field(c) for c in columns]) if columns else table.schema
+        if not self._exists(table):
+            return schema.empty_table()
+        where, values = self._where(table, partitions)
+        listed = ", ".join(f'"{name}"' for name in schema.names)
+        rows = self.connect().execute(f"SELECT {listed} FROM {self.source_sql(table)}{where}", values)
+        return rows.fetch_arrow_table().cast(schema)
+
+    def _count(self, table: Table, partitions: Iterable[str] | None = None) -> int:
+        if not self._exists(table):
+            return 0
+        where, values = self._where(table, partitions)
+        return int(
+            self.connect()
+            .execute(f"SELECT count(*) FROM {self.source_sql(table)}{where}", values)
+            .fetchone()[0]
+        )
+
+    def rows_of(self, table: Table) -> int:
+        return self._count(table)
+
+    def rows_in_partition(self, table: Table, partition: str | None) -> int:
+        return self._count(table, [partition] if partition is not None else None)
+
+    def partitions_of(self, table: Table) -> list[str]:
+        if not self._exists(table) or not table.partition_column:
+            return []
+        rows = self.connect().execute(
+            f'SELECT DISTINCT "{table.partition_column}" FROM {self.source_sql(table)} ORDER BY 1'
+        )
+        return [value for (value,) in rows.fetchall()]
+
+    # -- landing a write ---------------------------------------------------------------------
+
+    def land(self, write: StagedWrite) -> None:
+        """One transaction: each staged partition replaces the stored one (event logs are only
+        appended to), and removed partitions are deleted. Then the staged files go."""
+        staged, removals = write.staged_files(), write.removals()
+        db = self.connect()
+        for table in {id(t): t for t, *_ in staged}.values():
+            self.ensure(db, table)
+        self._transaction(db, staged, removals)
+        for *_, temp in staged:
+            temp.unlink(missing_ok=True)
+            _remove_empty_folders(temp.parent, self.root)
+
+    @retry(
+        retry=retry_if_exception(_is_conflict),
+        wait=wait_random_exponential(multiplier=0.2, max=5),
+        stop=stop_after_attempt(6),
+        reraise=True,
+    )
+    def _transaction(self, db: duckdb.DuckDBPyConnection, staged: list, removals: list) -> None:
+        db.execute("BEGIN TRANSACTION")
+        try:
+            for table, partition, _target, temp in staged:
+                target = self.source_sql(table)
+                if not is_event_log(table):
+                    where, values = self._where(table, [partition] if partition is not None else None)
+                    db.execute(f"DELETE FROM {target}{where}", values)
+                db.execute(f"INSERT INTO {target} BY NAME SELECT * FROM read_parquet({_quote(str(temp))})")
+            for table, partition, _target in removals:
+                if self._exists(table) and not is_event_log(table):
+                    where, values = self._where(table, [partition] if partition is not None else None)
+                    db.execute(f"DELETE FROM {self.source_sql(table)}{where}", values)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def compact_log(self, log_table: Table) -> int:
+        """Nothing per commit: `maintain` merges the lake's small files on a schedule."""
+        return 0
+
+
+def _remove_empty_folders(folder: Path, root: Path) -> None:
+    while folder != root and folder.is_relative_to(root):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def open_lake(
+    settings: LakeSettings, env: Mapping[str, str], read_only: bool = False
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the extensions loaded from their wheels, the S3 secret made from
+    the AWS_* variables, and the lake attached as `plannr`. Errors never repeat the secret."""
+    db = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    db.execute("SET TimeZone = 'UTC'")
+    wanted = dict(EXTENSIONS)
+    if settings.postgres_conninfo is not None:
+        wanted[POSTGRES_EXTENSION[0]] = POSTGRES_EXTENSION[1]
+    for name, package in wanted.items():
+        db.execute(f"LOAD {_quote(str(extension_file(name, package)))}")
+    if settings.data.startswith("s3://"):
+        try:
+            db.execute(s3_secret_sql(env))
+        except duckdb.Error as error:
+            raise LakeSettingsError(
+                f"the S3 credentials in AWS_* could not be used ({type(error).__name__}); check "
+                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and AWS_ENDPOINT_URL"
+            ) from None
+    try:
+        db.execute(settings.attach_sql(read_only))
+    except duckdb.Error as error:
+        raise LakeSettingsError(
+            f"could not open the lake (PLANNR_LAKE_CATALOG, PLANNR_LAKE_DATA): {str(error).splitlines()[0]}"
+        ) from None
+    return db

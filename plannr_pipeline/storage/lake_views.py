@@ -1,0 +1,52 @@
+"""The relations an analyst queries, kept inside the lake itself.
+
+A DuckDB file of views cannot carry an ATTACH, so on the lake the views live in the DuckLake
+catalog beside the tables: whoever attaches the lake (the `duckdb` resource, the command-line
+client with `lake-sql`'s SQL) finds `<table>_history` and the analyst views there. Their SQL names
+relations unqualified, so the lake works under any name it is attached as. Every table is
+created up front, so every relation exists (empty) before its first write, as locally.
+"""
+
+from __future__ import annotations
+
+from plannr_pipeline.storage import catalog, history
+from plannr_pipeline.storage.catalog import Relation
+from plannr_pipeline.storage.lake import ALIAS, LakeStore, lake_name
+from plannr_pipeline.storage.tables import ALL_TABLES, TABLES
+from plannr_pipeline.storage.views import ANALYST_VIEWS
+
+
+def lake_relations() -> list[Relation]:
+    """The views to keep in the lake. DuckLake stores a view's comment but not its columns'
+    (those are in the data dictionary, and on the tables)."""
+    relations = []
+    for name in history.HISTORY_OF:
+        table = TABLES[name]
+        log = f'"{lake_name(history.history_table(table))}"'
+        relations.append(
+            Relation(
+                f"{name}_history",
+                history.view_sql(table, log),
+                f"Every version of each `{name}` record since the first sync, and its deletion.",
+            )
+        )
+    relations += [Relation(view.name, view.create_sql, view.description) for view in ANALYST_VIEWS]
+    return relations
+
+
+def refresh_lake_views(store: LakeStore) -> str | None:
+    """Create the tables not there yet and write the views whose definition changed, under the
+    lake's commit lock (a catalog change is a commit like any other)."""
+    wanted = lake_relations()
+    with store.lock(), store.connect() as db:
+        db.execute(f"USE {ALIAS}")
+        for table in (*ALL_TABLES, *(history.history_table(TABLES[name]) for name in history.HISTORY_OF)):
+            store.ensure(db, table)
+        stale = catalog.changed(db, wanted, catalog.read_stored(db, {r.name for r in wanted}))
+        if stale:
+            db.execute("BEGIN TRANSACTION")
+            for relation in stale:
+                for statement in relation.statements():
+                    db.execute(statement)
+            db.execute("COMMIT")
+    return None
