@@ -53,10 +53,12 @@ def _sync(args: argparse.Namespace) -> int:
         budget_dir_from_env(os.environ)  # the sandbox's token has a budget file too
         # Importing the definitions reads the rest of the settings (partitions, budget).
         from plannr_pipeline.defs.assets.landing import delete_share_from_env
+        from plannr_pipeline.storage.lake import LakeSettings
         from plannr_pipeline.sync import ASSET_NAMES, run_sync
 
         delete_share_from_env()
-    except PlannrError as error:
+        LakeSettings.from_env()
+    except (PlannrError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from plannr_pipeline.storage.warehouse import Warehouse, data_dir_from_env
@@ -99,9 +101,9 @@ def _sync(args: argparse.Namespace) -> int:
         return 2
     print(f"plannr-pipeline sync: from {source} into {data_dir}", flush=True)
     _report_open_folders(data_dir)
-    if moved := Warehouse(data_dir).follow_a_move():
+    if moved := Warehouse.from_env(data_dir).follow_a_move():
         print(moved, flush=True)
-    recovered = Warehouse(data_dir).store.recover()  # what a sync killed earlier left staged
+    recovered = Warehouse.from_env(data_dir).store.recover()  # what a sync killed earlier left staged
     for line in recovered[:3]:  # a killed goals write leaves a file per month: the gist will do
         print(line, flush=True)
     if len(recovered) > 3:
@@ -142,10 +144,10 @@ def _sync(args: argparse.Namespace) -> int:
         return 143 if signals.names[0] == "SIGTERM" else 130
     # Each write brought the views in line (writing the database only where one changed); try
     # again only where that did not happen.
-    warehouse = Warehouse(data_dir)
-    if report.views_problems or not report.ok or not warehouse.db_path.exists():
+    warehouse = Warehouse.from_env(data_dir)
+    if report.views_problems or not report.ok or not (warehouse.lake or warehouse.db_path.exists()):
         report.views_problems = [problem] if (problem := warehouse.refresh_views()) else []
-    _print_summary(report, data_dir)
+    _print_summary(report, warehouse.where)
     if not report.ok:
         print("\nsync FAILED:", file=sys.stderr)
         for failure in report.failures:
@@ -204,10 +206,30 @@ def _views(args: argparse.Namespace) -> int:
     from plannr_pipeline.storage.warehouse import Warehouse, data_dir_from_env
 
     data_dir = os.path.abspath(data_dir_from_env())
-    if problem := Warehouse(data_dir).refresh_views():
+    warehouse = Warehouse.from_env(data_dir)
+    if problem := warehouse.refresh_views():
         print(f"error: {problem}. Close the other program holding it and run this again.", file=sys.stderr)
         return 3
-    print(f"views refreshed in {os.path.join(data_dir, 'plannr.duckdb')}")
+    print(f"views refreshed in {warehouse.db_path if warehouse.lake is None else warehouse.lake.data}")
+    return 0
+
+
+def _lake_sql(args: argparse.Namespace) -> int:
+    from plannr_pipeline.storage.lake import LakeSettings, analyst_sql
+
+    try:
+        lake = LakeSettings.from_env()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if lake is None:
+        print(
+            "error: no lake is configured (PLANNR_LAKE_CATALOG and PLANNR_LAKE_DATA are unset); the data is "
+            "in the local store: duckdb -readonly $PLANNR_DATA_DIR/plannr.duckdb",
+            file=sys.stderr,
+        )
+        return 2
+    print(analyst_sql(lake, os.environ))
     return 0
 
 
@@ -237,7 +259,7 @@ def _instance(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(report, data_dir: str) -> None:
+def _print_summary(report, where: str) -> None:
     print(f"\n{'table':<22}{'rows':>10}")
     for table, rows in sorted(report.rows.items()):
         print(f"{table:<22}{rows:>10}")
@@ -250,9 +272,7 @@ def _print_summary(report, data_dir: str) -> None:
         print(
             f"{report.rejected} record(s) could not be stored and were quarantined: select * from rejected_records"
         )
-    print(
-        f"{report.requests} API requests in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}"
-    )
+    print(f"{report.requests} API requests in {report.seconds:.1f}s. {where}")
 
 
 def _whole(least: int):
@@ -380,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
 
     views = commands.add_parser("views", help="(re)create the DuckDB views over the stored Parquet")
     views.set_defaults(run=_views)
+
+    lake_sql = commands.add_parser(
+        "lake-sql", help="print the SQL that attaches the lake read-only in the DuckDB command-line client"
+    )
+    lake_sql.set_defaults(run=_lake_sql)
 
     instance = commands.add_parser(
         "instance", help="prepare the Dagster instance (DAGSTER_HOME) sync and the UI share; print its path"

@@ -102,3 +102,13 @@ def alert_receiver() -> Iterator[AlertReceiver]:
     receiver = AlertReceiver()
     yield receiver
     receiver.close()
+
+
+@pytest.fixture(scope="session")
+def lake_servers():
+    """PostgreSQL and an S3 server on loopback, for every lake test of the session."""
+    from tests.lake_servers import LakeServers
+
+    servers = LakeServers()
+    yield servers
+    servers.stop()

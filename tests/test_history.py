@@ -3,52 +3,57 @@ what changed, no more; the analyst views give hand-checked answers."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
 import duckdb
 import pytest
 
 from plannr_pipeline.definitions import ASSETS
-from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
+from plannr_pipeline.defs.resources import PlannrApi
 from plannr_pipeline.sandbox.firm import FirmSize
 from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 from plannr_pipeline.sync import run_sync
 from tests.lying_api import LyingApi
+from tests.stored import StoredData
 
 HISTORIED = ("clients", "goals", "tasks", "circles")
 
 
-def query(data_dir: Path, sql: str, params: list | None = None) -> list[tuple]:
-    with duckdb.connect(str(data_dir / "plannr.duckdb"), read_only=True) as connection:
-        return connection.execute(sql, params or []).fetchall()
+def query(stored: StoredData, sql: str, params: list | None = None) -> list[tuple]:
+    return stored.query(sql, params)
 
 
-def counts(data_dir: Path) -> dict[str, tuple]:
+def counts(data_dir: StoredData) -> dict[str, tuple]:
     return {
         t: query(data_dir, f"select count(*), count(valid_to), count(deleted_at) from {t}_history")[0]
         for t in HISTORIED
     }
 
 
-@pytest.fixture(scope="module")
-def moved(tmp_path_factory):
-    """Synced, then the firm moves one step and is synced again; the counts after each sync."""
-    sandbox = SandboxServer(
-        SandboxOptions(size=FirmSize(clients=60), token="history-token", rate_limit_per_minute=100_000)
-    ).start()
-    data_dir = tmp_path_factory.mktemp("history") / "data"
-    resources = {
-        "plannr": PlannrApi(base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000),
-        "storage": PlannrStorage(data_dir=str(data_dir)),
-    }
-    assert run_sync(resources_by_key=resources, echo=lambda _: None).ok
-    first = counts(data_dir)
-    sandbox.advance(1)
-    assert run_sync(resources_by_key=resources, echo=lambda _: None).ok
-    second = counts(data_dir)
-    yield sandbox, data_dir, resources, first, second
-    sandbox.stop()
+@pytest.fixture(scope="module", params=["local", "lake"])
+def moved(request, tmp_path_factory):
+    """Synced, then the firm moves one step and is synced again; the counts after each sync.
+    Once on each backend: the same history, whether stored locally or in the lake."""
+    lake = request.getfixturevalue("lake_servers").new_lake() if request.param == "lake" else None
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in (lake.env if lake else {}).items():
+            env.setenv(name, value)  # the S3 credentials a lake run reads from its environment
+        sandbox = SandboxServer(
+            SandboxOptions(size=FirmSize(clients=60), token="history-token", rate_limit_per_minute=100_000)
+        ).start()
+        stored = StoredData(tmp_path_factory.mktemp("history") / "data", lake)
+        resources = {
+            "plannr": PlannrApi(
+                base_url=sandbox.url, token=sandbox.options.token, rate_limit_per_minute=100_000
+            ),
+            "storage": stored.storage(),
+        }
+        assert run_sync(resources_by_key=resources, echo=lambda _: None).ok
+        first = counts(stored)
+        sandbox.advance(1)
+        assert run_sync(resources_by_key=resources, echo=lambda _: None).ok
+        second = counts(stored)
+        yield sandbox, stored, resources, first, second
+        sandbox.stop()
 
 
 def test_the_first_sync_records_one_version_of_everything(moved):
@@ -124,10 +129,18 @@ def test_the_new_version_has_the_new_values_and_current_tables_equal_the_api(mov
 def test_a_sync_with_no_change_adds_nothing(moved):
     _, data_dir, resources, _, second = moved
 
-    def log_folder() -> dict[str, list[str]]:
+    def log_folder() -> dict[str, list]:
+        if data_dir.lake:  # the event logs' data files, as the lake's catalog lists them
+            return {
+                t: data_dir.query(
+                    f"select data_file from ducklake_list_files('plannr', '{t}_history_events')"
+                )
+                for t in HISTORIED
+            }
         return {
             t: sorted(
-                str(p.relative_to(data_dir)) for p in (data_dir / "parquet" / f"{t}_history").rglob("*")
+                str(p.relative_to(data_dir.data_dir))
+                for p in (data_dir.data_dir / "parquet" / f"{t}_history").rglob("*")
             )
             for t in HISTORIED
         }

@@ -192,26 +192,25 @@ class LakeStore:
         import psycopg2  # only a Postgres catalog needs it
 
         key = f"plannr-lake-commit:{self.settings.data}"
-        with psycopg2.connect(conninfo) as connection:
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
-                while True:
-                    cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [key])
-                    if cursor.fetchone()[0]:
-                        break
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(
-                            f"another process has held the lake's commit lock for {LOCK_TIMEOUT_SECONDS} s; "
-                            "nothing was written. It is let go when its process ends: find the sync or "
-                            "Dagster run still committing and let it finish or stop it."
-                        )
-                    time.sleep(0.2)
-                try:
-                    yield
-                finally:
-                    cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
-        connection.close()
+        connection = psycopg2.connect(conninfo)
+        try:
+            connection.autocommit = True  # the lock is the session's, outside any transaction
+            cursor = connection.cursor()
+            deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+            while True:
+                cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [key])
+                if cursor.fetchone()[0]:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"another process has held the lake's commit lock for {LOCK_TIMEOUT_SECONDS} s; "
+                        "nothing was written. It is let go when its process ends: find the sync or "
+                        "Dagster run still committing and let it finish or stop it."
+                    )
+                time.sleep(0.2)
+            yield  # closing the connection below lets the lock go, whatever happened meanwhile
+        finally:
+            connection.close()
 
     def recover(self) -> list[str]:
         return self.recover_locked()
@@ -386,3 +385,18 @@ def open_lake(
             f"could not open the lake (PLANNR_LAKE_CATALOG, PLANNR_LAKE_DATA): {str(error).splitlines()[0]}"
         ) from None
     return db
+
+
+def analyst_sql(settings: LakeSettings, env: Mapping[str, str]) -> str:
+    """The SQL to paste into the DuckDB command-line client (duckdb-cli 1.5.5) to query the lake
+    read-only: the extensions from this install's wheels, the S3 secret read from the client's own
+    AWS_* variables (no credential is printed), the ATTACH and USE."""
+    wanted = dict(EXTENSIONS)
+    if settings.postgres_conninfo is not None:
+        wanted[POSTGRES_EXTENSION[0]] = POSTGRES_EXTENSION[1]
+    lines = ["-- In the DuckDB command-line client 1.5.5 started with the same AWS_* variables set:"]
+    lines += [f"LOAD {_quote(str(extension_file(name, package)))};" for name, package in wanted.items()]
+    if settings.data.startswith("s3://"):
+        lines.append(s3_secret_sql(env, for_cli=True) + ";")
+    lines += [settings.attach_sql(read_only=True) + ";", f"USE {ALIAS};"]
+    return "\n".join(lines)

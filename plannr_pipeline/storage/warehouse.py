@@ -77,6 +77,18 @@ class Warehouse:
             else ParquetStore(self.data_dir / "parquet")
         )
 
+    @classmethod
+    def from_env(cls, data_dir: str | Path) -> Warehouse:
+        """The warehouse the environment names: the lake with PLANNR_LAKE_*, else the local store."""
+        return cls(Path(data_dir), lake=LakeSettings.from_env())
+
+    @property
+    def where(self) -> str:
+        """Where an analyst finds the relations, for a summary line (never a credential)."""
+        if self.lake:
+            return f"the lake at {self.lake.data} (attach it with `plannr-pipeline lake-sql`)"
+        return f"DuckDB: {self.db_path}"
+
     def relations(self) -> list[Relation]:
         """Every relation an analyst queries (the tables, their history, the analyst views), in
         dependency order, each with its comments: the data dictionary lives in the database too."""

@@ -1,0 +1,45 @@
+"""Read what a sync stored, from either backend: the local store's `plannr.duckdb`, or the lake
+attached read-only as an analyst would."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import duckdb
+
+from plannr_pipeline.defs.resources import PlannrStorage
+from plannr_pipeline.storage.lake import ALIAS, LakeSettings, open_lake
+from tests.lake_servers import Lake
+
+
+@dataclass(frozen=True)
+class StoredData:
+    data_dir: Path
+    lake: Lake | None = None
+
+    @property
+    def backend(self) -> str:
+        return "lake" if self.lake else "local"
+
+    def storage(self) -> PlannrStorage:
+        if self.lake is None:
+            return PlannrStorage(data_dir=str(self.data_dir))
+        return PlannrStorage(
+            data_dir=str(self.data_dir), lake_catalog=self.lake.catalog, lake_data=self.lake.data
+        )
+
+    def query(self, sql: str, params: list | None = None) -> list[tuple]:
+        if self.lake is None:
+            with duckdb.connect(str(self.data_dir / "plannr.duckdb"), read_only=True) as connection:
+                return connection.execute(sql, params or []).fetchall()
+        settings = LakeSettings(self.lake.catalog, self.lake.data)
+        with mock.patch.dict(os.environ, self.lake.env):
+            connection = open_lake(settings, os.environ, read_only=True)
+        try:
+            connection.execute(f"USE {ALIAS}")
+            return connection.execute(sql, params or []).fetchall()
+        finally:
+            connection.close()
