@@ -4,6 +4,8 @@ attached read-only as an analyst would."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -35,11 +37,17 @@ class StoredData:
         if self.lake is None:
             with duckdb.connect(str(self.data_dir / "plannr.duckdb"), read_only=True) as connection:
                 return connection.execute(sql, params or []).fetchall()
-        settings = LakeSettings(self.lake.catalog, self.lake.data)
-        with mock.patch.dict(os.environ, self.lake.env):
-            connection = open_lake(settings, os.environ, read_only=True)
+        with self.analyst(self.lake) as connection:  # attached afresh: the lake's newest snapshot
+            return connection.execute(sql, params or []).fetchall()
+
+    @staticmethod
+    @contextmanager
+    def analyst(lake: Lake) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The lake attached read-only, as an analyst has it."""
+        with mock.patch.dict(os.environ, lake.env):
+            connection = open_lake(LakeSettings(lake.catalog, lake.data), os.environ, read_only=True)
         try:
             connection.execute(f"USE {ALIAS}")
-            return connection.execute(sql, params or []).fetchall()
+            yield connection
         finally:
             connection.close()

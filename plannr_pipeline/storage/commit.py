@@ -146,9 +146,6 @@ def commit(store: Store, write: StagedWrite, request: CommitRequest) -> Outcome:
     partitions = set(request.partitions)
     with store.lock():
         outcome = Outcome(replaced={}, recovered=store.recover_locked())
-        for partition in partitions or [None]:
-            outcome.replaced[partition or ""] = store.rows_in_partition(root, partition)
-
         staged = _read_staged_root(write, root)
         part = root.partition_column
         stored_rows = store.read(
@@ -164,6 +161,10 @@ def commit(store: Store, write: StagedWrite, request: CommitRequest) -> Outcome:
                 strict=True,
             )
         }
+        for partition in partitions or [None]:
+            outcome.replaced[partition or ""] = (
+                sum(1 for p in parts if p == partition) if partition else stored_rows.num_rows
+            )
         in_scope = [
             uuid
             for uuid, inside in zip(

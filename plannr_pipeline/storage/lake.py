@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -148,24 +149,20 @@ class LakeStore:
     def __init__(self, settings: LakeSettings, staging: Path) -> None:
         self.settings = settings
         self.root = Path(staging)  # a write's files are staged here before they land
-        self._db: duckdb.DuckDBPyConnection | None = None
-        self._ensured: set[str] = set()
 
     # -- connection ----------------------------------------------------------------------------
 
-    def _connection(self) -> duckdb.DuckDBPyConnection:
-        if self._db is None:
-            self._db = open_lake(self.settings, os.environ)
-        return self._db
+    def _state(self) -> _OpenLake:
+        """This process's connection to the lake, opened once (loading the extensions and
+        attaching the catalog costs ~0.6 s) and shared by every store of the same lake."""
+        with _OPEN_LOCK:
+            if self.settings not in _OPEN:
+                _OPEN[self.settings] = _OpenLake(open_lake(self.settings, os.environ))
+            return _OPEN[self.settings]
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A cursor on this process's lake connection (the lake attached as `plannr`)."""
-        return self._connection().cursor()
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """A cursor of this process's lake connection (the lake attached as `plannr`)."""
+        return self._state().db.cursor()
 
     # -- layout of staged files ----------------------------------------------------------------
 
@@ -223,38 +220,58 @@ class LakeStore:
     # -- tables ------------------------------------------------------------------------------
 
     def _exists(self, table: Table) -> bool:
-        if lake_name(table) in self._ensured:
-            return True
+        known = self._state().tables
+        if lake_name(table) in known:
+            return True  # a table is never dropped: once seen, it stays
         found = self.connect().execute(
             "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = ?",
             [ALIAS, lake_name(table)],
         )
-        return bool(found.fetchone()[0])
+        if found.fetchone()[0]:
+            known.add(lake_name(table))
+            return True
+        return False
 
-    def ensure(self, db: duckdb.DuckDBPyConnection, table: Table) -> None:
-        """Create the table on first use, and add the columns a newer release models."""
-        name = lake_name(table)
-        if name in self._ensured:
+    def ensure(self, tables: Iterable[Table]) -> None:
+        """Create the tables not there yet, and add the columns a newer release models, in one
+        transaction (each DDL statement on its own would be a catalog commit of its own)."""
+        state = self._state()
+        wanted = [t for t in tables if lake_name(t) not in state.ensured]
+        if not wanted:
             return
-        columns = ", ".join(f'"{c.name}" {c.duckdb_type}' for c in table.columns)
+        db = self.connect()
+        db.execute("BEGIN TRANSACTION")
+        try:
+            for table in wanted:
+                self._create_or_evolve(db, table)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        state.ensured.update(lake_name(t) for t in wanted)
+
+    def _create_or_evolve(self, db: duckdb.DuckDBPyConnection, table: Table) -> None:
+        name = f'{ALIAS}."{lake_name(table)}"'
         if not self._exists(table):
-            db.execute(f'CREATE TABLE IF NOT EXISTS {ALIAS}."{name}" ({columns})')
-            db.execute(f'COMMENT ON TABLE {ALIAS}."{name}" IS {_quote(table.description)}')
+            columns = ", ".join(f'"{c.name}" {c.duckdb_type}' for c in table.columns)
+            db.execute(f"CREATE TABLE {name} ({columns})")
+            db.execute(f"COMMENT ON TABLE {name} IS {_quote(table.description)}")
             for column in table.columns:
-                db.execute(
-                    f'COMMENT ON COLUMN {ALIAS}."{name}"."{column.name}" IS {_quote(column.description)}'
-                )
+                db.execute(f'COMMENT ON COLUMN {name}."{column.name}" IS {_quote(column.description)}')
+            if table.partition_column and not is_event_log(table):
+                # One partition's rows in files of their own: replacing a partition drops whole files.
+                db.execute(f'ALTER TABLE {name} SET PARTITIONED BY ("{table.partition_column}")')
+            return
         stored = {
             row[0]
             for row in db.execute(
                 "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND table_name = ?",
-                [ALIAS, name],
+                [ALIAS, lake_name(table)],
             ).fetchall()
         }
         for column in table.columns:
             if column.name not in stored:
-                db.execute(f'ALTER TABLE {ALIAS}."{name}" ADD COLUMN "{column.name}" {column.duckdb_type}')
-        self._ensured.add(name)
+                db.execute(f'ALTER TABLE {name} ADD COLUMN "{column.name}" {column.duckdb_type}')
 
     def source_sql(self, table: Table) -> str:
         return f'{ALIAS}."{lake_name(table)}"'
@@ -312,10 +329,8 @@ class LakeStore:
         """One transaction: each staged partition replaces the stored one (event logs are only
         appended to), and removed partitions are deleted. Then the staged files go."""
         staged, removals = write.staged_files(), write.removals()
-        db = self.connect()
-        for table in {id(t): t for t, *_ in staged}.values():
-            self.ensure(db, table)
-        self._transaction(db, staged, removals)
+        self.ensure(table for table, *_ in staged)
+        self._transaction(self.connect(), staged, removals)
         for *_, temp in staged:
             temp.unlink(missing_ok=True)
             _remove_empty_folders(temp.parent, self.root)
@@ -347,6 +362,17 @@ class LakeStore:
     def compact_log(self, log_table: Table) -> int:
         """Nothing per commit: `maintain` merges the lake's small files on a schedule."""
         return 0
+
+
+@dataclass
+class _OpenLake:
+    db: duckdb.DuckDBPyConnection
+    tables: set[str] = field(default_factory=set)  # lake tables known to exist
+    ensured: set[str] = field(default_factory=set)  # ... and to have every column of this release
+
+
+_OPEN: dict[LakeSettings, _OpenLake] = {}
+_OPEN_LOCK = threading.Lock()
 
 
 def _remove_empty_folders(folder: Path, root: Path) -> None:

@@ -39,9 +39,8 @@ def refresh_lake_views(store: LakeStore) -> str | None:
     lake's commit lock (a catalog change is a commit like any other)."""
     wanted = lake_relations()
     with store.lock(), store.connect() as db:
+        store.ensure((*ALL_TABLES, *(history.history_table(TABLES[name]) for name in history.HISTORY_OF)))
         db.execute(f"USE {ALIAS}")
-        for table in (*ALL_TABLES, *(history.history_table(TABLES[name]) for name in history.HISTORY_OF)):
-            store.ensure(db, table)
         stale = catalog.changed(db, wanted, catalog.read_stored(db, {r.name for r in wanted}))
         if stale:
             db.execute("BEGIN TRANSACTION")

@@ -1,0 +1,163 @@
+"""The data of record in DuckLake: Postgres as the catalog, moto's S3 server as the bucket, both real
+servers on loopback (tests/lake_servers.py). The same sandbox is synced into the local store and
+into a lake, by the command-line program, and the two must hold the same rows."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from plannr_pipeline.sandbox.firm import FirmSize
+from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
+from plannr_pipeline.storage.history import HISTORY_OF
+from plannr_pipeline.storage.tables import ALL_TABLES
+from tests.cli import run_cli, sandbox_env, start_cli, stop_group
+from tests.stored import StoredData
+
+DUCKDB_CLI = str(Path(sys.executable).with_name("duckdb"))
+# Every relation an analyst reads, with what differs between two syncs at different times left out:
+# when a record was seen, and the sandbox's imports, which progress on its clock between syncs.
+COMPARED = {
+    **{
+        t.name: f"select * exclude (seen_at) from {t.name}"
+        if "seen_at" in t.schema.names
+        else f"select * from {t.name}"
+        for t in ALL_TABLES
+        if not t.name.startswith("import")
+    },
+    "imports": "select uuid, type, created_at from imports",
+    **{
+        f"{t}_history": f"select uuid, valid_to is null, deleted_at is null from {t}_history"
+        for t in HISTORY_OF
+    },
+}
+
+
+def cli_rows(attach: list[str], sql: str) -> str:
+    """What the DuckDB command-line client prints for `sql` (CSV, rows sorted), after `attach`."""
+    script = "\n".join(
+        [".output /dev/null", *attach, ".output", ".mode csv", f"select * from ({sql}) order by all;"]
+    )
+    done = subprocess.run([DUCKDB_CLI], input=script, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def synced(lake_servers, tmp_path_factory):
+    """One sandbox synced by `plannr-pipeline sync` into the local store and into a lake."""
+    sandbox = SandboxServer(
+        SandboxOptions(size=FirmSize(clients=80), token="lake-token", rate_limit_per_minute=100_000)
+    ).start()
+    local_dir, lake_dir = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("lake")
+    lake = lake_servers.new_lake()
+    local = run_cli("sync", env=sandbox_env(sandbox, local_dir), cwd=local_dir)
+    assert local.returncode == 0, local.stderr[-2000:]
+    lake_env = sandbox_env(sandbox, lake_dir, **lake.env)
+    lake_run = run_cli("sync", env=lake_env, cwd=lake_dir)
+    assert lake_run.returncode == 0, lake_run.stderr[-2000:]
+    yield sandbox, StoredData(local_dir / "data"), StoredData(lake_dir / "data", lake), lake_env, lake_run
+    sandbox.stop()
+
+
+def test_every_relation_lands_in_the_bucket_and_the_catalog(synced, lake_servers):
+    _, local, lake, _, run = synced
+    assert "the lake at s3://" in run.stdout and "lake-sql" in run.stdout
+    objects = lake_servers.objects(lake.lake)
+    for table in ALL_TABLES:
+        [(rows,)] = lake.query(f"select count(*) from {table.name}")
+        assert rows == local.query(f"select count(*) from {table.name}")[0][0], table.name
+        files = lake.query(f"select data_file from ducklake_list_files('plannr', '{table.name}')")
+        if rows:  # every row in a Parquet object in the bucket, none inlined in the catalog
+            assert files and all(f.removeprefix("s3://plannr-lake/") in objects for (f,) in files), table.name
+    # the local store's own files are not there: only staging, which a landed write leaves empty
+    assert not (lake.data_dir / "parquet").exists()
+    assert not [p for p in (lake.data_dir / "lake-staging").rglob("*.tmp")]
+
+
+def test_the_duckdb_cli_attaches_with_the_printed_sql_and_reads_the_same_rows(synced, tmp_path):
+    _, local, lake, lake_env, _ = synced
+    printed = run_cli("lake-sql", env=lake_env, cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    assert lake_env["AWS_SECRET_ACCESS_KEY"] not in printed.stdout  # the credential stays getenv(...)
+    assert lake_env["AWS_ACCESS_KEY_ID"] not in printed.stdout
+    attach_lake = printed.stdout.splitlines()
+    attach_local = [f"ATTACH '{local.data_dir / 'plannr.duckdb'}' AS plannr (READ_ONLY);", "USE plannr;"]
+    cli_env_keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+    os.environ.update({k: lake_env[k] for k in cli_env_keys})  # the analyst's shell has them set
+    try:
+        for name, sql in COMPARED.items():
+            assert cli_rows(attach_lake, sql) == cli_rows(attach_local, sql), name
+    finally:
+        for key in cli_env_keys:
+            os.environ.pop(key, None)
+
+
+def _commit_lock_held(lake) -> bool:
+    """Whether some process holds the lake's commit lock (an advisory lock in its catalog)."""
+    connection = psycopg2.connect(lake.catalog.removeprefix("postgres:"))
+    try:
+        cursor = connection.cursor()
+        cursor.execute("select count(*) from pg_locks where locktype = 'advisory' and granted")
+        return cursor.fetchone()[0] > 0
+    finally:
+        connection.close()
+
+
+def test_a_kill_9_mid_commit_leaves_the_lake_readable_and_the_rerun_exact(synced, lake_servers, tmp_path):
+    sandbox, _, _, _, _ = synced
+    lake = lake_servers.new_lake()
+    stored = StoredData(tmp_path / "data", lake)
+    env = sandbox_env(sandbox, tmp_path, **lake.env)
+    local_dir = tmp_path / "local"
+    local_dir.mkdir()
+    local = StoredData(local_dir / "data")
+    for stage in ("before", "after"):  # the same two syncs on both: the same history
+        assert run_cli("sync", env=sandbox_env(sandbox, local_dir), cwd=local_dir).returncode == 0
+        if stage == "before":
+            assert run_cli("sync", env=env, cwd=tmp_path).returncode == 0
+            sandbox.advance(1)  # so the killed commits below had changes and history to write
+    killed_in_commit = 0
+    for _attempt in range(3):  # each time killed while it holds the commit lock: mid-commit
+        process = start_cli(
+            "sync", env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            if _commit_lock_held(lake):
+                os.killpg(process.pid, signal.SIGKILL)
+                killed_in_commit += 1
+                break
+            time.sleep(0.01)
+        if process.poll() is None and not killed_in_commit:
+            stop_group(process)  # never caught committing: a test that proves nothing, failed below
+        process.wait(30)
+        assert stored.query("select count(*) from clients")[0][0] > 0  # the last snapshot reads fine
+    assert killed_in_commit == 3
+    # An analyst holds the lake open, in a transaction, through the whole rerun.
+    with StoredData.analyst(lake) as analyst:
+        analyst.execute("begin transaction")
+        analyst.execute("select count(*) from clients").fetchall()
+        rerun = run_cli("sync", env=env, cwd=tmp_path)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        analyst.execute("commit")
+    for name, sql in COMPARED.items():
+        assert sorted(stored.query(sql)) == sorted(local.query(sql)), name
+    for table in HISTORY_OF:  # two versions where the step changed a record, never an event twice
+        sql = f"select count(*), count(valid_to), count(deleted_at) from {table}_history"
+        assert stored.query(sql) == local.query(sql), table
+
+
+def test_one_lake_variable_without_the_other_is_one_line_and_exit_2(synced, tmp_path):
+    sandbox, *_ = synced
+    env = sandbox_env(sandbox, tmp_path, PLANNR_LAKE_CATALOG="postgres:dbname=x host=127.0.0.1")
+    done = run_cli("sync", env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "PLANNR_LAKE_DATA" in done.stderr, done.stderr
