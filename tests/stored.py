@@ -16,6 +16,8 @@ from plannr_pipeline.defs.resources import PlannrStorage
 from plannr_pipeline.storage.lake import ALIAS, LakeSettings, open_lake
 from tests.lake_servers import Lake
 
+_READERS: dict[str, duckdb.DuckDBPyConnection] = {}  # catalog -> a reader kept open
+
 
 @dataclass(frozen=True)
 class StoredData:
@@ -37,7 +39,14 @@ class StoredData:
         if self.lake is None:
             with duckdb.connect(str(self.data_dir / "plannr.duckdb"), read_only=True) as connection:
                 return connection.execute(sql, params or []).fetchall()
-        with self.analyst(self.lake) as connection:  # attached afresh: the lake's newest snapshot
+        if self.lake.catalog not in _READERS:  # kept open: each query still reads the newest snapshot
+            with mock.patch.dict(os.environ, self.lake.env):
+                _READERS[self.lake.catalog] = open_lake(
+                    LakeSettings(self.lake.catalog, self.lake.data), os.environ, read_only=True
+                )
+            _READERS[self.lake.catalog].execute(f"USE {ALIAS}")
+        with _READERS[self.lake.catalog].cursor() as connection:
+            connection.execute(f"USE {ALIAS}")
             return connection.execute(sql, params or []).fetchall()
 
     @staticmethod
