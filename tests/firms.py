@@ -116,3 +116,28 @@ def materialized_in(instance, run_id: str) -> set[str]:
 
     events = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
     return {event.dagster_event.asset_key.to_user_string() for event in events}
+
+
+@contextmanager
+def holding(home: Path, pool: str, slots: int) -> Iterator[None]:
+    """`slots` slots of `pool` held by STARTED runs of this (live) process, as a firm's backfill
+    holds them; released afterwards."""
+    import dagster as dg
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from plannr_pipeline.dead_runs import process_tags
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage, run_ids = instance.event_log_storage, []
+        try:
+            for n in range(slots):
+                run = instance.add_run(
+                    DagsterRun(job_name="backfill", status=dg.DagsterRunStatus.STARTED, tags=process_tags())
+                )
+                run_ids.append(run.run_id)
+                assert storage.claim_concurrency_slot(pool, run.run_id, f"step_{n}").is_claimed
+            yield
+        finally:
+            for run_id in run_ids:
+                storage.free_concurrency_slots_for_run(run_id)
+                instance.delete_run(run_id)

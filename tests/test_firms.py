@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tests.firms import (
     REPO,
     TwoFirms,
     firm_project,
+    holding,
     materialized_in,
     project_env,
     two_sandbox_firms,
@@ -403,30 +403,6 @@ def test_the_readmes_queries_across_firms_run_on_a_two_firm_sync(synced) -> None
         ).fetchone()[0]
         with pytest.raises(duckdb.Error):  # read-only for the analyst
             db.execute("create table mine as select 1")
-
-
-@contextmanager
-def holding(home: Path, pool: str, slots: int) -> Iterator[None]:
-    """`slots` slots of `pool` held by STARTED runs of this (live) process, as a firm's backfill
-    holds them; released afterwards."""
-    from dagster._core.storage.dagster_run import DagsterRun
-
-    from plannr_pipeline.dead_runs import process_tags
-
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        storage, run_ids = instance.event_log_storage, []
-        try:
-            for n in range(slots):
-                run = instance.add_run(
-                    DagsterRun(job_name="backfill", status=dg.DagsterRunStatus.STARTED, tags=process_tags())
-                )
-                run_ids.append(run.run_id)
-                assert storage.claim_concurrency_slot(pool, run.run_id, f"step_{n}").is_claimed
-            yield
-        finally:
-            for run_id in run_ids:
-                storage.free_concurrency_slots_for_run(run_id)
-                instance.delete_run(run_id)
 
 
 def test_a_firms_share_is_its_own_pool_and_another_firm_never_waits_for_it(synced) -> None:

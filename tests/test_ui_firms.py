@@ -10,22 +10,24 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+from dagster_graphql import DagsterGraphQLClient
 
 from tests.cli import run_cli
-from tests.firms import materialized_in, two_sandbox_firms
+from tests.firms import holding, materialized_in, two_sandbox_firms
 from tests.test_ui import ARTIFACTS, CHROMIUM, browser, dagster_dev, open_page, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)"
 )
 
+LOCATION = "plannr_pipeline.definitions"  # `dagster dev -m plannr_pipeline.definitions`
 RUNS = """query ($key: [String!]!) { assetOrError(assetKey: {path: $key}) { ... on Asset {
   assetMaterializations(limit: 1) { runId } } } }"""
 
 
 @pytest.fixture(scope="module")
 def two_firms_ui(tmp_path_factory):
-    with two_sandbox_firms(tmp_path_factory.mktemp("two_firms_ui")) as firms:
+    with two_sandbox_firms(tmp_path_factory.mktemp("two_firms_ui"), acme={"concurrency_share": 2}) as firms:
         prepared = run_cli("instance", env=firms.env, cwd=firms.root)  # as scripts/dev.sh does
         assert prepared.returncode == 0, prepared.stderr[-2000:]
         target = ("-m", "plannr_pipeline.definitions")
@@ -73,3 +75,26 @@ def test_both_firms_groups_show_and_one_firms_asset_launches_alone(two_firms_ui,
     assert latest("beta") is None
     tables = {p.name for p in firms.data.glob("beta/parquet/[!.]*")}  # not the store's own .files
     assert tables <= {"import_progress_history"}, tables
+
+
+def test_the_run_queue_holds_a_firm_whose_pool_is_full_and_launches_another_past_it(two_firms_ui):
+    """The daemon's queued run coordinator reads each firm's pool limit (its concurrency_share,
+    written by `plannr-pipeline instance`): while acme's backfill holds its pool, a run of acme
+    stays queued and beta's hourly refresh is launched past it; freed, acme's runs too."""
+    firms, ui = two_firms_ui
+    client = DagsterGraphQLClient("127.0.0.1", port_number=ui.port)
+    where = {"repository_location_name": LOCATION, "repository_name": "__repository__"}
+    finished = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
+
+    def ended(run_id: str, timeout: float = 300) -> dg.DagsterRunStatus:
+        return wait_for(lambda: (s := client.get_run_status(run_id)) in finished and s, timeout, 2, run_id)
+
+    with dg.DagsterInstance.from_config(str(firms.home)) as instance:
+        limits = {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()}
+    assert limits["plannr_api_acme"] == 2 and limits["plannr_api_beta"] == 1
+    with holding(firms.home, "plannr_api_acme", 2):  # acme's share (concurrency_share: 2), all taken
+        acme = client.submit_job_execution("acme_imports_job", **where)
+        beta = client.submit_job_execution("beta_imports_job", **where)
+        assert ended(beta) == dg.DagsterRunStatus.SUCCESS
+        assert client.get_run_status(acme) == dg.DagsterRunStatus.QUEUED
+    assert ended(acme) == dg.DagsterRunStatus.SUCCESS
