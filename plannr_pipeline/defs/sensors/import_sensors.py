@@ -52,6 +52,16 @@ def _poll(context: dg.SensorEvaluationContext, plannr: PlannrApi, tracked: dict[
     return snapshots
 
 
+def _tracked_and_polled(context: dg.SensorEvaluationContext, plannr: PlannrApi):
+    """What the cursor tracks (None on a first tick) and this tick's imports; or, when the API
+    fails, the tick's skip reason, leaving the cursor as it was."""
+    tracked = _load(context)
+    try:
+        return tracked, _poll(context, plannr, tracked or {})
+    except PlannrError as error:
+        return dg.SkipReason(f"Plannr API error; state kept, will retry next tick: {error}")
+
+
 def _progress_metadata(snapshot: ImportSnapshot) -> dict[str, Any]:
     return {
         "import_uuid": snapshot.uuid,
@@ -86,11 +96,10 @@ def import_progress_sensor_for(firm: Firm, imports_job: Any, clients_job: Any) -
     def import_progress_sensor(
         context: dg.SensorEvaluationContext, plannr: PlannrApi, storage: PlannrStorage
     ):
-        tracked = _load(context)
-        try:
-            snapshots = _poll(context, plannr, tracked or {})
-        except PlannrError as error:
-            return dg.SkipReason(f"Plannr API error; state kept, will retry next tick: {error}")
+        polled = _tracked_and_polled(context, plannr)
+        if isinstance(polled, dg.SkipReason):
+            return polled
+        tracked, snapshots = polled
         events, runs, now_tracked, moved = [], [], {}, []
         for snapshot in snapshots:
             before = (tracked or {}).get(snapshot.uuid)
@@ -189,11 +198,10 @@ def import_failures_sensor_for(firm: Firm, imports_job: Any) -> dg.SensorDefinit
     def import_failures_sensor(
         context: dg.SensorEvaluationContext, plannr: PlannrApi, alert_webhook: AlertWebhook
     ):
-        tracked = _load(context)
-        try:
-            snapshots = _poll(context, plannr, tracked or {})
-        except PlannrError as error:
-            return dg.SkipReason(f"Plannr API error; state kept, will retry next tick: {error}")
+        polled = _tracked_and_polled(context, plannr)
+        if isinstance(polled, dg.SkipReason):
+            return polled
+        tracked, snapshots = polled
         events, runs, now_tracked = [], [], {}
         for snapshot in snapshots:
             before = (tracked or {}).get(snapshot.uuid, {"failed_jobs": 0, "failed": False})
