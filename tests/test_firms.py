@@ -119,6 +119,24 @@ def test_a_mistake_in_one_firm_file_is_one_line_naming_file_and_field(tmp_path: 
     with pytest.raises(FirmFileError, match="tokn_env"):
         read_firm_files(path.parent.parent)
 
+    path.write_text("type: plannr_pipeline.components.PlannrFirm\nattributes:\n  slug: main\n")
+    with pytest.raises(FirmFileError, match="slug: .*'main' is a name DuckDB keeps for itself"):
+        read_firm_files(path.parent.parent)  # it would be the firm's schema in firms.duckdb
+
+
+def test_instance_writes_the_firms_pool_limits_and_names_a_bad_firm_file(tmp_path: Path) -> None:
+    root = firm_project(tmp_path, {"acme": {"sandbox_seed": 1, "concurrency_share": 3}})
+    env = project_env(root, clean_env({"DAGSTER_HOME": str(tmp_path / "home")}))
+    done = run_cli("instance", env=env, cwd=root)
+    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path / "home"), done.stderr
+    assert "plannr_api_acme pool: 3 slot(s)" in done.stderr
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        assert instance.event_log_storage.get_concurrency_info("plannr_api_acme").limit == 3
+    bad = write_firm(root, "acme", {"slug": "acme", "concurrency_share": 0})
+    refused = run_cli("instance", env=env, cwd=root)
+    [error] = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 2 and str(bad) in error and "concurrency_share" in error
+
 
 def test_two_firms_may_not_share_a_slug_or_a_data_folder(tmp_path: Path) -> None:
     folder = tmp_path / "p"
