@@ -41,10 +41,7 @@ def _sync(args: argparse.Namespace) -> int:
     elif args.firm or firm_files_exist():
         from plannr_pipeline.firms.sync import sync_firms
 
-        passthrough = ["--pool-wait", str(args.pool_wait)] + (
-            ["--select", args.select] if args.select else []
-        )
-        return sync_firms(args.firm or [], passthrough)
+        return sync_firms(args.firm or [], ["--pool-wait", str(args.pool_wait)], args.select)
     # Arrow's default allocator (jemalloc) keeps what it frees for reuse, memory the sync then
     # holds to its end (~12 MB at its peak). Read when pyarrow loads, which has not happened yet.
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
@@ -246,6 +243,19 @@ def _report_open_folders(data_dir: str) -> None:
     report_looser(folders, lambda line: print(line, file=sys.stderr, flush=True))
 
 
+def _write_firm_pool_limits() -> list[str]:
+    from plannr_pipeline.firms.files import FIRMS_DIR, firm_files_exist, read_firm_files
+
+    if not firm_files_exist():
+        return []
+    import dagster as dg
+
+    from plannr_pipeline.firms.concurrency import write_pool_limits
+
+    with dg.DagsterInstance.get() as instance:
+        return write_pool_limits(instance, read_firm_files(FIRMS_DIR))
+
+
 def _instance(args: argparse.Namespace) -> int:
     try:
         said = prepare_instance()
@@ -254,6 +264,12 @@ def _instance(args: argparse.Namespace) -> int:
         return 2
     for line in said:
         print(line, file=sys.stderr)
+    try:  # each firm's pool limit, before the UI's daemon queues a run of it
+        for line in _write_firm_pool_limits():
+            print(line, file=sys.stderr)
+    except (ValueError, PlannrError) as error:  # a firm file's mistake (FirmFileError), a bad setting
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     _report_open_folders("")  # scripts/dev.sh calls this before the UI starts: said once there
     print(os.environ["DAGSTER_HOME"])
     return 0
@@ -381,7 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     sync = commands.add_parser("sync", help="materialise every asset, all partitions, in one process")
-    sync.add_argument("--select", help="comma-separated asset names (default: all)")
+    sync.add_argument(
+        "--select",
+        help="comma-separated asset names (default: all); with firm files FIRM/NAME is one firm's, NAME every firm's",
+    )
     sync.add_argument(
         "--pool-wait",
         type=_amount(),

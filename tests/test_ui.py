@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,7 +86,6 @@ def dagster_ui(tmp_path_factory) -> DagsterUI:
     workdir = tmp_path_factory.mktemp("newcomer")
     home = workdir / ".dagster_home"  # what the quick start leaves, DAGSTER_HOME unset
     data_dir = workdir / "data"
-    port = free_port()
     settings = {"PLANNR_DATA_DIR": str(data_dir), "PLANNR_SANDBOX_CLIENTS": str(SANDBOX_CLIENTS)}
     env = clean_env({**settings, "DAGSTER_HOME": str(home)})
     # The newcomer's path: a sync first (as scripts/quickstart.sh runs it: the installed script,
@@ -96,21 +96,30 @@ def dagster_ui(tmp_path_factory) -> DagsterUI:
     assert synced.returncode == 0, synced.stderr[-2000:]
     prepared = run_cli("instance", env=quick, cwd=workdir, installed=True)
     assert prepared.stdout.strip() == str(home)
+    with dagster_dev(REPO, env, data_dir, "-w", "workspace.yaml") as ui:
+        yield ui
+
+
+@contextmanager
+def dagster_dev(cwd: Path, env: dict[str, str], data_dir: Path, *target: str, log: str = "dagster-dev.log"):
+    """`dagster dev <target>` on a free loopback port while the block runs (its output in
+    test-artifacts/<log>); stopped with everything it started."""
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "dagster-dev.log", "w")
+    port = free_port()
+    output = open(ARTIFACTS / log, "w")
     dagster = Path(sys.executable).with_name("dagster")
     process = subprocess.Popen(
-        [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO,
+        [str(dagster), "dev", *target, "-h", "127.0.0.1", "-p", str(port)],
+        cwd=cwd,
         env=env,
-        stdout=log,
+        stdout=output,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     ui = DagsterUI(f"http://127.0.0.1:{port}", port, data_dir)
 
     def up() -> bool:
-        assert process.poll() is None, "dagster dev exited; see test-artifacts/dagster-dev.log"
+        assert process.poll() is None, f"dagster dev exited; see test-artifacts/{log}"
         try:
             return httpx.get(f"{ui.url}/server_info", timeout=2).status_code == 200
         except httpx.TransportError:
@@ -121,7 +130,7 @@ def dagster_ui(tmp_path_factory) -> DagsterUI:
         yield ui
     finally:
         stop_group(process)
-        log.close()
+        output.close()
 
 
 @pytest.fixture(scope="module")

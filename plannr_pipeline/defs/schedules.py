@@ -6,7 +6,7 @@ deletions. Hourly (:15): the current month of clients and goals, every import (a
 two), and tasks changed since the stored watermark.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dagster as dg
@@ -51,29 +51,14 @@ def schedules_for(
     clients_job, imports_job, sweeps_job, tasks_incremental_job = jobs
     status = dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
 
-    @dg.schedule(
-        name=firm.name("nightly_clients"),
-        default_status=status,
-        job=clients_job,
-        cron_schedule=nightly,
-        execution_timezone=TIMEZONE,
-        description="Nightly: every month of clients and their goals, in one run.",
-    )
-    def nightly_clients(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        return whole_range(client_months, context, firm.name("nightly-clients"))
-
-    @dg.schedule(
-        name=firm.name("hourly_current_clients"),
-        default_status=status,
-        job=clients_job,
-        cron_schedule=hourly,
-        execution_timezone=TIMEZONE,
-        description="Hourly: this month's clients and their goals.",
-    )
-    def hourly_current_clients(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        return current_partition(client_months, context)
-
-    def plain(name: str, job: Any, cron: str, description: str) -> dg.ScheduleDefinition:
+    def schedule(
+        name: str,
+        job: Any,
+        cron: str,
+        description: str,
+        request: Callable[[dg.ScheduleEvaluationContext], dg.RunRequest] | None = None,
+    ) -> dg.ScheduleDefinition:
+        """One of the firm's schedules; `request` says which months a monthly one asks for."""
         return dg.ScheduleDefinition(
             name=firm.name(name),
             job=job,
@@ -81,24 +66,37 @@ def schedules_for(
             cron_schedule=cron,
             execution_timezone=TIMEZONE,
             description=description,
+            execution_fn=request,
         )
 
     return [
-        nightly_clients,
-        plain(
+        schedule(
+            "nightly_clients",
+            clients_job,
+            nightly,
+            "Nightly: every month of clients and their goals, in one run.",
+            lambda context: whole_range(client_months, context, firm.name("nightly-clients")),
+        ),
+        schedule(
             "nightly_sweeps",
             sweeps_job,
             nightly,
             "Nightly: full sweeps of the unpartitioned collections (these also drop deleted records).",
         ),
-        hourly_current_clients,
-        plain(
+        schedule(
+            "hourly_current_clients",
+            clients_job,
+            hourly,
+            "Hourly: this month's clients and their goals.",
+            lambda context: current_partition(client_months, context),
+        ),
+        schedule(
             "hourly_imports",
             imports_job,
             hourly,
             "Hourly: every import and its row errors (a request or two).",
         ),
-        plain(
+        schedule(
             "hourly_tasks",
             tasks_incremental_job,
             hourly,

@@ -11,6 +11,7 @@ from plannr_pipeline.defs.checks import checks_for
 from plannr_pipeline.defs.jobs import jobs_for
 from plannr_pipeline.defs.schedules import schedules_for
 from plannr_pipeline.defs.sensors.clients import changed_clients_sensor_for
+from plannr_pipeline.defs.sensors.import_sensors import import_sensors_for
 from plannr_pipeline.firms.settings import FirmSettings
 
 
@@ -22,6 +23,7 @@ def firm_definitions(settings: FirmSettings) -> dg.Definitions:
     firm = settings.firm
     collections = collection_assets_of(settings)
     jobs = jobs_for(firm, collections)
+    clients_job, imports_job, *_ = jobs
     return dg.Definitions(
         assets=[*collections, analyst_views_for(firm)],
         asset_checks=checks_for(firm),
@@ -33,8 +35,11 @@ def firm_definitions(settings: FirmSettings) -> dg.Definitions:
             nightly=settings.nightly_cron,
             hourly=settings.hourly_cron,
         ),
-        # The import sensors are the single firm's only, so far (README: "Not yet per firm").
-        sensors=[changed_clients_sensor_for(firm, jobs[0])],
+        # Each firm polls its own API with its own token, keeping its own cursors.
+        sensors=[
+            changed_clients_sensor_for(firm, clients_job),
+            *import_sensors_for(firm, imports_job, clients_job),
+        ],
         resources=settings.resources(),
     )
 

@@ -22,6 +22,9 @@ import dagster as dg
 
 SLUG_PATTERN = r"[a-z][a-z0-9_]*"
 _SLUG = re.compile(rf"^{SLUG_PATTERN}$")
+# A slug is also its firm's schema in firms.duckdb: DuckDB's own schema and catalog names would
+# shadow or be shadowed by it.
+RESERVED_SLUGS = frozenset({"main", "temp", "system", "memory", "information_schema", "pg_catalog"})
 
 # The resources every firm has its own copy of (the alert webhook is the deployment's, shared).
 FIRM_RESOURCES = ("plannr", "storage", "duckdb")
@@ -36,6 +39,8 @@ class Firm:
         # else (a dot, a slash, `..`) could reach another firm's names or folder.
         if self.slug is not None and not _SLUG.match(self.slug):
             raise ValueError(f"firm slug {self.slug!r} must match {SLUG_PATTERN}")
+        if self.slug in RESERVED_SLUGS:
+            raise ValueError(f"firm slug {self.slug!r} is reserved by DuckDB: choose another")
 
     @property
     def is_default(self) -> bool:

@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from plannr_pipeline.api.config import budget_from_env, concurrency_from_env, positive_int
 from plannr_pipeline.defs.resources import PlannrApi, PlannrDuckDB, PlannrStorage
 from plannr_pipeline.defs.schedules import HOURLY, NIGHTLY
-from plannr_pipeline.firms.firm import SLUG_PATTERN, Firm
+from plannr_pipeline.firms.firm import RESERVED_SLUGS, SLUG_PATTERN, Firm
 from plannr_pipeline.storage.warehouse import CONNECT_CONFIG, DATABASE_FILE, data_dir_from_env
 
 
@@ -32,6 +32,14 @@ class FirmSettings(dg.Model):
     schedules_running: bool = True
     nightly_cron: str = NIGHTLY
     hourly_cron: str = HOURLY
+    concurrency_share: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Slots in this firm's own pool (plannr_api_<slug>): how many of its API-bound steps run "
+            "at once. Other firms' runs never wait for these."
+        ),
+    )
     max_concurrency: int | None = Field(default=None, ge=1, description="This firm's requests in flight.")
     rate_limit_per_minute: int | None = Field(
         default=None, ge=1, description="A ceiling on this firm's budget."
@@ -39,6 +47,13 @@ class FirmSettings(dg.Model):
     sandbox_seed: int | None = Field(
         default=None, description="The embedded sandbox's firm, when no token/URL."
     )
+
+    @field_validator("slug")
+    @classmethod
+    def _not_reserved(cls, slug: str) -> str:
+        if slug in RESERVED_SLUGS:  # the firm's schema in firms.duckdb
+            raise ValueError(f"{slug!r} is a name DuckDB keeps for itself: choose another slug")
+        return slug
 
     @property
     def firm(self) -> Firm:

@@ -11,10 +11,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from plannr_pipeline.firms.concurrency import write_pool_limits
 from plannr_pipeline.firms.files import FIRMS_DIR, FirmFileError, read_firm_files
+from plannr_pipeline.firms.selection import SelectionError, per_firm_selection
 
 
-def sync_firms(slugs: Sequence[str], passthrough: Sequence[str]) -> int:
+def sync_firms(slugs: Sequence[str], passthrough: Sequence[str], select: str | None = None) -> int:
     try:
         firms = read_firm_files(FIRMS_DIR)
     except FirmFileError as error:
@@ -27,7 +29,16 @@ def sync_firms(slugs: Sequence[str], passthrough: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    chosen = list(dict.fromkeys(slugs)) or known
+    from plannr_pipeline.defs.assets import ASSETS
+
+    try:
+        selection = per_firm_selection(
+            select, list(dict.fromkeys(slugs)) or known, (k.to_user_string() for a in ASSETS for k in a.keys)
+        )
+    except SelectionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    chosen = list(selection)
     from plannr_pipeline.instance import prepare_instance
 
     try:  # once, here: children preparing a fresh DAGSTER_HOME at the same moment would race
@@ -39,6 +50,8 @@ def sync_firms(slugs: Sequence[str], passthrough: Sequence[str]) -> int:
         # stamp the schema's version and leave the instance unusable.
         with dg.DagsterInstance.get() as instance:
             instance.get_runs(limit=1)
+            for line in write_pool_limits(instance, firms):  # every firm's, not only those synced now
+                print(line)
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -53,7 +66,10 @@ def sync_firms(slugs: Sequence[str], passthrough: Sequence[str]) -> int:
 
     children = {
         slug: subprocess.Popen(
-            [sys.executable, "-m", "plannr_pipeline.cli", "sync", "--one-firm", slug, *passthrough],
+            [
+                *(sys.executable, "-m", "plannr_pipeline.cli", "sync", "--one-firm", slug, *passthrough),
+                *(["--select", ",".join(names)] if (names := selection[slug]) else []),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -91,9 +107,9 @@ def _combine(firms: list) -> None:
     except (
         duckdb.Error,
         OSError,
-    ) as error:  # an analyst holding it open: the old views still read current data
+    ) as error:  # a full disk, say: the old file's views still read the current Parquet
         print(
             f"note: {path} not rewritten ({type(error).__name__}); its views still read the current Parquet"
         )
         return
-    print(f"across firms: {path} ({len(views)} views, each with a `firm` column)")
+    print(f"across firms: {path} ({len(views)} views, each with a `firm` column; one schema per firm)")
