@@ -1,4 +1,4 @@
-"""`plannr-pipeline sync | sandbox | instance`."""
+"""`plannr-pipeline sync | sandbox | instance | views | erase | unerase | retention`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import NoReturn
 from plannr_pipeline import progress
 from plannr_pipeline.api import PlannrError, PlannrSettings
 from plannr_pipeline.api.config import DEFAULT_BASE_URL, budget_dir_from_env, check_settings
+from plannr_pipeline.erasure.commands import add_commands as add_erasure_commands
 from plannr_pipeline.instance import prepare_instance
 from plannr_pipeline.private_files import make_private_dir, owner_only_umask, report_looser
 
@@ -448,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         "POST /__sandbox/advance?steps=N moves it on while it serves",
     )
     sandbox.set_defaults(run=_sandbox)
+    add_erasure_commands(commands)
 
     args = parser.parse_args(argv)
     if args.command == "sandbox":
