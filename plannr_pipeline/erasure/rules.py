@@ -31,26 +31,10 @@ from plannr_pipeline.storage.erasure import Rewrite
 from plannr_pipeline.storage.history import HISTORY_OF, history_table
 from plannr_pipeline.storage.tables import TABLES, Table
 
-# extra_json keys whose values are personal (phones, addresses, dates of birth): collected
-# from the client's own rows so the same values are cleared wherever else they appear.
-PERSONAL_KEYS = frozenset(
-    {
-        "primary_email",
-        "primary_phone_number",
-        "primary_address",
-        "email",
-        "emails",
-        "phone",
-        "phone_number",
-        "phone_numbers",
-        "mobile",
-        "address",
-        "addresses",
-        "date_of_birth",
-        "dob",
-        "national_insurance_number",
-    }
-)
+# extra_json keys whose values are personal (phones, addresses, dates of birth): a key holding
+# one of these words. Collected from the client's own rows so the same values are cleared
+# wherever else they appear.
+PERSONAL_KEY_WORDS = ("email", "phone", "mobile", "address", "birth", "dob", "national_insurance", "postcode")
 # Shorter values ("Ann", "UK") would clear cells of people who merely share them.
 MIN_VALUE_LENGTH = 5
 
@@ -81,7 +65,7 @@ class Person:
             except ValueError:
                 return
             for key, value in extra.items() if isinstance(extra, dict) else ():
-                if key in PERSONAL_KEYS:
+                if any(word in key.lower() for word in PERSONAL_KEY_WORDS):
                     for leaf in _leaves(value):
                         self._add(leaf)
 
