@@ -254,7 +254,7 @@ def _print_summary(report, data_dir: str) -> None:
     if report.erased_still_sent:
         print(
             f"the API still sends {report.erased_still_sent} client(s) erased here (withheld, not stored): "
-            "erase them in Plannr too (select uuid, at from erasure_log)"
+            "erase them in Plannr too (select uuid, recorded_at from erasure_log)"
         )
     print(
         f"{report.requests} API requests in {report.seconds:.1f}s. DuckDB: {os.path.join(data_dir, 'plannr.duckdb')}"

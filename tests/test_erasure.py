@@ -328,7 +328,7 @@ def test_a_sync_that_fetched_the_client_before_the_erasure_does_not_bring_it_bac
         sandbox.options.latency_ms = 2500  # the rest of the fan-out is slow: the erasure lands first
         erase = run_cli("erase", "--client", target["uuid"], "--reason", REASON, env=env, cwd=ROOT)
         assert erase.returncode == 0, erase.stderr
-        [(erased_at,)] = query(data, "select at from erasure_log")
+        [(erased_at,)] = query(data, "select recorded_at from erasure_log")
         out, _ = running.communicate(timeout=180)
     finally:
         if running.poll() is None:

@@ -151,7 +151,7 @@ def erased_uuids(store: ParquetStore) -> set[str]:
     latest: dict[str, tuple[datetime, str]] = {}
     for uuid_, at, action in zip(
         log.column("uuid").to_pylist(),
-        log.column("at").to_pylist(),
+        log.column("recorded_at").to_pylist(),
         log.column("action").to_pylist(),
         strict=True,
     ):
@@ -163,7 +163,7 @@ def erased_uuids(store: ParquetStore) -> set[str]:
 def append_log(store: ParquetStore, row: dict[str, Any]) -> None:
     """Add one event to `erasure_log` (its own commit; the caller holds the lock)."""
     row = {
-        "at": datetime.now(UTC),
+        "recorded_at": datetime.now(UTC),
         **row,
         "rows_removed": json.dumps(row.get("rows_removed") or {}, sort_keys=True),
         "rows_cleared": json.dumps(row.get("rows_cleared") or {}, sort_keys=True),

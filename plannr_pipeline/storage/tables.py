@@ -581,7 +581,7 @@ ERASURE_LOG = Table(
     (
         filled("uuid", "The client's uuid (joins to nothing any more: its rows are gone)."),
         filled("action", "`erase` or `lift` (the erasure lifted: later syncs store the client again)."),
-        filled("at", "When (UTC).", TS),
+        filled("recorded_at", "When (UTC).", TS),
         filled("reason", "Why, as the operator gave it (keep names out of it)."),
         filled("rows_removed", "Rows removed per table, as JSON (`{}` for a lift)."),
         filled("rows_cleared", "Rows kept with their personal cells set NULL, per table, as JSON."),
@@ -591,7 +591,7 @@ ERASURE_LOG = Table(
             "CSV row naming the client (it carries no uuid) is recognised and not stored again.",
         ),
     ),
-    key=("uuid", "at"),
+    key=("uuid", "recorded_at"),
 )
 
 ALL_TABLES = (
