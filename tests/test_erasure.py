@@ -319,13 +319,20 @@ def test_a_sync_that_fetched_the_client_before_the_erasure_does_not_bring_it_bac
     for goal in sandbox.firm.goals_by_client[target["uuid"]]:
         goal["progress"] = "99"  # something new to commit for it
         goal["updated_at"] = iso_london(datetime.now(UTC).replace(microsecond=0))
-    running = start_cli("sync", env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Four requests at a time, each slowed once the fan-out has begun: ~10 s in which to erase.
+    running = start_cli(
+        "sync",
+        env={**env, "PLANNR_MAX_CONCURRENCY": "4"},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 120
         while goal_requests(sandbox) <= 30:  # the first sync's 30; then the running sync's first
             assert time.monotonic() < deadline and running.poll() is None
-            time.sleep(0.05)
-        sandbox.options.latency_ms = 2500  # the rest of the fan-out is slow: the erasure lands first
+            time.sleep(0.01)
+        sandbox.options.latency_ms = 1500  # the rest of the fan-out is slow: the erasure lands first
         erase = run_cli("erase", "--client", target["uuid"], "--reason", REASON, env=env, cwd=ROOT)
         assert erase.returncode == 0, erase.stderr
         [(erased_at,)] = query(data, "select recorded_at from erasure_log")
