@@ -57,7 +57,11 @@ def _sync(args: argparse.Namespace) -> int:
         from plannr_pipeline.sync import ASSET_NAMES, run_sync
 
         delete_share_from_env()
-    except PlannrError as error:
+        # The nightly retention job reads these: a bad value is said now, not at 03:30.
+        from plannr_pipeline.erasure.retention import RetentionSettingError, check_retention_settings
+
+        check_retention_settings()
+    except (PlannrError, RetentionSettingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from plannr_pipeline.storage.warehouse import Warehouse, data_dir_from_env

@@ -28,6 +28,7 @@ from plannr_pipeline.sandbox.people import account_summary
 from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 from plannr_pipeline.storage.erasure import erased_uuids
 from plannr_pipeline.storage.parquet_store import ParquetStore
+from plannr_pipeline.storage.warehouse import Warehouse
 from tests.cli import run_cli, sandbox_env, start_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,14 +222,13 @@ def test_bad_input_is_one_line_and_exit_2(erased, tmp_path):
         )
     done = run_cli("retention", env={**env, "PLANNR_HISTORY_RETENTION": "6 years"}, cwd=ROOT)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        "error: PLANNR_HISTORY_RETENTION='6 years' is not a period: write a whole number and a unit, "
+        "error: PLANNR_HISTORY_RETENTION='6 years' is not a period: write a whole number (1 or more) and a unit, "
         "e.g. 6y, 18m, 8w, 90d (or 'forever')"
     ]
 
 
 def test_retention_drops_exactly_the_versions_past_the_period(erased, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(erased["data"], data)
+    data = copy_of(erased["data"], tmp_path)
     store = ParquetStore(data / "parquet")
     glob = str(data / "parquet" / "clients_history" / "*" / "data.parquet")
     events = f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
@@ -257,14 +257,42 @@ def test_retention_drops_exactly_the_versions_past_the_period(erased, tmp_path):
     assert kept == everything - expected and done["clients_history"].removed == len(expected)
 
 
+def test_deleted_records_lose_their_personal_fields_after_their_own_period(erased, tmp_path):
+    data = copy_of(erased["data"], tmp_path)
+    store = ParquetStore(data / "parquet")
+    names = "select uuid, count(name), count(email), count(extra_json), count(role) from clients_history group by uuid order by uuid"
+    before = query(data, names)
+    [(deleted_at,)] = query(data, "select max(deleted_at) from clients_history")
+    deleted = {u for (u,) in query(data, "select uuid from clients_history where deleted_at is not null")}
+    assert deleted
+    one_year = Period(1, "y")
+    done = apply_retention(
+        store, None, one_year, now=deleted_at.replace(year=deleted_at.year + 1) + timedelta(seconds=1)
+    )
+    after = query(data, names)
+    assert [r for r in after if r[0] not in deleted] == [r for r in before if r[0] not in deleted]
+    for uuid, name, email, extra, role in after:
+        if uuid in deleted:  # what changed and when stays; who it was does not
+            assert (name, email, extra) == (0, 0, 0) and role > 0
+    assert done["clients_history"].cleared == sum(r[1] + 0 for r in before if r[0] in deleted) + len(deleted)
+    assert done["clients_history"].removed == 0
+
+
+def copy_of(data: Path, tmp_path: Path) -> Path:
+    """A copy of the synced data folder, its views pointed at the copy."""
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    Warehouse(str(copy)).follow_a_move()
+    return copy
+
+
 def period_later(moment: datetime) -> datetime:
     """`now` such that now minus six years is `moment`."""
     return moment.replace(year=moment.year + 6)
 
 
 def test_the_dagster_job_and_the_lifted_erasure(erased, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(erased["data"], data)
+    data = copy_of(erased["data"], tmp_path)
     other = query(data, "select uuid from clients order by uuid limit 1")[0][0]
     result = erase_client_job.execute_in_process(
         run_config={"ops": {"erase_client_op": {"config": {"client_uuid": other, "reason": "from the UI"}}}},
@@ -289,8 +317,7 @@ def test_the_dagster_job_and_the_lifted_erasure(erased, tmp_path):
 
 
 def test_an_erasure_waits_for_a_commit_in_progress(erased, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(erased["data"], data)
+    data = copy_of(erased["data"], tmp_path)
     store = ParquetStore(data / "parquet")
     victim = query(data, "select uuid from clients order by uuid limit 1")[0][0]
     env = {**erased["env"], "PLANNR_DATA_DIR": str(data)}

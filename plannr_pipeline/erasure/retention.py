@@ -67,7 +67,7 @@ def period_from(variable: str, environ: dict[str, str] | None = None) -> Period 
         return None
     if not (match := _PERIOD.match(text.lower())) or int(match[1]) == 0:
         raise RetentionSettingError(
-            f"{variable}={text!r} is not a period: write a whole number and a unit, e.g. 6y, 18m, 8w, 90d "
+            f"{variable}={text!r} is not a period: write a whole number (1 or more) and a unit, e.g. 6y, 18m, 8w, 90d "
             "(or 'forever')"
         )
     return Period(int(match[1]), match[2])
