@@ -18,6 +18,7 @@ from plannr_pipeline import progress
 from plannr_pipeline.api import PlannrError, PlannrSettings
 from plannr_pipeline.api.config import DEFAULT_BASE_URL, budget_dir_from_env, check_settings
 from plannr_pipeline.erasure.commands import add_commands as add_erasure_commands
+from plannr_pipeline.erasure.periods import RetentionSettingError, check_retention_settings
 from plannr_pipeline.instance import prepare_instance
 from plannr_pipeline.private_files import make_private_dir, owner_only_umask, report_looser
 
@@ -57,10 +58,7 @@ def _sync(args: argparse.Namespace) -> int:
         from plannr_pipeline.sync import ASSET_NAMES, run_sync
 
         delete_share_from_env()
-        # The nightly retention job reads these: a bad value is said now, not at 03:30.
-        from plannr_pipeline.erasure.retention import RetentionSettingError, check_retention_settings
-
-        check_retention_settings()
+        check_retention_settings()  # read by the nightly retention job: said now, not at 03:30
     except (PlannrError, RetentionSettingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

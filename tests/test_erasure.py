@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster._core.instance.ref import InstanceRef
 
+from plannr_pipeline.cli import main
 from plannr_pipeline.defs.erasure import erase_client_job
 from plannr_pipeline.defs.resources import PlannrStorage
 from plannr_pipeline.erasure.retention import Period, apply_retention
@@ -205,26 +206,35 @@ def test_erasure_log_says_who_when_why_and_what_in_the_database(erased):
     print(f"erase took {erased['erase_seconds']:.1f}s (process start included)")
 
 
-def test_bad_input_is_one_line_and_exit_2(erased, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(erased, tmp_path, monkeypatch, capsys):
+    # The command as its own process once; the other mistakes through the same `main`, in-process
+    # (each process costs seconds of imports).
     env = {**erased["env"], "PLANNR_DATA_DIR": str(tmp_path / "none")}
-    for args, said in [
-        (("erase", "--client", "Ann Smith", "--reason", "x"), "is not a uuid"),
-        (("erase", "--client", erased["target"]["uuid"], "--reason", " "), "--reason is empty"),
-        (("erase", "--client", erased["target"]["uuid"]), "required: --reason"),
-        (
-            ("unerase", "--client", "0" * 8 + "-0000-0000-0000-" + "0" * 12, "--reason", "x"),
-            "not erased here",
-        ),
-    ]:
-        done = run_cli(*args, env=env, cwd=ROOT)
-        assert done.returncode == 2 and said in done.stderr and len(done.stderr.strip().splitlines()) == 1, (
-            done.stderr
-        )
     done = run_cli("retention", env={**env, "PLANNR_HISTORY_RETENTION": "6 years"}, cwd=ROOT)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
         "error: PLANNR_HISTORY_RETENTION='6 years' is not a period: write a whole number (1 or more) and a unit, "
         "e.g. 6y, 18m, 8w, 90d (or 'forever')"
     ]
+    monkeypatch.setenv("PLANNR_DATA_DIR", str(tmp_path / "none"))
+    for args, said in [
+        (("erase", "--client", "Ann Smith", "--reason", "x"), "is not a uuid"),
+        (("erase", "--client", erased["target"]["uuid"], "--reason", " "), "--reason is empty"),
+        (("erase", "--client", erased["target"]["uuid"]), "required: --reason"),
+        (
+            ("erase", "--client", erased["target"]["uuid"], "--reason", "x", "--firm", "nosuch"),
+            "no firm file",
+        ),
+        (
+            ("unerase", "--client", "0" * 8 + "-0000-0000-0000-" + "0" * 12, "--reason", "x"),
+            "not erased here",
+        ),
+    ]:
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+        err = capsys.readouterr().err
+        assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_retention_drops_exactly_the_versions_past_the_period(erased, tmp_path):

@@ -16,22 +16,23 @@ A period is a whole number and a unit: `d` days, `w` weeks, `m` months, `y` year
 
 from __future__ import annotations
 
-import calendar
-import os
-import re
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import duckdb
 
+from plannr_pipeline.erasure.periods import (  # noqa: F401 (re-exported)
+    DELETED_VARIABLE,
+    HISTORY_VARIABLE,
+    Period,
+    RetentionSettingError,
+    check_retention_settings,
+    period_from,
+)
 from plannr_pipeline.storage.erasure import Rewrite, Rewritten, rewrite_relations
 from plannr_pipeline.storage.history import HISTORY_OF, history_table
 from plannr_pipeline.storage.parquet_store import ParquetStore
 from plannr_pipeline.storage.tables import TABLES
 
-HISTORY_VARIABLE = "PLANNR_HISTORY_RETENTION"
-DELETED_VARIABLE = "PLANNR_DELETED_PERSONAL_RETENTION"
-DEFAULT_PERIOD = "6y"
 # What a deleted record's history keeps past PLANNR_DELETED_PERSONAL_RETENTION: all but these.
 PERSONAL_COLUMNS = {
     "clients": ("first_name", "last_name", "name", "email", "photo_url", "extra_json"),
@@ -39,43 +40,6 @@ PERSONAL_COLUMNS = {
     "circles": ("name", "photo_url", "extra_json"),
     "tasks": ("description", "extra_json"),
 }
-_PERIOD = re.compile(r"^\s*(\d{1,4})\s*([dwmy])\s*$")
-
-
-class RetentionSettingError(ValueError):
-    """A period that does not parse: the message is one line naming the variable and the fix."""
-
-
-@dataclass(frozen=True)
-class Period:
-    amount: int
-    unit: str  # d, w, m, y
-
-    def cutoff(self, now: datetime) -> datetime:
-        if self.unit in "dw":
-            return now - timedelta(days=self.amount * (7 if self.unit == "w" else 1))
-        months = now.year * 12 + now.month - 1 - self.amount * (12 if self.unit == "y" else 1)
-        year, month = divmod(months, 12)
-        day = min(now.day, calendar.monthrange(year, month + 1)[1])  # 29 February -> 28
-        return now.replace(year=year, month=month + 1, day=day)
-
-
-def period_from(variable: str, environ: dict[str, str] | None = None) -> Period | None:
-    """The period a variable sets (None: `forever`); a bad value raises one clear line."""
-    text = (environ if environ is not None else os.environ).get(variable) or DEFAULT_PERIOD
-    if text.strip().lower() == "forever":
-        return None
-    if not (match := _PERIOD.match(text.lower())) or int(match[1]) == 0:
-        raise RetentionSettingError(
-            f"{variable}={text!r} is not a period: write a whole number (1 or more) and a unit, e.g. 6y, 18m, 8w, 90d "
-            "(or 'forever')"
-        )
-    return Period(int(match[1]), match[2])
-
-
-def check_retention_settings(environ: dict[str, str] | None = None) -> None:
-    period_from(HISTORY_VARIABLE, environ)
-    period_from(DELETED_VARIABLE, environ)
 
 
 def _boundaries(store: ParquetStore, log, cutoff: datetime) -> tuple[list[str], list[datetime]]:
