@@ -51,7 +51,7 @@ def _without_single_firm(loaded: dg.Definitions) -> dg.Definitions:
     """The loaded definitions less the single firm's (the module-level objects in defs/, which
     `load_from_defs_folder` always finds); what watches the instance (dead runs, run failures)
     stays."""
-    # Erasure and retention work on the single firm's data folder; firms use `erase --firm SLUG`.
+    # The single firm's erasure and retention jobs (each firm has its own, `<slug>_erase_client_job`).
     single = {id(x) for x in [*ASSETS, *CHECKS, *JOBS, *SCHEDULES, *FIRM_SENSORS, *ERASURE_DEFS]}
 
     def kept(items: object) -> list:

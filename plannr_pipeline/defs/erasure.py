@@ -17,6 +17,7 @@ from plannr_pipeline.erasure.retention import (
     apply_retention,
     period_from,
 )
+from plannr_pipeline.firms import DEFAULT_FIRM, Firm, rename_resources
 
 
 class EraseClientConfig(dg.Config):
@@ -24,10 +25,7 @@ class EraseClientConfig(dg.Config):
     reason: str
 
 
-@dg.op(description="Erase one client's personal data from every file of the data folder (erasure_log).")
-def erase_client_op(
-    context: dg.OpExecutionContext, config: EraseClientConfig, storage: PlannrStorage
-) -> None:
+def _erase(context: dg.OpExecutionContext, config: EraseClientConfig, storage: PlannrStorage) -> None:
     warehouse = storage.warehouse()
     try:
         result = erase_client(warehouse.store, config.client_uuid, config.reason)
@@ -39,18 +37,7 @@ def erase_client_op(
         context.log.warning(problem)
 
 
-@dg.job(
-    description="Erase a client (UK GDPR art. 17): give its uuid and the reason in the Launchpad config. "
-    "Same as `plannr-pipeline erase --client UUID --reason TEXT`."
-)
-def erase_client_job():
-    erase_client_op()
-
-
-@dg.op(
-    description=f"Drop history past {HISTORY_VARIABLE}; clear deleted records' personal fields past {DELETED_VARIABLE}."
-)
-def retention_op(context: dg.OpExecutionContext, storage: PlannrStorage) -> None:
+def _retention(context: dg.OpExecutionContext, storage: PlannrStorage) -> None:
     try:
         history, deleted = period_from(HISTORY_VARIABLE), period_from(DELETED_VARIABLE)
     except RetentionSettingError as error:
@@ -59,18 +46,45 @@ def retention_op(context: dg.OpExecutionContext, storage: PlannrStorage) -> None
         context.log.info(f"{name}: {changed.removed} version(s) dropped, {changed.cleared} cleared")
 
 
-@dg.job(description="Retention: what `plannr-pipeline retention` does, on the nightly schedule.")
-def retention_job():
-    retention_op()
+def erasure_defs_for(firm: Firm, running: bool = True) -> list:
+    """One firm's erasure job, retention job and schedule (`<slug>_...` for a firm), on its own
+    `storage` resource: the same bodies for every firm."""
+    erase_op = dg.op(
+        name=firm.name("erase_client_op"),
+        description="Erase one client's personal data from every file of the data folder (erasure_log).",
+    )(rename_resources(_erase, firm.resource_keys()))
+    retention_op = dg.op(
+        name=firm.name("retention_op"),
+        description=f"Drop history past {HISTORY_VARIABLE}; clear deleted records' personal fields past "
+        f"{DELETED_VARIABLE}.",
+    )(rename_resources(_retention, firm.resource_keys()))
+
+    @dg.job(
+        name=firm.name("erase_client_job"),
+        description="Erase a client (UK GDPR art. 17): give its uuid and the reason in the Launchpad config. "
+        "Same as `plannr-pipeline erase --client UUID --reason TEXT`.",
+    )
+    def erase_job():
+        erase_op()
+
+    @dg.job(
+        name=firm.name("retention_job"),
+        description="Retention: what `plannr-pipeline retention` does, on the nightly schedule.",
+    )
+    def retention_job():
+        retention_op()
+
+    schedule = dg.ScheduleDefinition(
+        name=firm.name("nightly_retention"),
+        job=retention_job,
+        cron_schedule="30 3 * * *",  # after the nightly refresh (02:00) has landed
+        execution_timezone="Europe/London",
+        default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED,
+        description=f"Nightly: history past {HISTORY_VARIABLE}, deleted records' personal fields past "
+        f"{DELETED_VARIABLE}.",
+    )
+    return [erase_job, retention_job, schedule]
 
 
-retention_schedule = dg.ScheduleDefinition(
-    name="nightly_retention",
-    job=retention_job,
-    cron_schedule="30 3 * * *",  # after the nightly refresh (02:00) has landed
-    execution_timezone="Europe/London",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description=f"Nightly: history past {HISTORY_VARIABLE}, deleted records' personal fields past {DELETED_VARIABLE}.",
-)
-
-ERASURE_DEFS = [erase_client_job, retention_job, retention_schedule]
+ERASURE_DEFS = erasure_defs_for(DEFAULT_FIRM)
+erase_client_job, retention_job, retention_schedule = ERASURE_DEFS

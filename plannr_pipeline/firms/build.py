@@ -8,6 +8,7 @@ from plannr_pipeline.defs.assets import COLLECTION_ASSETS
 from plannr_pipeline.defs.assets.analyst_views import analyst_views_for
 from plannr_pipeline.defs.assets.common import collection_asset_for
 from plannr_pipeline.defs.checks import checks_for
+from plannr_pipeline.defs.erasure import erasure_defs_for
 from plannr_pipeline.defs.jobs import jobs_for
 from plannr_pipeline.defs.schedules import schedules_for
 from plannr_pipeline.defs.sensors.clients import changed_clients_sensor_for
@@ -22,17 +23,21 @@ def firm_definitions(settings: FirmSettings) -> dg.Definitions:
     firm = settings.firm
     collections = collection_assets_of(settings)
     jobs = jobs_for(firm, collections)
+    erase_job, retention_job, retention_schedule = erasure_defs_for(firm, running=settings.schedules_running)
     return dg.Definitions(
         assets=[*collections, analyst_views_for(firm)],
         asset_checks=checks_for(firm),
-        jobs=jobs,
-        schedules=schedules_for(
-            firm,
-            jobs,
-            running=settings.schedules_running,
-            nightly=settings.nightly_cron,
-            hourly=settings.hourly_cron,
-        ),
+        jobs=[*jobs, erase_job, retention_job],
+        schedules=[
+            *schedules_for(
+                firm,
+                jobs,
+                running=settings.schedules_running,
+                nightly=settings.nightly_cron,
+                hourly=settings.hourly_cron,
+            ),
+            retention_schedule,
+        ],
         # The import sensors are the single firm's only, so far (README: "Not yet per firm").
         sensors=[changed_clients_sensor_for(firm, jobs[0])],
         resources=settings.resources(),
