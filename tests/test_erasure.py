@@ -333,7 +333,7 @@ def test_an_erasure_waits_for_a_commit_in_progress(erased, tmp_path):
     env = {**erased["env"], "PLANNR_DATA_DIR": str(data)}
     with store.lock():  # a commit under way (another process's, as far as the erasure can tell)
         erase = start_cli("erase", "--client", victim, "--reason", "waits", env=env, cwd=ROOT)
-        time.sleep(4)
+        time.sleep(3)
         assert erase.poll() is None, erase.communicate()
         assert victim not in erased_uuids(store)
     out, err = erase.communicate(timeout=60)

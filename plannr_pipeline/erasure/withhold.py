@@ -51,6 +51,12 @@ def withhold_erased(store: ParquetStore, write: StagedWrite, request) -> int:
     }
     for table, rewrite in rewrites_for(person, request.tables).items():
         rewrite_staged(write, table, rewrite)
+    # Sent, even if quarantined (a record that could not be stored is still the client).
+    sent = {row["uuid"] for row in clients} | {
+        r.get("uuid")
+        for r in request.rejected
+        if r.get("table_name") == CLIENTS.name and r.get("uuid") in erased
+    }
     named = erased | person.goal_uuids
     request.rejected[:] = [
         r
@@ -59,4 +65,4 @@ def withhold_erased(store: ParquetStore, write: StagedWrite, request) -> int:
         and not any(u in (r.get("raw_json") or "") for u in erased)
         and not any(v in (r.get("raw_json") or "").lower() for v in person.values)
     ]
-    return len({row["uuid"] for row in clients})
+    return len(sent)
