@@ -27,8 +27,10 @@ from plannr_pipeline.sandbox.firm import FirmSize
 from plannr_pipeline.sandbox.formats import iso_london
 from plannr_pipeline.sandbox.people import account_summary
 from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
-from plannr_pipeline.storage.erasure import erased_uuids
-from plannr_pipeline.storage.parquet_store import ParquetStore
+from plannr_pipeline.storage.commit import CommitRequest, Scope, commit
+from plannr_pipeline.storage.erasure import append_log, erased_uuids
+from plannr_pipeline.storage.parquet_store import ParquetStore, StagedWrite
+from plannr_pipeline.storage.tables import CLIENTS, REJECTED_RECORDS
 from plannr_pipeline.storage.warehouse import Warehouse
 from tests.cli import run_cli, sandbox_env, start_cli
 
@@ -386,3 +388,39 @@ def test_a_sync_that_fetched_the_client_before_the_erasure_does_not_bring_it_bac
     assert query(data, f"select count(*) from goals where client_uuid = '{target['uuid']}'") == [(0,)]
     assert query(data, f"select count(*) from goals_history where client_uuid = '{target['uuid']}'") == [(0,)]
     assert found_in([data], [target["email"], target["name"]]) == []
+
+
+def test_a_quarantined_record_of_an_erased_client_is_not_kept_either(tmp_path):
+    """A write whose only news is the erased client, rejected (its raw JSON holds its name): the
+    commit counts it as still sent and keeps nothing of it in rejected_records."""
+    store = ParquetStore(tmp_path / "parquet")
+    uuid = "0b0c0d0e-1111-2222-3333-444455556666"
+    with store.lock():
+        append_log(store, {"uuid": uuid, "action": "erase", "reason": REASON})
+    write = StagedWrite(store)
+    write.write(CLIENTS, CLIENTS.schema.empty_table(), ["2026-11"])
+    now = datetime.now(UTC)
+    record = {"uuid": uuid, "name": "Rosalind Quarantine", "created_at": "not a date"}
+    outcome = commit(
+        store,
+        write,
+        CommitRequest(
+            tables=[CLIENTS],
+            partitions=["2026-11"],
+            scope=Scope.nothing(),
+            listing_started=now,
+            proof_time=now,
+            rejected=[
+                {
+                    "table_name": "clients",
+                    "uuid": uuid,
+                    "reason": "malformed created_at",
+                    "raw_json": json.dumps(record),
+                    "rejected_at": now,
+                }
+            ],
+        ),
+    )
+    assert outcome.erased_still_sent == 1
+    assert store.read(REJECTED_RECORDS).num_rows == 0
+    assert found_in([tmp_path], ["Rosalind Quarantine"]) == []
