@@ -1,4 +1,4 @@
-"""`plannr-pipeline sync | sandbox | instance`."""
+"""`plannr-pipeline sync | sandbox | instance | views | erase | unerase | retention`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from typing import NoReturn
 from plannr_pipeline import progress
 from plannr_pipeline.api import PlannrError, PlannrSettings
 from plannr_pipeline.api.config import DEFAULT_BASE_URL, budget_dir_from_env, check_settings
+from plannr_pipeline.erasure.commands import add_commands as add_erasure_commands
+from plannr_pipeline.erasure.periods import check_retention_settings
 from plannr_pipeline.instance import prepare_instance
 from plannr_pipeline.private_files import make_private_dir, owner_only_umask, report_looser
 
@@ -55,6 +57,7 @@ def _sync(args: argparse.Namespace) -> int:
 
         delete_share_from_env()
         LakeSettings.from_env()
+        check_retention_settings()  # read by the nightly retention job: said now, not at 03:30
     except (PlannrError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -288,6 +291,11 @@ def _print_summary(report, where: str) -> None:
         print(
             f"{report.rejected} record(s) could not be stored and were quarantined: select * from rejected_records"
         )
+    if report.erased_still_sent:
+        print(
+            f"the API still sends {report.erased_still_sent} client(s) erased here (withheld, not stored): "
+            "erase them in Plannr too (select uuid, recorded_at from erasure_log)"
+        )
     print(f"{report.requests} API requests in {report.seconds:.1f}s. {where}")
 
 
@@ -492,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         "POST /__sandbox/advance?steps=N moves it on while it serves",
     )
     sandbox.set_defaults(run=_sandbox)
+    add_erasure_commands(commands)
 
     args = parser.parse_args(argv)
     if args.command == "sandbox":

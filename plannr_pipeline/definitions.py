@@ -15,6 +15,7 @@ import dagster as dg
 from plannr_pipeline.defs.alerts import AlertWebhook
 from plannr_pipeline.defs.assets import ASSETS
 from plannr_pipeline.defs.checks import CHECKS
+from plannr_pipeline.defs.erasure import ERASURE_DEFS
 from plannr_pipeline.defs.jobs import JOBS
 from plannr_pipeline.defs.resources import PlannrApi, storage_resources_from_env
 from plannr_pipeline.defs.schedules import SCHEDULES
@@ -50,7 +51,8 @@ def _without_single_firm(loaded: dg.Definitions) -> dg.Definitions:
     """The loaded definitions less the single firm's (the module-level objects in defs/, which
     `load_from_defs_folder` always finds); what watches the instance (dead runs, run failures)
     stays."""
-    single = {id(x) for x in [*ASSETS, *CHECKS, *JOBS, *SCHEDULES, *FIRM_SENSORS]}
+    # The single firm's erasure and retention jobs (each firm has its own, `<slug>_erase_client_job`).
+    single = {id(x) for x in [*ASSETS, *CHECKS, *JOBS, *SCHEDULES, *FIRM_SENSORS, *ERASURE_DEFS]}
 
     def kept(items: object) -> list:
         return [x for x in (items or []) if id(x) not in single]  # type: ignore[union-attr]

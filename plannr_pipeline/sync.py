@@ -72,6 +72,7 @@ class SyncReport:
     checks: dict[str, bool] = field(default_factory=dict)
     views_problems: list[str] = field(default_factory=list)
     rejected: int = 0
+    erased_still_sent: int = 0  # erased clients the API still sends (withheld)
     seconds: float = 0.0
 
 
@@ -198,6 +199,11 @@ def run_sync(
                 )
                 report.requests += int(metadata["requests"].value)
                 report.rejected += int(metadata["rejected_records"].value)
+                if (
+                    materialization.asset_key.path[-1] == "clients"
+                    and "erased_clients_still_sent" in metadata
+                ):
+                    report.erased_still_sent += int(metadata["erased_clients_still_sent"].value)
             elif "dagster/row_count" in metadata:  # an analyst view
                 report.rows[materialization.asset_key.to_user_string()] = int(
                     metadata["dagster/row_count"].value

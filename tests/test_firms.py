@@ -95,6 +95,7 @@ def test_two_firm_files_give_prefixed_keys_groups_pools_and_no_token(tmp_path: P
     assert "acme_clients_job" in seen["jobs"] and "beta_tasks_incremental_job" in seen["jobs"]
     assert "clients_job" not in seen["jobs"]
     assert "acme_nightly_clients" in seen["schedules"] and "beta_hourly_tasks" in seen["schedules"]
+    assert "acme_erase_client_job" in seen["jobs"] and "beta_nightly_retention" in seen["schedules"]
     assert {"acme_changed_clients_sensor", "beta_changed_clients_sensor"} <= set(seen["sensors"])
     for name in ("changed_clients_sensor", "import_progress_sensor", "import_failures_sensor"):
         assert {f"acme_{name}", f"beta_{name}"} <= set(seen["sensors"])

@@ -4,6 +4,7 @@ into a lake, by the command-line program, and the two must hold the same rows.""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import psycopg2
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from plannr_pipeline.sandbox.firm import FirmSize
@@ -22,7 +25,9 @@ from plannr_pipeline.storage.lake import LakeSettings, LakeStore
 from plannr_pipeline.storage.lake_maintenance import maintain, retention_from_env
 from plannr_pipeline.storage.tables import ALL_TABLES
 from tests.cli import run_cli, sandbox_env, start_cli, stop_group
+from tests.lake_servers import BUCKET, POSTGRES_BIN
 from tests.stored import StoredData
+from tests.test_erasure import erasure_scenario, found_in
 
 DUCKDB_CLI = str(Path(sys.executable).with_name("duckdb"))
 # Every relation an analyst reads, with what differs between two syncs at different times left out:
@@ -201,3 +206,62 @@ def test_one_lake_variable_without_the_other_is_one_line_and_exit_2(synced, tmp_
     done = run_cli("sync", env=env, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "PLANNR_LAKE_DATA" in done.stderr, done.stderr
+
+
+def found_in_bucket(lake_servers, lake, values: list[str]) -> list[str]:
+    """Where any of `values` is in the lake's objects: raw bytes, and each Parquet column as text."""
+    hits, lowered = [], [v.lower() for v in values]
+    for key in lake_servers.objects(lake):
+        body = lake_servers.bucket().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        hits += [f"{key} (bytes): {v}" for v in lowered if v.encode() in body.lower()]
+        if key.endswith(".parquet") and not key.endswith("-delete.parquet"):
+            table = pq.read_table(io.BytesIO(body))
+            for name in table.column_names:
+                text = "\n".join(str(x) for x in table.column(name).cast(pa.string()).to_pylist()).lower()
+                hits += [f"{key} [{name}]: {v}" for v in lowered if v in text]
+    return hits
+
+
+def found_in_catalog(lake, values: list[str]) -> list[str]:
+    """Where any of `values` is in the catalog database: a dump of every table of it (DuckLake
+    keeps per-file column statistics there, minimum and maximum values included)."""
+    conninfo = dict(part.split("=", 1) for part in lake.catalog.removeprefix("postgres:").split())
+    dump = subprocess.run(
+        [
+            str(POSTGRES_BIN / "pg_dump"),
+            "-h",
+            conninfo["host"],
+            "-p",
+            conninfo["port"],
+            "-U",
+            conninfo["user"],
+            conninfo["dbname"],
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.lower()
+    return [v for v in (v.lower() for v in values) if v in dump]
+
+
+def test_an_erased_client_is_gone_from_every_object_the_catalog_and_the_folders(lake_servers, tmp_path):
+    lake = lake_servers.new_lake()
+    erased = erasure_scenario(tmp_path, lake, look=lambda values: found_in_bucket(lake_servers, lake, values))
+    try:
+        values, uuid = erased["values"], erased["target"]["uuid"]
+        assert erased["erase"].returncode == 0, erased["erase"].stderr
+        tables = {hit.split("/main/")[1].split("/")[0] for hit in erased["before"]["hits"]}
+        assert {"clients", "clients_history_events", "circle_accounts", "import_errors"} <= tables
+        assert erased["before"]["versions"] == 2
+        assert found_in_bucket(lake_servers, lake, values) == []  # after the erasure and the later sync
+        assert found_in_catalog(lake, values) == []
+        assert found_in([erased["data"], erased["home"]], values) == []
+        stored = StoredData(erased["data"], lake)
+        assert stored.query(f"select count(*) from clients where uuid = '{uuid}'") == [(0,)]
+        assert stored.query(f"select count(*) from goals_history where client_uuid = '{uuid}'") == [(0,)]
+        assert stored.query("select uuid, action from erasure_log") == [(uuid, "erase")]
+        assert "the API still sends 1 client(s) erased here" in erased["third"].stdout
+        others = f"select * exclude (seen_at) from clients where uuid <> '{uuid}' order by uuid"
+        assert stored.query(others) == erased["before"]["others"]
+    finally:
+        erased["sandbox"].stop()

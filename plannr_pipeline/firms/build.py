@@ -8,6 +8,7 @@ from plannr_pipeline.defs.assets import COLLECTION_ASSETS
 from plannr_pipeline.defs.assets.analyst_views import analyst_views_for
 from plannr_pipeline.defs.assets.common import collection_asset_for
 from plannr_pipeline.defs.checks import checks_for
+from plannr_pipeline.defs.erasure import erasure_defs_for
 from plannr_pipeline.defs.jobs import jobs_for
 from plannr_pipeline.defs.schedules import schedules_for
 from plannr_pipeline.defs.sensors.clients import changed_clients_sensor_for
@@ -24,17 +25,21 @@ def firm_definitions(settings: FirmSettings) -> dg.Definitions:
     collections = collection_assets_of(settings)
     jobs = jobs_for(firm, collections)
     clients_job, imports_job, *_ = jobs
+    erase_job, retention_job, retention_schedule = erasure_defs_for(firm, running=settings.schedules_running)
     return dg.Definitions(
         assets=[*collections, analyst_views_for(firm)],
         asset_checks=checks_for(firm),
-        jobs=jobs,
-        schedules=schedules_for(
-            firm,
-            jobs,
-            running=settings.schedules_running,
-            nightly=settings.nightly_cron,
-            hourly=settings.hourly_cron,
-        ),
+        jobs=[*jobs, erase_job, retention_job],
+        schedules=[
+            *schedules_for(
+                firm,
+                jobs,
+                running=settings.schedules_running,
+                nightly=settings.nightly_cron,
+                hourly=settings.hourly_cron,
+            ),
+            retention_schedule,
+        ],
         # Each firm polls its own API with its own token, keeping its own cursors.
         sensors=[
             changed_clients_sensor_for(firm, clients_job),

@@ -5,7 +5,8 @@ API long before it commits. So nothing is decided while fetching: a write stages
 received, each stamped `seen_at`, and names what it can speak for (its `Scope`). `commit` then,
 holding the store's lock from the first read to the last rename:
 
-1. rolls forward any commit a killed process left half-done (never after a newer one);
+1. rolls forward any commit a killed process left half-done (never after a newer one), and
+   withholds clients erased meanwhile (`erasure_log`) from the staged rows;
 2. re-bases the write on what is stored now, record by record, the newest observation winning:
    - a staged record that another commit saw more recently (a later `seen_at`, or a deletion
      proven after we read it) is not written: the stored version or the deletion stands;
@@ -34,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from plannr_pipeline.erasure.withhold import withhold_erased
 from plannr_pipeline.storage import history
 from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.store import Store
@@ -95,6 +97,7 @@ class Outcome:
     kept: int = 0  # stored records this write did not receive and could not prove gone
     moved: int = 0  # records taken out of the partition they were stored in
     folded: int = 0  # history files folded into one after this commit
+    erased_still_sent: int = 0  # erased clients this write received, withheld (erasure/withhold.py)
     recovered: list[str] = field(default_factory=list)
 
 
@@ -146,6 +149,9 @@ def commit(store: Store, write: StagedWrite, request: CommitRequest) -> Outcome:
     partitions = set(request.partitions)
     with store.lock():
         outcome = Outcome(replaced={}, recovered=store.recover_locked())
+        # Erased clients never land, whenever this write fetched them: their staged rows and
+        # rejections are rewritten away here, under the lock an erasure also takes.
+        outcome.erased_still_sent = withhold_erased(store, write, request)
         staged = _read_staged_root(write, root)
         part = root.partition_column
         stored_rows = store.read(

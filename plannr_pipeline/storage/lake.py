@@ -359,6 +359,19 @@ class LakeStore:
             db.execute("ROLLBACK")
             raise
 
+    def purge_old_versions(self, tables: Iterable[Table]) -> None:
+        """Make what was deleted or overwritten in `tables` unrecoverable (the lock held): their
+        files with deleted rows are rewritten without them, every snapshot before now expires,
+        and the objects only those snapshots named are deleted from the bucket. For erasure and
+        retention, which must remove data, not just hide it from the newest snapshot."""
+        with self.connect() as db:
+            for table in tables:
+                db.execute(
+                    f"CALL ducklake_rewrite_data_files('{ALIAS}', {_quote(lake_name(table))}, delete_threshold => 0)"
+                ).fetchall()
+            db.execute(f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => now())").fetchall()
+            db.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)").fetchall()
+
     def compact_log(self, log_table: Table) -> int:
         """Nothing per commit: `maintain` merges the lake's small files on a schedule."""
         return 0

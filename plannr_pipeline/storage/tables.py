@@ -573,6 +573,27 @@ REJECTED_RECORDS = Table(
     key=("table_name", "uuid"),
 )
 
+ERASURE_LOG = Table(
+    "erasure_log",
+    "One row per erasure of a client's personal data (`plannr-pipeline erase`) and per lifting of one "
+    "(`plannr-pipeline unerase`): which client, when, why and what was removed. Holds no personal data "
+    "beyond the client's uuid; a client whose latest row here is `erase` is never stored again by a sync.",
+    (
+        filled("uuid", "The client's uuid (joins to nothing any more: its rows are gone)."),
+        filled("action", "`erase` or `lift` (the erasure lifted: later syncs store the client again)."),
+        filled("recorded_at", "When (UTC).", TS),
+        filled("reason", "Why, as the operator gave it (keep names out of it)."),
+        filled("rows_removed", "Rows removed per table, as JSON (`{}` for a lift)."),
+        filled("rows_cleared", "Rows kept with their personal cells set NULL, per table, as JSON."),
+        filled(
+            "fingerprints",
+            "SHA-256 of the client's lower-cased names and emails, as JSON: a suppression list, so a failed "
+            "CSV row naming the client (it carries no uuid) is recognised and not stored again.",
+        ),
+    ),
+    key=("uuid", "recorded_at"),
+)
+
 ALL_TABLES = (
     CLIENTS,
     STAFF,
@@ -587,5 +608,6 @@ ALL_TABLES = (
     IMPORT_ERRORS,
     IMPORT_PROGRESS_HISTORY,
     REJECTED_RECORDS,
+    ERASURE_LOG,
 )
 TABLES = {table.name: table for table in ALL_TABLES}

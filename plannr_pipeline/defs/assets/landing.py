@@ -444,6 +444,11 @@ class Landing:
             self.context.log.info(
                 f"{name}: {outcome.moved} record(s) moved to the partition they now belong in"
             )
+        if outcome.erased_still_sent:
+            self.context.log.warning(
+                f"{name}: the API still sends {outcome.erased_still_sent} client(s) erased here; withheld "
+                "(erase them in Plannr too: select uuid from erasure_log)"
+            )
         if outcome.kept:
             self.context.log.info(
                 f"{name}: {outcome.kept} stored record(s) not in this answer and not proven gone are kept as stored"
@@ -486,6 +491,7 @@ class Landing:
             "records_kept_unproven": outcome.kept,
             "records_read_later_elsewhere": outcome.stale,
             "records_moved": outcome.moved,
+            "erased_clients_still_sent": outcome.erased_still_sent,
             "source": source,
             "requests": stats.requests,
             "request_stats": dg.MetadataValue.json(stats.as_metadata()),
