@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Set everything up, lint (ruff), then run the whole test suite (offline: loopback HTTP and temp folders only).
+# Set everything up, lint (ruff), then run the whole test suite (offline: loopback servers and temp folders only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest "$@"
+# Two workers, one test module each at a time: a module's fixtures (a synced sandbox, the lake's
+# servers) are built once, in the worker that runs it. PYTEST_WORKERS=0 runs everything in one.
+exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"

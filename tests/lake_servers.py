@@ -22,7 +22,10 @@ from pathlib import Path
 import boto3
 import psycopg2
 
-POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+# Debian's postgresql package (installed by .ci/run), whichever major version it brings.
+POSTGRES_BIN = max(
+    Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), default=Path("/nonexistent")
+)
 BUCKET = "plannr-lake"
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "lake-test-key",

@@ -13,11 +13,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import duckdb
 import psycopg2
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from plannr_pipeline.defs.resources import PlannrDuckDB
 from plannr_pipeline.sandbox.firm import FirmSize
 from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 from plannr_pipeline.storage.history import HISTORY_OF
@@ -265,3 +267,23 @@ def test_an_erased_client_is_gone_from_every_object_the_catalog_and_the_folders(
         assert stored.query(others) == erased["before"]["others"]
     finally:
         erased["sandbox"].stop()
+
+
+def test_the_duckdb_resource_reads_the_lake_read_only(synced, monkeypatch):
+    """A user's own asset gets the lake through the `duckdb` resource: the same rows, no writes."""
+    _, _, lake, _, _ = synced
+    for name, value in lake.lake.env.items():
+        monkeypatch.setenv(name, value)
+    resource = PlannrDuckDB(
+        database=str(lake.data_dir / "plannr.duckdb"),
+        data_dir=str(lake.data_dir),
+        lake_catalog=lake.lake.catalog,
+        lake_data=lake.lake.data,
+    )
+    with resource.get_connection() as connection:
+        assert connection.execute("select count(*) from goal_progress").fetchone() == tuple(
+            lake.query("select count(*) from goal_progress")[0]
+        )
+        with pytest.raises(duckdb.Error, match="read-only|read only"):
+            connection.execute("delete from clients")
+    assert not (lake.data_dir / "plannr.duckdb").exists()  # nothing written beside the lake
