@@ -28,35 +28,37 @@ from plannr_pipeline.storage.tables import CLIENTS, TASK_CUSTOM_FIELDS, TASKS
 from plannr_pipeline.sync import range_tags
 from tests.cli import clean_env, sandbox_env, start_cli
 from tests.lying_api import LyingApi
+from tests.stored import StoredData
 
 ACCOUNTS = "/api/v1/account"
 
 
-def resources_for(url: str, token: str, data_dir: Path) -> dict:
+def resources_for(url: str, token: str, data_dir: Path | StoredData) -> dict:
+    stored = data_dir if isinstance(data_dir, StoredData) else StoredData(data_dir)
     return {
         "plannr": PlannrApi(base_url=url, token=token, rate_limit_per_minute=100_000, max_concurrency=8),
-        "storage": PlannrStorage(data_dir=str(data_dir)),
+        "storage": stored.storage(),
     }
 
 
-def stored_clients(data_dir: Path) -> list[tuple]:
-    files = str(data_dir / "parquet" / "clients" / "*" / "data.parquet")
-    with duckdb.connect() as connection:
-        return connection.execute(
-            f"select * exclude (seen_at) from read_parquet('{files}', union_by_name=true, hive_partitioning=false) order by uuid"
-        ).fetchall()
+def stored_clients(stored: StoredData) -> list[tuple]:
+    return stored.query("select * exclude (seen_at) from clients order by uuid")
 
 
-@pytest.fixture
-def lying(make_sandbox, tmp_path):
-    """A sandbox of 1,200 clients (three pages), synced once, behind a proxy with no lies yet."""
+@pytest.fixture(params=["local", "lake"])
+def lying(request, make_sandbox, tmp_path, monkeypatch):
+    """A sandbox of 1,200 clients (three pages), synced once, behind a proxy with no lies yet;
+    stored locally or in a lake: validate-then-commit is the same on both."""
+    lake = request.getfixturevalue("lake_servers").new_lake() if request.param == "lake" else None
+    for name, value in (lake.env if lake else {}).items():
+        monkeypatch.setenv(name, value)
     sandbox = make_sandbox(clients=1200)
     proxy = LyingApi(sandbox.url)
-    data_dir = tmp_path / "data"
-    resources = resources_for(proxy.url, sandbox.options.token, data_dir)
+    stored = StoredData(tmp_path / "data", lake)
+    resources = resources_for(proxy.url, sandbox.options.token, stored)
     assert materialise_clients(resources).success
-    assert len(stored_clients(data_dir)) == 1200
-    yield sandbox, proxy, data_dir, resources
+    assert len(stored_clients(stored)) == 1200
+    yield sandbox, proxy, stored, resources
     proxy.close()
 
 
@@ -112,7 +114,7 @@ def test_a_listing_one_record_short_replaces_nothing(lying):
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"clients_complete": False, "clients_uuid_unique_and_present": True}
     assert stored_clients(data_dir) == before
-    assert not list((data_dir / "parquet").glob("**/*.tmp"))  # the staged files are gone too
+    assert not list(data_dir.data_dir.rglob("*.tmp"))  # the staged files are gone too
 
     proxy.lies.clear()  # a clean run afterwards is exact
     assert materialise_clients(resources).success
@@ -154,9 +156,9 @@ def test_a_record_that_cannot_be_stored_is_quarantined_and_the_rest_lands(lying)
     # Neither is taken for deleted: the quarantined one and the one without a uuid (which the API's
     # show route still finds) keep their last good versions.
     assert len(stored_clients(data_dir)) == 1200
-    rejected = pq.read_table(data_dir / "parquet" / "rejected_records" / "data.parquet").to_pylist()
-    assert sorted(r["reason"] for r in rejected) == ["malformed created_at '01/03/2025'", "no uuid"]
-    assert all(r["table_name"] == "clients" and json.loads(r["raw_json"]) for r in rejected)
+    rejected = data_dir.query("select reason, table_name, raw_json from rejected_records")
+    assert sorted(reason for reason, _, _ in rejected) == ["malformed created_at '01/03/2025'", "no uuid"]
+    assert all(table == "clients" and json.loads(raw) for _, table, raw in rejected)
 
 
 def test_a_commit_killed_half_way_is_rolled_forward(tmp_path, monkeypatch):
@@ -382,14 +384,8 @@ def test_a_record_shown_twice_keeps_its_newest_copy(lying, shift):
     proxy.lies[ACCOUNTS] = show_again
     result = materialise_clients(resources)
     assert "copy" in shown and result.success
-    files = str(data_dir / "parquet" / "clients" / "*" / "data.parquet")
-    with duckdb.connect() as connection:
-        rows = connection.execute(
-            f"select first_name from read_parquet('{files}') where uuid = ?", [shown["record"]["uuid"]]
-        ).fetchall()
-        total, distinct = connection.execute(
-            f"select count(*), count(distinct uuid) from read_parquet('{files}')"
-        ).fetchone()
+    rows = data_dir.query("select first_name from clients where uuid = ?", [shown["record"]["uuid"]])
+    [(total, distinct)] = data_dir.query("select count(*), count(distinct uuid) from clients")
     assert total == distinct == 1200
     expected = "Shown-Again" if shift > timedelta(0) else shown["record"]["first_name"]
     assert rows == [(expected,)]

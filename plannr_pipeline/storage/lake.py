@@ -236,7 +236,7 @@ class LakeStore:
         """Create the tables not there yet, and add the columns a newer release models, in one
         transaction (each DDL statement on its own would be a catalog commit of its own)."""
         state = self._state()
-        wanted = [t for t in tables if lake_name(t) not in state.ensured]
+        wanted = list({lake_name(t): t for t in tables if lake_name(t) not in state.ensured}.values())
         if not wanted:
             return
         db = self.connect()

@@ -1,0 +1,94 @@
+"""A full `plannr-pipeline sync` into the lake against the same sync into the local store.
+
+One sandbox process per size (25 ms latency, budget lifted, the issue's firm shape: see
+bench_sync.py), then, each in a process group of its own with fresh folders:
+
+1. `plannr-pipeline sync` into the local store;
+2. the same into a new DuckLake (PostgreSQL catalog and moto's S3 server on loopback, started
+   here as the tests start them: tests/lake_servers.py).
+
+Each is measured for wall time and peak RSS (the sync's process group, sampled every 50 ms; the
+catalog and S3 servers are separate processes, reported at the end, not in the sync's figure).
+Both must land the same rows; the target is the lake at most 1.5x the local store's wall time.
+
+    .venv/bin/python bench/bench_lake.py [--clients 10000] [--out bench/LAKE.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH), str(BENCH.parent)]
+
+from bench_sync import UNLIMITED, Sandbox, _group_rss, mb, run_measured, sync_env, sync_rows  # noqa: E402
+
+from tests.lake_servers import LakeServers  # noqa: E402
+
+
+def run(label: str, sandbox: Sandbox, workdir: Path, extra: dict[str, str]) -> dict:
+    workdir.mkdir(parents=True)
+    env = {**sync_env(sandbox.url, workdir, UNLIMITED), **extra}
+    measured = run_measured([sys.executable, "-m", "plannr_pipeline.cli", "sync"], env, workdir / "sync.log")
+    if measured.returncode != 0:
+        raise SystemExit(f"{label} sync failed ({measured.returncode}):\n{measured.output[-3000:]}")
+    rows, requests = sync_rows(measured.output)
+    return {"label": label, "measured": measured, "rows": rows, "requests": requests}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=10_000)
+    parser.add_argument("--out", type=Path, default=BENCH / "LAKE.md")
+    args = parser.parse_args()
+    servers = LakeServers()
+    sandbox = Sandbox(args.clients, UNLIMITED, "issue")
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-lake-") as folder:
+            local = run("local store", sandbox, Path(folder) / "local", {})
+            lake = servers.new_lake()
+            in_lake = run("lake", sandbox, Path(folder) / "lake", lake.env)
+            server_rss = sum(_group_rss(p.pid)[0] for p in (servers.postgres, servers.s3)) / 2**20
+            objects = len(servers.objects(lake))
+    finally:
+        sandbox.stop()
+        servers.stop()
+    if local["rows"] != in_lake["rows"]:
+        raise SystemExit(f"the two syncs landed different rows:\n{local['rows']}\n{in_lake['rows']}")
+    ratio = in_lake["measured"].seconds / local["measured"].seconds
+    lines = [
+        f"# Lake against local store: {args.clients:,} clients",
+        "",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} cores), "
+        f"`bench/bench_lake.py --clients {args.clients}`; sandbox at 25 ms latency, budget lifted.",
+        "",
+        "| store | wall time | peak RSS (sync's processes) | largest process | API requests |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for result in (local, in_lake):
+        m = result["measured"]
+        lines.append(
+            f"| {result['label']} | {m.seconds:.1f} s | {mb(m.tree_peak_mb)} | {mb(m.process_peak_mb)} | "
+            f"{result['requests']:,} |"
+        )
+    lines += [
+        "",
+        f"Lake / local wall time: **{ratio:.2f}x** (target: at most 1.5x). Both landed the same rows "
+        f"({sum(local['rows'].values()):,} across {len(local['rows'])} relations). The lake held "
+        f"{objects:,} objects in its bucket after the sync; the catalog (PostgreSQL) and S3 (moto) "
+        f"servers used {server_rss:.0f} MB between them at the end, outside the sync's figure.",
+    ]
+    text = "\n".join(lines) + "\n"
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
