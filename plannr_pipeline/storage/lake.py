@@ -35,7 +35,7 @@ from filelock import FileLock
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from plannr_pipeline.storage import history
-from plannr_pipeline.storage.parquet_store import FILE_NAME, LOCK_TIMEOUT_SECONDS, remove_dead_staged_files
+from plannr_pipeline.storage.parquet_store import LOCK_TIMEOUT_SECONDS, file_path, remove_dead_staged_files
 from plannr_pipeline.storage.tables import Table
 
 if TYPE_CHECKING:
@@ -167,11 +167,8 @@ class LakeStore:
     # -- layout of staged files ----------------------------------------------------------------
 
     def path_of(self, table: Table, partition: str | None = None) -> Path:
-        if table.partition_column is None:
-            return self.root / table.name / FILE_NAME
-        if partition is None:
-            raise ValueError(f"{table.name} is partitioned by {table.partition_column}; name a partition")
-        return self.root / table.name / f"{table.partition_column}={partition}" / FILE_NAME
+        """Where a staged file waits until it lands (the local store's layout)."""
+        return file_path(self.root, table, partition)
 
     # -- the commit lock -----------------------------------------------------------------------
 

@@ -216,16 +216,21 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
+def file_path(root: Path, table: Table, partition: str | None = None) -> Path:
+    """Where a table's (partition's) file is kept under `root`: hive-style partition folders."""
+    if table.partition_column is None:
+        return root / table.name / FILE_NAME
+    if partition is None:
+        raise ValueError(f"{table.name} is partitioned by {table.partition_column}; name a partition")
+    return root / table.name / f"{table.partition_column}={partition}" / FILE_NAME
+
+
 class ParquetStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
     def path_of(self, table: Table, partition: str | None = None) -> Path:
-        if table.partition_column is None:
-            return self.root / table.name / FILE_NAME
-        if partition is None:
-            raise ValueError(f"{table.name} is partitioned by {table.partition_column}; name a partition")
-        return self.root / table.name / f"{table.partition_column}={partition}" / FILE_NAME
+        return file_path(self.root, table, partition)
 
     def glob_of(self, table: Table) -> str:
         pattern = "*/" + FILE_NAME if table.partition_column else FILE_NAME
