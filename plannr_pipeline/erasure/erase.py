@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
 
-from plannr_pipeline.erasure.rules import Person, rewrites_for
+from plannr_pipeline.erasure.rules import IMPORT_ERROR_KEY, Person, rewrites_for
 from plannr_pipeline.storage.erasure import append_log, erased_uuids, read_log, rewrite_relations
 from plannr_pipeline.storage.history import history_table
 from plannr_pipeline.storage.store import Store
-from plannr_pipeline.storage.tables import CIRCLE_ACCOUNTS, CLIENTS, GOALS
+from plannr_pipeline.storage.tables import CIRCLE_ACCOUNTS, CLIENTS, GOALS, IMPORT_ERRORS
 
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -81,6 +81,7 @@ def erase_client(store: Store, client_uuid: str, reason: str) -> Erased:
     with store.lock():
         store.recover_locked()  # a killed commit's staged files are data too: finish it first
         person = _person(store, client_uuid)
+        error_keys = _import_error_keys(store, person)
         done = rewrite_relations(store, rewrites_for(person))
         result = Erased(
             client_uuid,
@@ -98,7 +99,7 @@ def erase_client(store: Store, client_uuid: str, reason: str) -> Erased:
                 "reason": reason,
                 "rows_removed": {k: v for k, v in result.removed.items() if v},
                 "rows_cleared": {k: v for k, v in result.cleared.items() if v},
-                "fingerprints": person.fingerprints(),
+                "import_error_keys": error_keys,
             },
         )
     return result
@@ -119,16 +120,30 @@ def lift_erasure(store: Store, client_uuid: str, reason: str) -> str:
     )
 
 
-def known_fingerprints(store: Store, uuids: set[str]) -> set[str]:
-    """The suppression list of the clients still erased."""
+def _import_error_keys(store: Store, person: Person) -> set[str]:
+    """The keys of the failed CSV rows that name the client, found before they are removed."""
+    if not store.has(IMPORT_ERRORS):
+        return set()
+    rule = rewrites_for(person, [IMPORT_ERRORS])[IMPORT_ERRORS]
+    with store.connect() as db:
+        rows = db.execute(
+            f"SELECT {IMPORT_ERROR_KEY} FROM {store.source_sql(IMPORT_ERRORS)} "
+            f"WHERE coalesce(({rule.delete_where}), false)",
+            dict(rule.params) or None,
+        ).fetchall()
+    return {key for (key,) in rows}
+
+
+def known_import_error_keys(store: Store, uuids: set[str]) -> set[str]:
+    """The failed CSV rows removed by the erasures of clients still erased."""
     log = read_log(store)
     found: set[str] = set()
-    for uuid, action, prints in zip(
+    for uuid, action, keys in zip(
         log.column("uuid").to_pylist(),
         log.column("action").to_pylist(),
-        log.column("fingerprints").to_pylist(),
+        log.column("import_error_keys").to_pylist(),
         strict=True,
     ):
-        if uuid in uuids and action == "erase" and prints:
-            found |= set(json.loads(prints))
+        if uuid in uuids and action == "erase" and keys:
+            found |= set(json.loads(keys))
     return found

@@ -22,7 +22,6 @@ Per table (the README's "Personal data" section says the same):
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ class Person:
     circle_uuids: set[str] = field(default_factory=set)
     values: set[str] = field(default_factory=set)  # lower-cased names, emails, phones, ...
     last_names: set[str] = field(default_factory=set)
-    known_fingerprints: set[str] = field(default_factory=set)  # from erasure_log, for later syncs
+    import_error_keys: set[str] = field(default_factory=set)  # `import_uuid:error_index`, from erasure_log
 
     def add_account(self, row: dict) -> None:
         """A row of `clients`/`clients_history`/`circle_accounts` describing the client."""
@@ -73,15 +72,6 @@ class Person:
         if isinstance(value, str) and len(value.strip()) >= MIN_VALUE_LENGTH:
             self.values.add(value.strip().lower())
 
-    def fingerprints(self) -> set[str]:
-        """Hashes of its names and emails: how a later failed CSV row naming it (which carries no
-        uuid) is recognised after the values themselves are gone (a suppression list)."""
-        return self.known_fingerprints | {fingerprint(v) for v in self.values if " " in v or "@" in v}
-
-
-def fingerprint(value: str) -> str:
-    return hashlib.sha256(value.strip().lower().encode()).hexdigest()
-
 
 def _leaves(value: object) -> Iterable[str]:
     if isinstance(value, dict):
@@ -104,6 +94,11 @@ def _names(column: str) -> str:
     return f"({HAS_VALUE.format(column)} OR {MENTIONS_UUID.format(column)})"
 
 
+# A failed CSV row carries no uuid: at the erasure it is found by the client's values; later
+# syncs, which no longer know them, by the key of each row then removed (`erasure_log`).
+IMPORT_ERROR_KEY = "import_uuid || ':' || error_index"
+
+
 def _import_error_names() -> str:
     full = (
         "lower(trim(json_extract_string(client_json, '$.first_name')) || ' ' || "
@@ -111,8 +106,9 @@ def _import_error_names() -> str:
     )
     email = "lower(trim(json_extract_string(client_json, '$.email')))"
     return (
-        f"({_names('client_json')} OR list_contains($fingerprints::VARCHAR[], sha256({full})) "
-        f"OR list_contains($fingerprints::VARCHAR[], sha256({email})))"
+        f"({_names('client_json')} OR list_contains($values::VARCHAR[], {full}) "
+        f"OR list_contains($values::VARCHAR[], {email}) "
+        f"OR list_contains($error_keys::VARCHAR[], {IMPORT_ERROR_KEY}))"
     )
 
 
@@ -171,7 +167,7 @@ def rewrites_for(person: Person, tables: Collection[Table] | None = None) -> dic
         "circles": sorted(person.circle_uuids),
         "values": sorted(person.values),
         "last_names": sorted(person.last_names),
-        "fingerprints": sorted(person.fingerprints()),
+        "error_keys": sorted(person.import_error_keys),
     }
     out: dict[Table, Rewrite] = {}
     for name, rule in RULES.items():

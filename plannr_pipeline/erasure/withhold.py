@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from plannr_pipeline.erasure.erase import known_fingerprints
+from plannr_pipeline.erasure.erase import known_import_error_keys
 from plannr_pipeline.erasure.rules import Person, rewrites_for
 from plannr_pipeline.storage.erasure import erased_uuids, rewrite_staged
 from plannr_pipeline.storage.parquet_store import StagedWrite
@@ -40,7 +40,7 @@ def withhold_erased(store: Store, write: StagedWrite, request) -> int:
     erased = erased_uuids(store)
     if not erased:
         return 0
-    person = Person(uuids=erased, known_fingerprints=known_fingerprints(store, erased))
+    person = Person(uuids=erased, import_error_keys=known_import_error_keys(store, erased))
     clients = _staged_rows(write, request.tables, CLIENTS.name, "uuid", erased)
     for row in clients:
         person.add_account(row)

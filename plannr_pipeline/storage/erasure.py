@@ -218,7 +218,7 @@ def append_log(store: Store, row: dict[str, Any]) -> None:
         **row,
         "rows_removed": json.dumps(row.get("rows_removed") or {}, sort_keys=True),
         "rows_cleared": json.dumps(row.get("rows_cleared") or {}, sort_keys=True),
-        "fingerprints": json.dumps(sorted(row.get("fingerprints") or [])),
+        "import_error_keys": json.dumps(sorted(row.get("import_error_keys") or [])),
     }
     rows = pa.concat_tables([read_log(store), pa.Table.from_pylist([row], schema=ERASURE_LOG.schema)])
     write = StagedWrite(store)

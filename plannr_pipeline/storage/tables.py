@@ -586,9 +586,9 @@ ERASURE_LOG = Table(
         filled("rows_removed", "Rows removed per table, as JSON (`{}` for a lift)."),
         filled("rows_cleared", "Rows kept with their personal cells set NULL, per table, as JSON."),
         filled(
-            "fingerprints",
-            "SHA-256 of the client's lower-cased names and emails, as JSON: a suppression list, so a failed "
-            "CSV row naming the client (it carries no uuid) is recognised and not stored again.",
+            "import_error_keys",
+            "The `import_errors` rows removed, as `import_uuid:error_index` (JSON): withheld when a sync "
+            "fetches them again. Identifiers only; no name, email or hash of one.",
         ),
     ),
     key=("uuid", "recorded_at"),
