@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -22,10 +22,13 @@ import pytest
 from plannr_pipeline.defs.resources import PlannrDuckDB
 from plannr_pipeline.sandbox.firm import FirmSize
 from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
-from plannr_pipeline.storage.history import HISTORY_OF
+from plannr_pipeline.storage.commit import CommitRequest, Scope, commit
+from plannr_pipeline.storage.erasure import Rewrite, rewrite_relations
+from plannr_pipeline.storage.history import HISTORY_OF, history_table
 from plannr_pipeline.storage.lake import LakeSettings, LakeStore
 from plannr_pipeline.storage.lake_maintenance import maintain, retention_from_env
-from plannr_pipeline.storage.tables import ALL_TABLES
+from plannr_pipeline.storage.parquet_store import StagedWrite
+from plannr_pipeline.storage.tables import ALL_TABLES, CLIENTS
 from tests.cli import run_cli, sandbox_env, start_cli, stop_group
 from tests.lake_servers import BUCKET, POSTGRES_BIN
 from tests.stored import StoredData
@@ -140,14 +143,16 @@ def killed(synced, lake_servers, tmp_path_factory):
             assert run_cli("sync", env=env, cwd=folder).returncode == 0
             sandbox.advance(1)  # so the killed commits below had changes and history to write
     killed_in_commit, readable_after_kill = 0, []
-    for _attempt in range(3):
+    for delay in (0.0, 0.3, 0.8):  # into the re-base, the history, the transaction and upload
         process = start_cli("sync", env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
             if _commit_lock_held(lake):
-                os.killpg(process.pid, signal.SIGKILL)
-                killed_in_commit += 1
-                break
+                time.sleep(delay)
+                if _commit_lock_held(lake):  # still committing: killed mid-commit
+                    os.killpg(process.pid, signal.SIGKILL)
+                    killed_in_commit += 1
+                    break
             time.sleep(0.01)
         if process.poll() is None and not killed_in_commit:
             stop_group(process)  # never caught committing: the test below fails on the count
@@ -202,12 +207,27 @@ def test_maintenance_merges_expires_and_deletes_what_no_snapshot_needs(killed, l
         assert sorted(stored.query(sql)) == sorted(local.query(sql)), name
 
 
-def test_one_lake_variable_without_the_other_is_one_line_and_exit_2(synced, tmp_path):
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"PLANNR_LAKE_CATALOG": "postgres:dbname=x host=127.0.0.1"}, "PLANNR_LAKE_DATA"),
+        ({"PLANNR_LAKE_DATA": "s3://bucket/x/"}, "PLANNR_LAKE_CATALOG"),
+        (
+            {
+                "PLANNR_LAKE_CATALOG": "postgres:dbname=x password=hunter2-secret",
+                "PLANNR_LAKE_DATA": "s3://b/x/",
+            },
+            "PGPASSWORD",
+        ),
+    ],
+    ids=["catalog-alone", "data-alone", "password-in-catalog"],
+)
+def test_bad_lake_settings_are_one_line_and_exit_2(synced, tmp_path, settings, named):
     sandbox, *_ = synced
-    env = sandbox_env(sandbox, tmp_path, PLANNR_LAKE_CATALOG="postgres:dbname=x host=127.0.0.1")
-    done = run_cli("sync", env=env, cwd=tmp_path)
+    done = run_cli("sync", env=sandbox_env(sandbox, tmp_path, **settings), cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and "PLANNR_LAKE_DATA" in done.stderr, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and named in done.stderr, done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
 
 
 def found_in_bucket(lake_servers, lake, values: list[str]) -> list[str]:
@@ -287,3 +307,44 @@ def test_the_duckdb_resource_reads_the_lake_read_only(synced, monkeypatch):
         with pytest.raises(duckdb.Error, match="read-only|read only"):
             connection.execute("delete from clients")
     assert not (lake.data_dir / "plannr.duckdb").exists()  # nothing written beside the lake
+
+
+def test_a_rewrite_leaves_no_erased_value_in_the_catalogs_statistics(lake_servers, tmp_path, monkeypatch):
+    """DuckLake keeps each column's smallest and largest value in its catalog: a removed row whose
+    name sorted first (or last) must not stay there, nor in any object of the bucket. The erased
+    rows share a file with a kept one (that file is rewritten) and have a month to themselves
+    (that file is dropped whole)."""
+    lake = lake_servers.new_lake()
+    for name, value in lake.env.items():
+        monkeypatch.setenv(name, value)
+    store = LakeStore(LakeSettings(lake.catalog, lake.data), tmp_path / "staging")
+    now = datetime.now(UTC)
+    people = [
+        ("Aaron", "Aardvark-Erased", "2026-11"),
+        ("Zoe", "Zzyzx-Erased", "2026-11"),
+        ("Abe", "Aaberg-Erased", "2026-12"),
+        ("Mina", "Middleton", "2026-12"),
+    ]
+    rows = [
+        {
+            "uuid": f"c{i}",
+            "first_name": first,
+            "last_name": last,
+            "name": f"{first} {last}",
+            "seen_at": now,
+            "created_at": now,
+            "created_month": month,
+        }
+        for i, (first, last, month) in enumerate(people)
+    ]
+    write = StagedWrite(store)
+    write.write(CLIENTS, pa.Table.from_pylist(rows, schema=CLIENTS.schema), ["2026-11", "2026-12"])
+    commit(store, write, CommitRequest((CLIENTS,), ("2026-11", "2026-12"), Scope.nothing(), now, now))
+    erased = ["aardvark-erased", "zzyzx-erased", "aaberg-erased"]
+    assert found_in_catalog(lake, erased)  # the statistics do hold them: the test can fail
+    with store.lock():
+        gone = Rewrite(delete_where="last_name LIKE '%-Erased'")
+        rewrite_relations(store, {CLIENTS: gone, history_table(CLIENTS): gone})
+    assert StoredData(tmp_path, lake).query("select name from clients") == [("Mina Middleton",)]
+    assert found_in_catalog(lake, erased) == []
+    assert found_in_bucket(lake_servers, lake, erased) == []

@@ -180,7 +180,7 @@ def commit(store: Store, write: StagedWrite, request: CommitRequest) -> Outcome:
         ]
         log_table = history.history_table(root) if root.name in history.HISTORY_OF else None
         log = store.source_sql(log_table) if log_table and store.has(log_table) else None
-        gone_since = history.tombstones(log, store.connect)
+        gone_since = history.tombstones(log, store.scratch)
 
         # A staged record another commit has seen more recently (or proved gone after we read it).
         stale = {
@@ -245,7 +245,7 @@ def commit(store: Store, write: StagedWrite, request: CommitRequest) -> Outcome:
                 write.id,
                 out,
                 children=[(child, write.staged_files_of(child)) for child in request.tables[1:]],
-                connect=store.connect,
+                connect=store.scratch,
             )
             if not found.versions and not found.deletions:
                 write.discard(log_table, write.id)  # a write that changed nothing leaves no file

@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from plannr_pipeline.storage.lake import LakeStore
+from plannr_pipeline.storage.lake import LakeStore, transaction
 from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.store import Store
 from plannr_pipeline.storage.tables import ERASURE_LOG, Table
@@ -135,39 +135,31 @@ def _rewrite_lake(store: LakeStore, rewrites: Mapping[Table, Rewrite]) -> dict[s
     erased value back, and no object in the bucket holds it (the caller holds the lock)."""
     done: dict[str, Rewritten] = {}
     store.ensure(rewrites)
-    with store.connect() as db:
-        db.execute("BEGIN TRANSACTION")
-        try:
-            for table, rewrite in rewrites.items():
-                source = store.source_sql(table)
-                names = [c.name for c in table.columns if c.name in rewrite.clear]
-                delete = f"coalesce(({rewrite.delete_where}), false)" if rewrite.delete_where else "false"
-                touched = " OR ".join(f"coalesce(({rewrite.clear[n]}), false)" for n in names) or "false"
-                count = (
-                    f"SELECT count(*) FILTER (WHERE {delete}), "
-                    f"count(*) FILTER (WHERE NOT {delete} AND ({touched})) FROM {source}"
+    with store.connect() as db, transaction(db):
+        for table, rewrite in rewrites.items():
+            source = store.source_sql(table)
+            names = [c.name for c in table.columns if c.name in rewrite.clear]
+            delete = f"coalesce(({rewrite.delete_where}), false)" if rewrite.delete_where else "false"
+            touched = " OR ".join(f"coalesce(({rewrite.clear[n]}), false)" for n in names) or "false"
+            count = (
+                f"SELECT count(*) FILTER (WHERE {delete}), "
+                f"count(*) FILTER (WHERE NOT {delete} AND ({touched})) FROM {source}"
+            )
+            removed, cleared = db.execute(count, _used(rewrite.params, count)).fetchone()
+            if removed:
+                statement = f"DELETE FROM {source} WHERE {delete}"
+                db.execute(statement, _used(rewrite.params, statement))
+            if cleared:
+                cells = ", ".join(
+                    f'"{n}" = CASE WHEN coalesce(({rewrite.clear[n]}), false) THEN NULL ELSE "{n}" END'
+                    for n in names
                 )
-                removed, cleared = db.execute(count, _used(rewrite.params, count)).fetchone()
-                if removed:
-                    statement = f"DELETE FROM {source} WHERE {delete}"
-                    db.execute(statement, _used(rewrite.params, statement))
-                if cleared:
-                    cells = ", ".join(
-                        f'"{n}" = CASE WHEN coalesce(({rewrite.clear[n]}), false) THEN NULL ELSE "{n}" END'
-                        for n in names
-                    )
-                    statement = f"UPDATE {source} SET {cells} WHERE {touched}"
-                    db.execute(statement, _used(rewrite.params, statement))
-                done[table.name] = Rewritten(removed, cleared)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-    changed = [
-        table for table, rewrite in rewrites.items() if done[table.name].removed or done[table.name].cleared
-    ]
-    if changed:
-        store.purge_old_versions(changed)
+                statement = f"UPDATE {source} SET {cells} WHERE {touched}"
+                db.execute(statement, _used(rewrite.params, statement))
+            done[table.name] = Rewritten(removed, cleared)
+    # Every time, even when nothing matched now: an erasure run again after one killed between
+    # its DELETE and this purge finishes the purge.
+    store.purge_old_versions(rewrites)
     return done
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -73,6 +74,11 @@ class LakeSettings:
             raise LakeSettingsError(
                 f"{given} is set but {missing} is not: set both to keep the data in DuckLake, or neither "
                 "for the local store"
+            )
+        if re.search(r"\bpassword\s*=", catalog, re.IGNORECASE):
+            raise LakeSettingsError(
+                "PLANNR_LAKE_CATALOG holds a password: set it in PGPASSWORD (or ~/.pgpass) instead, so it "
+                "never shows in a log, the UI or the SQL `lake-sql` prints"
             )
         if not data.endswith("/"):
             data += "/"
@@ -135,12 +141,36 @@ def is_event_log(table: Table) -> bool:
     return table.name in {f"{name}_history" for name in history.HISTORY_OF}
 
 
+def is_appended(table: Table) -> bool:
+    """A log whose every write adds a batch of its own (history events, import progress): not
+    partitioned in the lake, or each write would make a partition of one small file."""
+    return table.partition_column == "batch"
+
+
 def lake_name(table: Table) -> str:
     return table.name + EVENTS_SUFFIX if is_event_log(table) else table.name
 
 
 def _is_conflict(error: BaseException) -> bool:
-    return isinstance(error, duckdb.TransactionException) or "conflict" in str(error).lower()
+    """DuckLake's write conflict (another writer committed to the same table meanwhile): worth a
+    retry. Nothing else is: a lost connection or a full bucket is said as it is."""
+    return isinstance(error, duckdb.Error) and "conflict" in str(error).lower()
+
+
+@contextmanager
+def transaction(db: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT; on an error, ROLLBACK and raise that error (not the ROLLBACK's own
+    complaint when the failed COMMIT had already ended the transaction)."""
+    db.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        try:
+            db.execute("ROLLBACK")
+        except duckdb.TransactionException:
+            pass  # already rolled back by the statement that failed
+        raise
 
 
 class LakeStore:
@@ -164,6 +194,15 @@ class LakeStore:
         """A cursor of this process's lake connection (the lake attached as `plannr`)."""
         return self._state().db.cursor()
 
+    def scratch(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of a second, read-only lake connection for work bounded in memory (history:
+        one thread, insertion order not kept), whose settings must not slow everything else."""
+        state = self._state()
+        with _OPEN_LOCK:
+            if state.scratch is None:
+                state.scratch = open_lake(self.settings, os.environ, read_only=True)
+        return state.scratch.cursor()
+
     # -- layout of staged files ----------------------------------------------------------------
 
     def path_of(self, table: Table, partition: str | None = None) -> Path:
@@ -185,8 +224,17 @@ class LakeStore:
             return
         import psycopg2  # only a Postgres catalog needs it
 
-        key = f"plannr-lake-commit:{self.settings.data}"
-        connection = psycopg2.connect(conninfo)
+        # Advisory locks belong to a database: one key names the one lake a catalog database holds.
+        key = "plannr-lake-commit"
+        # A dead holder's session (and so its lock) ends when its TCP connection is found dead.
+        connection = psycopg2.connect(
+            conninfo,
+            connect_timeout=30,
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
         try:
             connection.autocommit = True  # the lock is the session's, outside any transaction
             cursor = connection.cursor()
@@ -237,14 +285,9 @@ class LakeStore:
         if not wanted:
             return
         db = self.connect()
-        db.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(db):
             for table in wanted:
                 self._create_or_evolve(db, table)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         state.ensured.update(lake_name(t) for t in wanted)
 
     def _create_or_evolve(self, db: duckdb.DuckDBPyConnection, table: Table) -> None:
@@ -255,7 +298,7 @@ class LakeStore:
             db.execute(f"COMMENT ON TABLE {name} IS {_quote(table.description)}")
             for column in table.columns:
                 db.execute(f'COMMENT ON COLUMN {name}."{column.name}" IS {_quote(column.description)}')
-            if table.partition_column and not is_event_log(table):
+            if table.partition_column and not is_appended(table):
                 # One partition's rows in files of their own: replacing a partition drops whole files.
                 db.execute(f'ALTER TABLE {name} SET PARTITIONED BY ("{table.partition_column}")')
             return
@@ -269,6 +312,15 @@ class LakeStore:
         for column in table.columns:
             if column.name not in stored:
                 db.execute(f'ALTER TABLE {name} ADD COLUMN "{column.name}" {column.duckdb_type}')
+
+    def _columns(self, table: Table) -> set[str]:
+        if lake_name(table) in self._state().ensured:
+            return {c.name for c in table.columns}
+        rows = self.connect().execute(
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND table_name = ?",
+            [ALIAS, lake_name(table)],
+        )
+        return {name for (name,) in rows.fetchall()}
 
     def source_sql(self, table: Table) -> str:
         return f'{ALIAS}."{lake_name(table)}"'
@@ -292,7 +344,14 @@ class LakeStore:
         if not self._exists(table):
             return schema.empty_table()
         where, values = self._where(table, partitions)
-        listed = ", ".join(f'"{name}"' for name in schema.names)
+        # A column this release models that the lake's table does not have yet (it is added by the
+        # next write) reads as NULL, as a local file written before it existed does.
+        stored = self._columns(table)
+        types = {c.name: c.duckdb_type for c in table.columns}
+        listed = ", ".join(
+            f'"{name}"' if name in stored else f'CAST(NULL AS {types[name]}) AS "{name}"'
+            for name in schema.names
+        )
         rows = self.connect().execute(f"SELECT {listed} FROM {self.source_sql(table)}{where}", values)
         return rows.fetch_arrow_table().cast(schema)
 
@@ -339,22 +398,18 @@ class LakeStore:
         reraise=True,
     )
     def _transaction(self, db: duckdb.DuckDBPyConnection, staged: list, removals: list) -> None:
-        db.execute("BEGIN TRANSACTION")
-        try:
+        # Each staged file replaces its partition: for an event log, the partition is the write's
+        # own batch, so a retried transaction (its reply lost, say) never appends events twice.
+        with transaction(db):
             for table, partition, _target, temp in staged:
                 target = self.source_sql(table)
-                if not is_event_log(table):
-                    where, values = self._where(table, [partition] if partition is not None else None)
-                    db.execute(f"DELETE FROM {target}{where}", values)
+                where, values = self._where(table, [partition] if partition is not None else None)
+                db.execute(f"DELETE FROM {target}{where}", values)
                 db.execute(f"INSERT INTO {target} BY NAME SELECT * FROM read_parquet({_quote(str(temp))})")
             for table, partition, _target in removals:
                 if self._exists(table) and not is_event_log(table):
                     where, values = self._where(table, [partition] if partition is not None else None)
                     db.execute(f"DELETE FROM {self.source_sql(table)}{where}", values)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def purge_old_versions(self, tables: Iterable[Table]) -> None:
         """Make what was deleted or overwritten in `tables` unrecoverable (the lock held): their
@@ -377,6 +432,7 @@ class LakeStore:
 @dataclass
 class _OpenLake:
     db: duckdb.DuckDBPyConnection
+    scratch: duckdb.DuckDBPyConnection | None = None
     tables: set[str] = field(default_factory=set)  # lake tables known to exist
     ensured: set[str] = field(default_factory=set)  # ... and to have every column of this release
 

@@ -9,11 +9,17 @@ created up front, so every relation exists (empty) before its first write, as lo
 
 from __future__ import annotations
 
+import logging
+
+import duckdb
+
 from plannr_pipeline.storage import catalog, history
 from plannr_pipeline.storage.catalog import Relation
-from plannr_pipeline.storage.lake import ALIAS, LakeStore, lake_name
+from plannr_pipeline.storage.lake import ALIAS, LakeStore, lake_name, transaction
 from plannr_pipeline.storage.tables import ALL_TABLES, TABLES
 from plannr_pipeline.storage.views import ANALYST_VIEWS
+
+log = logging.getLogger(__name__)
 
 
 def lake_relations() -> list[Relation]:
@@ -36,16 +42,21 @@ def lake_relations() -> list[Relation]:
 
 def refresh_lake_views(store: LakeStore) -> str | None:
     """Create the tables not there yet and write the views whose definition changed, under the
-    lake's commit lock (a catalog change is a commit like any other)."""
+    lake's commit lock (a catalog change is a commit like any other). Return why not, if the lake
+    could not be reached or the lock was not had: the data landed, and the next refresh tries again."""
     wanted = lake_relations()
-    with store.lock(), store.connect() as db:
-        store.ensure((*ALL_TABLES, *(history.history_table(TABLES[name]) for name in history.HISTORY_OF)))
-        db.execute(f"USE {ALIAS}")
-        stale = catalog.changed(db, wanted, catalog.read_stored(db, {r.name for r in wanted}))
-        if stale:
-            db.execute("BEGIN TRANSACTION")
-            for relation in stale:
-                for statement in relation.statements():
-                    db.execute(statement)
-            db.execute("COMMIT")
+    try:
+        with store.lock(), store.connect() as db:
+            store.ensure((*ALL_TABLES, *(history.history_table(TABLES[name]) for name in history.HISTORY_OF)))
+            db.execute(f"USE {ALIAS}")
+            stale = catalog.changed(db, wanted, catalog.read_stored(db, {r.name for r in wanted}))
+            if stale:
+                with transaction(db):
+                    for relation in stale:
+                        for statement in relation.statements():
+                            db.execute(statement)
+    except (duckdb.Error, TimeoutError) as error:
+        reason = f"views in the lake not refreshed ({str(error).splitlines()[0]}); the tables hold the data"
+        log.warning(reason)
+        return reason
     return None

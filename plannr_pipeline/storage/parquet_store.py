@@ -373,6 +373,8 @@ class ParquetStore:
         """A DuckDB connection for reading `source_sql` (and staged files)."""
         return duckdb.connect()
 
+    scratch = connect  # a private connection either way: history's settings stay its own
+
     def compact_log(self, log_table: Table) -> int:
         """Fold a long history log's small files into one, a commit of its own (the lock held);
         return how many were folded."""

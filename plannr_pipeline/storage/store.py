@@ -66,6 +66,11 @@ class Store(Protocol):
 
     def connect(self) -> duckdb.DuckDBPyConnection: ...
 
+    def scratch(self) -> duckdb.DuckDBPyConnection:
+        """A connection that can read `source_sql`, whose settings (one thread, for memory) touch
+        no other connection: the history's work."""
+        ...
+
     def compact_log(self, log_table: Table) -> int:
         """Keep a history log from growing into many small files; return how many were merged."""
         ...
