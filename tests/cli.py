@@ -129,5 +129,4 @@ def sandbox_cli(*flags: str, cwd: Path) -> Iterator[tuple[str, str]]:
         banner = process.stdout.readline()  # type: ignore[union-attr]
         yield banner, banner.rsplit(" ", 1)[1].strip()
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_group(process)

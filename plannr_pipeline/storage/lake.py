@@ -10,7 +10,7 @@ The commit protocol is the same as on the local store (commit.py): a write stage
 files, then, holding the lake's commit lock (a Postgres advisory lock, so it spans machines),
 re-bases them on what the lake holds now and lands them in one transaction. Commits are short
 and one at a time per lake, which is how DuckLake's known write-conflict bugs are avoided
-(docs/storage-and-scale.md); a conflict that still happens is retried.
+(duckdb/ducklake#1094, #1248, #1283, #1404); a conflict that still happens is retried.
 
 Relation names are the local store's: the tables by their names, `<table>_history` a view over
 the event log `<table>_history_events`, the analyst views as views in the lake itself.
