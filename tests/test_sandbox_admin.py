@@ -14,7 +14,7 @@ import pytest
 
 from plannr_pipeline import cli
 from plannr_pipeline.sandbox.firm import FirmSize, generate_firm
-from tests.cli import clean_env, sandbox_cli, start_cli
+from tests.cli import clean_env, sandbox_cli, start_cli, stop_group
 from tests.mocked_requests import request_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,5 +272,4 @@ def test_the_cli_takes_its_token_from_the_environment_out_of_ps():
         assert httpx.get(f"{url}/api/v1/account", headers=admin("sandbox-token")).status_code == 401
         assert httpx.get(f"{url}/__sandbox/stats", headers=admin(token)).json()["requests"] == 2
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_group(process)

@@ -418,7 +418,8 @@ def test_a_listing_that_grows_while_it_is_read_is_read_to_its_new_end(make_sandb
         proxy.close()
     assert grown
     assert result.success, [e.message for e in result.all_events if e.is_step_failure]
-    assert {row[0] for row in stored_clients(tmp_path / "data")} == {c["uuid"] for c in sandbox.firm.clients}
+    stored = {row[0] for row in stored_clients(StoredData(tmp_path / "data"))}
+    assert stored == {c["uuid"] for c in sandbox.firm.clients}
 
 
 def _task_write(store: ParquetStore, name: str) -> StagedWrite:
