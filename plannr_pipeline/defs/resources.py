@@ -124,6 +124,11 @@ class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
         return asyncio.run(main())
 
 
+def lake_of(catalog: str | None, data: str | None) -> LakeSettings | None:
+    """The lake two resource fields name (checked as the PLANNR_LAKE_* variables are), or None."""
+    return LakeSettings.from_env({"PLANNR_LAKE_CATALOG": catalog or "", "PLANNR_LAKE_DATA": data or ""})
+
+
 class PlannrStorage(FixedByDeployment, dg.ConfigurableResource):
     """Where the data of record lives: Parquet under `data_dir` with the views in a DuckDB database
     beside it (by default `plannr.duckdb`; the definitions take it from the `duckdb` resource), or,
@@ -143,9 +148,7 @@ class PlannrStorage(FixedByDeployment, dg.ConfigurableResource):
     lake_data: str | None = None
 
     def lake(self) -> LakeSettings | None:
-        return LakeSettings.from_env(
-            {"PLANNR_LAKE_CATALOG": self.lake_catalog or "", "PLANNR_LAKE_DATA": self.lake_data or ""}
-        )
+        return lake_of(self.lake_catalog, self.lake_data)
 
     def warehouse(self) -> Warehouse:
         data_dir = os.path.abspath(self.data_dir)
@@ -179,9 +182,7 @@ class PlannrDuckDB(FixedByDeployment, DuckDBResource):
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """The database, or on the lake a connection with it attached read-only (a user's asset
         reads the data of record; only the Plannr assets write it)."""
-        lake = LakeSettings.from_env(
-            {"PLANNR_LAKE_CATALOG": self.lake_catalog or "", "PLANNR_LAKE_DATA": self.lake_data or ""}
-        )
+        lake = lake_of(self.lake_catalog, self.lake_data)
         if lake is None:
             with super().get_connection() as connection:
                 yield connection

@@ -27,15 +27,9 @@ def lake_relations() -> list[Relation]:
     (those are in the data dictionary, and on the tables)."""
     relations = []
     for name in history.HISTORY_OF:
-        table = TABLES[name]
-        log = f'"{lake_name(history.history_table(table))}"'
-        relations.append(
-            Relation(
-                f"{name}_history",
-                history.view_sql(table, log),
-                f"Every version of each `{name}` record since the first sync, and its deletion.",
-            )
-        )
+        table, log_table = TABLES[name], history.history_table(TABLES[name])
+        log = f'"{lake_name(log_table)}"'
+        relations.append(Relation(log_table.name, history.view_sql(table, log), log_table.description))
     relations += [Relation(view.name, view.create_sql, view.description) for view in ANALYST_VIEWS]
     return relations
 
