@@ -1,4 +1,4 @@
-"""`plannr-pipeline sync | sandbox | instance | views | erase | unerase | retention`."""
+"""`plannr-pipeline sync | refresh | sandbox | instance | views | erase | unerase | retention`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from plannr_pipeline.erasure.commands import add_commands as add_erasure_command
 from plannr_pipeline.erasure.periods import check_retention_settings
 from plannr_pipeline.instance import prepare_instance
 from plannr_pipeline.private_files import make_private_dir, owner_only_umask, report_looser
+from plannr_pipeline.refresh.command import add_command as add_refresh_command
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -424,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     sync.add_argument("--one-firm", help=argparse.SUPPRESS)  # what `--firm` runs, one process per firm
     sync.set_defaults(run=_sync)
+
+    add_refresh_command(commands, _amount())
 
     views = commands.add_parser("views", help="(re)create the DuckDB views over the stored Parquet")
     views.set_defaults(run=_views)

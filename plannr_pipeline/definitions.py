@@ -17,6 +17,7 @@ from plannr_pipeline.defs.assets import ASSETS
 from plannr_pipeline.defs.checks import CHECKS
 from plannr_pipeline.defs.erasure import ERASURE_DEFS
 from plannr_pipeline.defs.jobs import JOBS
+from plannr_pipeline.defs.refresh import REFRESH_DEFS
 from plannr_pipeline.defs.resources import PlannrApi, storage_resources_from_env
 from plannr_pipeline.defs.schedules import SCHEDULES
 from plannr_pipeline.defs.sensors import FIRM_SENSORS
@@ -52,7 +53,9 @@ def _without_single_firm(loaded: dg.Definitions) -> dg.Definitions:
     `load_from_defs_folder` always finds); what watches the instance (dead runs, run failures)
     stays."""
     # The single firm's erasure and retention jobs (each firm has its own, `<slug>_erase_client_job`).
-    single = {id(x) for x in [*ASSETS, *CHECKS, *JOBS, *SCHEDULES, *FIRM_SENSORS, *ERASURE_DEFS]}
+    single = {
+        id(x) for x in [*ASSETS, *CHECKS, *JOBS, *SCHEDULES, *FIRM_SENSORS, *ERASURE_DEFS, *REFRESH_DEFS]
+    }
 
     def kept(items: object) -> list:
         return [x for x in (items or []) if id(x) not in single]  # type: ignore[union-attr]

@@ -15,6 +15,8 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 
 from plannr_pipeline.api import PlannrClient, PlannrSettings, RequestStats
+from plannr_pipeline.api.budget import budget_for
+from plannr_pipeline.api.budget_share import BudgetShare
 from plannr_pipeline.api.config import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_CONCURRENCY,
@@ -100,22 +102,39 @@ class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
         return urlparse(self.base_url or DEFAULT_BASE_URL).netloc
 
     def client(
-        self, on_warning: Callable[[str], None] | None = None, stats: RequestStats | None = None
+        self,
+        on_warning: Callable[[str], None] | None = None,
+        stats: RequestStats | None = None,
+        share: float | None = None,
     ) -> PlannrClient:
-        return PlannrClient(self.settings(), on_warning=on_warning, stats=stats)
+        """`share`: take at most that share of the token's budget (the rolling refresh)."""
+        settings = self.settings()
+        budget = None
+        if share is not None:
+            budget = BudgetShare(
+                budget_for(
+                    settings.token,
+                    settings.base_url,
+                    settings.starting_budget,
+                    settings.rate_limit_per_minute,
+                ),
+                share,
+            )
+        return PlannrClient(settings, on_warning=on_warning, stats=stats, budget=budget)
 
     def run(
         self,
         work: Callable[[PlannrClient], Awaitable[T]],
         on_warning: Callable[[str], None] | None = None,
         stats: RequestStats | None = None,
+        share: float | None = None,
     ) -> T:
         """The one bridge from Dagster's synchronous code to the async client.
 
         Assets, sensors and checks all come through here, so each gets the same connection
         setup, retries, budget and counters; pass `stats` to read the counts even on failure.
         """
-        api = self.client(on_warning, stats)
+        api = self.client(on_warning, stats, share)
 
         async def main() -> T:
             async with api:

@@ -6,6 +6,7 @@ Per table (the README's "Personal data" section says the same):
   account lists its owners) is cleared where it names the client.
 - `goals`, `goals_history`: the client's goals go (they are about the client); another goal
   owned by it keeps its row, `shared_owner_uuid` cleared.
+- `goal_reads`: the client's row goes (when its goals were read says the client existed).
 - `circle_accounts`: the client's memberships go. `circles`, `circles_history`: the circle stays
   (it has other members); its `name` is cleared where it carries the client's name ("Smith
   Family"), and `extra_json` where it names the client.
@@ -140,6 +141,7 @@ def _rules() -> dict[str, Rewrite]:
     return {
         "clients": Rewrite(delete_where=own, clear=extra),
         "goals": goal_rule,
+        "goal_reads": Rewrite(delete_where=IS_CLIENT.format("client_uuid")),
         "circles": circle_rule,
         "circle_accounts": Rewrite(delete_where=IS_CLIENT.format("account_uuid"), clear=extra),
         "circle_groups": Rewrite(clear=extra),

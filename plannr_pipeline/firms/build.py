@@ -6,10 +6,11 @@ import dagster as dg
 
 from plannr_pipeline.defs.assets import COLLECTION_ASSETS
 from plannr_pipeline.defs.assets.analyst_views import analyst_views_for
-from plannr_pipeline.defs.assets.common import collection_asset_for
+from plannr_pipeline.defs.assets.common import API_POOL, collection_asset_for
 from plannr_pipeline.defs.checks import checks_for
 from plannr_pipeline.defs.erasure import erasure_defs_for
 from plannr_pipeline.defs.jobs import jobs_for
+from plannr_pipeline.defs.refresh import refresh_defs_for
 from plannr_pipeline.defs.schedules import schedules_for
 from plannr_pipeline.defs.sensors.clients import changed_clients_sensor_for
 from plannr_pipeline.defs.sensors.import_sensors import import_sensors_for
@@ -26,10 +27,13 @@ def firm_definitions(settings: FirmSettings) -> dg.Definitions:
     jobs = jobs_for(firm, collections)
     clients_job, imports_job, *_ = jobs
     erase_job, retention_job, retention_schedule = erasure_defs_for(firm, running=settings.schedules_running)
+    refresh_job, refresh_schedule = refresh_defs_for(
+        firm, lambda: firm_run_parts(settings, firm.pool(API_POOL))
+    )
     return dg.Definitions(
         assets=[*collections, analyst_views_for(firm)],
         asset_checks=checks_for(firm),
-        jobs=[*jobs, erase_job, retention_job],
+        jobs=[*jobs, erase_job, retention_job, refresh_job],
         schedules=[
             *schedules_for(
                 firm,
@@ -39,6 +43,7 @@ def firm_definitions(settings: FirmSettings) -> dg.Definitions:
                 hourly=settings.hourly_cron,
             ),
             retention_schedule,
+            refresh_schedule,
         ],
         # Each firm polls its own API with its own token, keeping its own cursors.
         sensors=[

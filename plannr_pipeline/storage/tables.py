@@ -322,6 +322,18 @@ GOALS = Table(
     nested_known={"shared_owner": PERSON_FIELDS},
 )
 
+GOAL_READS = Table(
+    "goal_reads",
+    "When each client's goals were last listed in full (by a sync or the rolling refresh), one row per "
+    "client: how the refresh picks whose goals to read next (never read, or read longest ago, first), "
+    'and the answer to "how old are this client\'s goals?" for a client that has none.',
+    (
+        filled("client_uuid", "The client (joins to clients.uuid)."),
+        filled("seen_at", "When its goals listing was asked for (UTC).", TS),
+    ),
+    key=("client_uuid",),
+)
+
 CIRCLES = Table(
     "circles",
     "One row per circle (household or family) (GET /api/v1/circles).",
@@ -598,6 +610,7 @@ ALL_TABLES = (
     CLIENTS,
     STAFF,
     GOALS,
+    GOAL_READS,
     CIRCLES,
     CIRCLE_ACCOUNTS,
     CIRCLE_GROUPS,

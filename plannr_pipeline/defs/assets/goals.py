@@ -1,6 +1,8 @@
 """`goals`: each client's goals. Plannr has no firm-wide goals list, so this fans out one
 request per client, concurrently under the shared budget."""
 
+from datetime import datetime
+
 import dagster as dg
 import pyarrow as pa
 
@@ -11,6 +13,7 @@ from plannr_pipeline.defs.partitions import client_months
 from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.storage import normalise
 from plannr_pipeline.storage.commit import Scope
+from plannr_pipeline.storage.goal_reads import record_goal_reads
 from plannr_pipeline.storage.parquet_store import ParquetStore
 from plannr_pipeline.storage.tables import CLIENTS, GOALS
 
@@ -45,6 +48,7 @@ def goals(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrS
     ).to_pylist()
     month_of_client = {row["uuid"]: row["created_month"] for row in stored}
     pending = dict(month_of_client)  # clients whose goals are not staged yet: a resumption starts here
+    reads: dict[str, datetime] = {}  # when each client's goals listing was asked for (goal_reads)
     landing = Landing(
         context,
         storage,
@@ -68,6 +72,7 @@ def goals(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrS
                 requested_at,
             )
             del pending[client_uuid]
+            reads[client_uuid] = requested_at
             landing.progress(len(month_of_client) - len(pending), len(month_of_client), "clients")
 
     context.log.info(
@@ -75,3 +80,4 @@ def goals(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrS
     )
     fetch(context, plannr, work, landing, left_to_do=lambda: len(pending))
     yield from landing.finish(plannr.source(), clients=len(month_of_client))
+    record_goal_reads(store, reads)

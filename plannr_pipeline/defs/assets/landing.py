@@ -24,6 +24,7 @@ from typing import Any
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from plannr_pipeline.api import RequestStats
 from plannr_pipeline.api.errors import ConfigurationError
@@ -136,13 +137,17 @@ class Landing:
         configured_partitions: Collection[str] | None = None,
         scope: Scope | None = None,
         place: Callable[[dict[str, Any]], str] | None = None,
+        asset_key: dg.AssetKey | None = None,
     ) -> None:
         """`scope`: the stored records this write speaks for, which it may find deleted (by
         default the whole table: a full sweep); an incremental merge passes `Scope.nothing()`.
         `place`: the partition a record belongs in, to quarantine one that no configured
-        partition holds (created in a month still to come)."""
+        partition holds (created in a month still to come). `asset_key`: the asset written, for
+        a caller that is not that asset's own step (the rolling refresh, an op)."""
         self.place = place
         self.context = context
+        self.in_asset_step = asset_key is None
+        self.asset_key = asset_key or context.asset_key
         self.listing_started = datetime.now(UTC)
         self.warehouse = storage.warehouse()
         self.store = self.warehouse.store
@@ -344,7 +349,7 @@ class Landing:
         received = sum(r for _, _, r in self.listings)
         return [
             dg.AssetCheckResult(
-                asset_key=self.context.asset_key,
+                asset_key=self.asset_key,
                 check_name=complete_check_name(self.root),
                 passed=not complete,
                 metadata={
@@ -358,7 +363,7 @@ class Landing:
                 },
             ),
             dg.AssetCheckResult(
-                asset_key=self.context.asset_key,
+                asset_key=self.asset_key,
                 check_name=keys_check_name(self.root),
                 passed=not keys,
                 metadata={"duplicate_uuids": self._duplicate_keys, "problems": dg.MetadataValue.json(keys)},
@@ -383,7 +388,7 @@ class Landing:
         except DeletionRefused as refused:
             self.abort()
             checks[0] = dg.AssetCheckResult(
-                asset_key=self.context.asset_key,
+                asset_key=self.asset_key,
                 check_name=complete_check_name(self.root),
                 passed=False,
                 metadata={**checks[0].metadata, "problems": dg.MetadataValue.json([str(refused)])},
@@ -405,9 +410,10 @@ class Landing:
             )
         if problem:
             self.context.log.warning(problem)
-        self._partition_metadata(self.outcome.replaced)
+        if self.in_asset_step:
+            self._partition_metadata(self.outcome.replaced)
         yield dg.MaterializeResult(
-            asset_key=self.context.asset_key,
+            asset_key=self.asset_key,
             metadata=self._metadata(self.stats, source, self.outcome, problem, extra),
             check_results=checks,
         )
@@ -464,9 +470,19 @@ class Landing:
                     "dagster/row_count": self.rows_by_partition[partition],
                     "rows_replaced": replaced.get(partition, 0),
                 },
-                asset_key=self.context.asset_key,
+                asset_key=self.asset_key,
                 partition_key=partition,
             )
+
+    def _oldest_seen(self) -> dict[str, Any]:
+        """When the stalest stored record was last received: how old the oldest number is."""
+        if "seen_at" not in self.root.schema.names:
+            return {}
+        seen = self.store.read(self.root, columns=["seen_at"]).column("seen_at")
+        oldest = pc.min(seen).as_py() if len(seen) else None
+        if oldest is None:
+            return {}
+        return {"oldest_seen_at": dg.MetadataValue.timestamp(oldest)}
 
     def _metadata(
         self,
@@ -497,6 +513,7 @@ class Landing:
             "request_stats": dg.MetadataValue.json(stats.as_metadata()),
             "schema_drift": dg.MetadataValue.json(self.drift.summary()),
             "views_refreshed": views_problem is None,
+            **self._oldest_seen(),
             **extra,
         }
         if self.partitions:

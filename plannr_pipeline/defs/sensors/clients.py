@@ -19,7 +19,7 @@ from plannr_pipeline.firms import DEFAULT_FIRM, Firm, rename_resources
 from plannr_pipeline.storage.convert import to_utc
 
 
-async def _changed_since(api: PlannrClient, watermark: datetime | None) -> list[dict]:
+async def changed_since(api: PlannrClient, watermark: datetime | None) -> list[dict]:
     """Clients updated at or after the watermark (all of page 1 when there is none yet)."""
     changed: list[dict] = []
     listing = endpoints.CLIENTS.with_params(**endpoints.NEWEST_UPDATED_FIRST)
@@ -46,7 +46,7 @@ def changed_clients_sensor_for(firm: Firm, clients_job: Any) -> dg.SensorDefinit
             state = watermark = None
         stats = RequestStats()
         try:
-            changed = plannr.run(lambda api: _changed_since(api, watermark), stats=stats)
+            changed = plannr.run(lambda api: changed_since(api, watermark), stats=stats)
             requests = stats.requests
         except PlannrError as error:
             return dg.SkipReason(f"Plannr API error; state kept, will retry next tick: {error}")

@@ -1,0 +1,232 @@
+"""The rolling refresh (`plannr-pipeline refresh --for SECONDS`) as real processes against the
+sandbox over HTTP: after the firm moves on it brings every change in, with history; killed
+half-way it leaves data exact; beside a sync it keeps the token under its limit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow.compute as pc
+import pytest
+
+from plannr_pipeline.api.budget import RequestBudget
+from plannr_pipeline.api.budget_share import BudgetShare
+from plannr_pipeline.refresh.pace import Pace
+from plannr_pipeline.storage.goal_reads import goals_read_order, record_goal_reads
+from plannr_pipeline.storage.parquet_store import ParquetStore, StagedWrite
+from plannr_pipeline.storage.tables import ALL_TABLES, GOAL_READS
+from tests.cli import run_cli, sandbox_env, start_cli, stop_group
+
+# Every current table, less when a record was seen, and imports (they progress on the sandbox's clock).
+COMPARED = {
+    t.name: f"select * exclude (seen_at) from {t.name}"
+    if "seen_at" in t.schema.names
+    else f"select * from {t.name}"
+    for t in ALL_TABLES
+    if not t.name.startswith("import") and t.name not in ("rejected_records", "erasure_log")
+}
+
+
+def rows(data: Path, sql: str, params: list | None = None) -> list[tuple]:
+    with duckdb.connect(str(data / "plannr.duckdb"), read_only=True) as connection:
+        return sorted(connection.execute(sql, params or []).fetchall(), key=repr)
+
+
+def assert_same_as_a_fresh_sync(sandbox, tmp_path: Path, data: Path) -> None:
+    fresh = tmp_path / "fresh"
+    result = run_cli("sync", env=sandbox_env(sandbox, fresh), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for table, sql in COMPARED.items():
+        assert rows(data, sql) == rows(fresh / "data", sql), table
+
+
+@pytest.fixture
+def synced(make_sandbox, tmp_path):
+    """A 60-client firm synced, then moved on three steps (goals progressed, clients reassigned,
+    records created and deleted)."""
+    sandbox = make_sandbox(60)
+    env = sandbox_env(sandbox, tmp_path)
+    result = run_cli("sync", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    changes = sandbox.advance(3)
+    return sandbox, env, tmp_path / "data", changes
+
+
+def test_refresh_brings_every_change_in_with_history_and_seen_at(synced, tmp_path):
+    sandbox, env, data, changes = synced
+    started = datetime.now(UTC)
+    result = run_cli("refresh", "--for", "25", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "refresh finished" in result.stdout
+
+    updated = {u for c in changes for u in c["goals"]["updated"]} - {
+        u for c in changes for u in c["goals"]["deleted"]
+    }
+    assert updated
+    for uuid in updated:  # a second version, the current one
+        assert rows(
+            data,
+            "select count(*), count(*) filter (valid_to is null) from goals_history where uuid = ?",
+            [uuid],
+        ) == [(2, 1)]
+    deleted = {u for c in changes for u in c["goals"]["deleted"]}
+    for uuid in deleted:
+        assert rows(data, "select count(*) from goals where uuid = ?", [uuid]) == [(0,)]
+        assert rows(
+            data, "select count(*) from goals_history where uuid = ? and deleted_at is not null", [uuid]
+        ) == [(1,)]
+    for uuid in {u for c in changes for u in c["clients"]["updated"]} - {
+        u for c in changes for u in c["clients"]["deleted"]
+    }:
+        assert rows(data, "select count(*) from clients_history where uuid = ?", [uuid]) == [(2,)]
+    for uuid in {u for c in changes for u in c["clients"]["deleted"]}:
+        assert rows(
+            data, "select count(*) from clients_history where uuid = ? and deleted_at is not null", [uuid]
+        ) == [(1,)]
+
+    # Every record it re-read was seen again: every client's goals, and (its sweep) every client.
+    for table in ("goals", "clients", "goal_reads", "tasks", "circles"):
+        [(stale,)] = rows(data, f"select count(*) from {table} where seen_at < ?", [started])
+        assert stale == 0, table
+    assert_same_as_a_fresh_sync(sandbox, tmp_path, data)
+
+
+def test_a_refresh_killed_half_way_leaves_data_exact(synced, tmp_path):
+    sandbox, env, data, changes = synced
+    log = tmp_path / "refresh.log"
+    for delay in (0.0, 0.4):
+        with open(log, "w") as out:
+            process = start_cli(
+                "refresh", "--for", "60", env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 120
+        while "rolling refresh:" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+        time.sleep(delay)  # after a batch landed, or in the middle of the next one
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        assert rows(data, "select count(*) from goals")[0][0] > 0  # what is stored still reads
+
+    result = run_cli("refresh", "--for", "20", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Each change recorded once, however many runs died on the way.
+    [(duplicated,)] = rows(
+        data,
+        "select count(*) from (select uuid, valid_from from goals_history group by all having count(*) > 1)",
+    )
+    assert duplicated == 0
+    for uuid in {u for c in changes for u in c["goals"]["updated"]} - {
+        u for c in changes for u in c["goals"]["deleted"]
+    }:
+        assert rows(data, "select count(*) from goals_history where uuid = ?", [uuid]) == [(2,)]
+    assert_same_as_a_fresh_sync(sandbox, tmp_path, data)
+
+
+def test_a_refresh_and_a_sync_of_one_token_stay_under_its_limit(make_sandbox, tmp_path):
+    """Two processes of one token at once, against a sandbox that answers 429 past 240 requests in
+    any minute: the sync (300 clients: more than a minute's worth) and a refresh beside it."""
+    limit = 240
+    sandbox = make_sandbox(300, rate_limit_per_minute=limit)
+    env = sandbox_env(sandbox, tmp_path, PLANNR_RATE_LIMIT_PER_MINUTE=str(limit))
+    seeded = run_cli("sync", "--select", "clients", env=env, cwd=tmp_path)  # something to refresh
+    assert seeded.returncode == 0, seeded.stderr[-2000:]
+    time.sleep(60)  # the window of that sync has passed: the test starts with the whole budget
+    before = sandbox.stats()["requests"]
+    started = time.monotonic()
+    refresh = start_cli(
+        "refresh", "--for", "75", env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        sync = run_cli(
+            "sync", env={**env, "DAGSTER_HOME": str(tmp_path / "home2")}, cwd=tmp_path, timeout=600
+        )
+        assert sync.returncode == 0, sync.stderr[-2000:]
+        assert refresh.wait(timeout=300) == 0
+    finally:
+        if refresh.poll() is None:
+            stop_group(refresh)
+    minutes = (time.monotonic() - started) / 60
+    served = sandbox.stats()
+    assert served["by_status"].get("429", 0) == 0, served["by_status"]
+    assert served["requests"] - before <= limit * (minutes + 1)
+    assert served["requests"] - before > limit * 0.8  # both did work: the test exercised the limit
+
+
+def test_a_budget_share_leaves_the_rest_of_the_window(tmp_path):
+    """Half of a 20-per-2-seconds budget: 10 in the first window, whoever asks how fast."""
+    budget = RequestBudget(
+        "share-test", 20, directory=tmp_path, window_seconds=2.0, follow_server_limit=False
+    )
+    share = BudgetShare(budget, 0.5)
+    taken = 0
+
+    async def take_for(seconds: float) -> None:
+        nonlocal taken
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    await share.acquire()
+                    taken += 1
+        except TimeoutError:
+            pass
+
+    try:
+        asyncio.run(take_for(1.5))
+    finally:
+        budget.close()
+    assert taken == 10
+
+
+def test_a_bad_reserve_is_one_line_and_exit_2(make_sandbox, tmp_path):
+    sandbox = make_sandbox(5)
+    result = run_cli(
+        "refresh",
+        "--for",
+        "5",
+        env=sandbox_env(sandbox, tmp_path, PLANNR_REFRESH_RESERVE="most"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: PLANNR_REFRESH_RESERVE must be a share from 0 to 0.9 (0.02 leaves 2% of the budget to others), got 'most'."
+    ]
+
+
+def test_the_progress_line_says_how_old_and_how_long():
+    pace = Pace()
+    pace.add(clients=490, seconds=60)
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    line = pace.describe(now - timedelta(minutes=14), behind=9_310, total=10_000, now=now)
+    assert (
+        line == "oldest goals read 14 min ago; 9,310 of 10,000 clients to go, at this rate all within 19 min"
+    )
+    assert pace.describe(None, behind=0, total=10, now=now).startswith("some clients' goals never read yet")
+
+
+def test_goals_are_read_never_read_first_then_longest_ago_and_a_later_read_wins(synced):
+    _, _, data, _ = synced
+    store = ParquetStore(data / "parquet")
+    order = goals_read_order(store)
+    first, second, *rest = order.column("client_uuid").to_pylist()
+    assert order.column("seen_at").null_count == 0  # the sync recorded every client's goals read
+    later = datetime.now(UTC)
+    record_goal_reads(store, {first: later, second: later + timedelta(seconds=1)})
+    assert goals_read_order(store).column("client_uuid").to_pylist()[-2:] == [first, second]
+    record_goal_reads(store, {second: later - timedelta(days=1)})  # an older read, committed late
+    assert goals_read_order(store).column("client_uuid").to_pylist()[-1] == second
+
+    never = rest[0]
+    kept = goals_read_order(store).filter(pc.not_equal(goals_read_order(store).column("client_uuid"), never))
+    with store.lock():
+        write = StagedWrite(store)
+        write.write(GOAL_READS, kept.select(["client_uuid", "seen_at"]))
+        write.commit_locked()
+    assert goals_read_order(store).column("client_uuid").to_pylist()[0] == never
