@@ -446,3 +446,27 @@ def test_a_firms_share_is_its_own_pool_and_another_firm_never_waits_for_it(synce
     assert starved.returncode == 1
     assert "firm beta: landed" in starved.stdout and "firm acme: FAILED" in starved.stdout
     assert "[acme] waiting for a slot in the plannr_api_acme pool (limit 2)" in starved.stdout
+
+
+def test_refresh_runs_the_firm_it_is_given_and_asks_which_of_several(synced) -> None:
+    firms, _ = synced
+    asked = run_cli("refresh", "--for", "5", env=firms.env, cwd=firms.root)
+    assert asked.returncode == 2
+    assert "refresh one with --firm SLUG" in asked.stderr and len(asked.stderr.strip().splitlines()) == 1
+
+    def versions(slug: str) -> int:
+        with duckdb.connect(str(firms.data / slug / "plannr.duckdb"), read_only=True) as db:
+            return db.execute("select count(*) from goals_history").fetchone()[0]
+
+    beta_before = versions("beta")
+    [step] = firms.acme.advance(1)
+    assert step["goals"]["updated"]
+    done = run_cli("refresh", "--for", "15", "--firm", "acme", env=firms.env, cwd=firms.root, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    with duckdb.connect(str(firms.data / "acme" / "plannr.duckdb"), read_only=True) as db:
+        for uuid in set(step["goals"]["updated"]) - set(step["goals"]["deleted"]):
+            assert db.execute("select count(*) from goals_history where uuid = ?", [uuid]).fetchone()[0] == 2
+        assert {r[0] for r in db.execute("select uuid from goals").fetchall()} == {
+            g["uuid"] for gs in firms.acme.firm.goals_by_client.values() for g in gs
+        }
+    assert versions("beta") == beta_before  # the other firm, its token and its data, untouched

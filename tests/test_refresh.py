@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pyarrow.compute as pc
 import pytest
@@ -95,6 +96,14 @@ def test_refresh_brings_every_change_in_with_history_and_seen_at(synced, tmp_pat
     for table in ("goals", "clients", "goal_reads", "tasks", "circles"):
         [(stale,)] = rows(data, f"select count(*) from {table} where seen_at < ?", [started])
         assert stale == 0, table
+    # The UI shows how fresh each asset is, and the refresh's progress on goals.
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        for name in ("clients", "goals", "tasks", "circles"):
+            event = instance.get_latest_materialization_event(dg.AssetKey(name))
+            assert event.asset_materialization.metadata["oldest_seen_at"].value >= started.timestamp(), name
+        [observation] = instance.fetch_observations(dg.AssetKey("goals"), limit=1).records
+        progress = observation.asset_observation.metadata["refresh_progress"].value
+        assert progress.startswith("oldest goals read "), progress
     assert_same_as_a_fresh_sync(sandbox, tmp_path, data)
 
 
