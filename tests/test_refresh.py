@@ -169,29 +169,30 @@ def test_a_refresh_and_a_sync_of_one_token_stay_under_its_limit(make_sandbox, tm
     assert served["requests"] - before > limit * 0.8  # both did work: the test exercised the limit
 
 
-def test_a_budget_share_leaves_the_rest_of_the_window(tmp_path):
-    """Half of a 20-per-2-seconds budget: 10 in the first window, whoever asks how fast."""
+def test_a_budget_share_leaves_the_rest_of_the_window_and_paces_itself(tmp_path):
+    """Half of a 120-per-2-seconds budget: 60 in the window, five every 1/6 s, however fast it asks."""
     budget = RequestBudget(
-        "share-test", 20, directory=tmp_path, window_seconds=2.0, follow_server_limit=False
+        "share-test", 120, directory=tmp_path, window_seconds=2.0, follow_server_limit=False
     )
     share = BudgetShare(budget, 0.5)
-    taken = 0
+    taken: list[float] = []
 
     async def take_for(seconds: float) -> None:
-        nonlocal taken
         try:
             async with asyncio.timeout(seconds):
                 while True:
                     await share.acquire()
-                    taken += 1
+                    taken.append(time.monotonic())
         except TimeoutError:
             pass
 
+    started = time.monotonic()
     try:
-        asyncio.run(take_for(1.5))
+        asyncio.run(take_for(1.9))
     finally:
         budget.close()
-    assert taken == 10
+    assert 40 <= len(taken) <= 60  # the share of the window, not the whole of it (120)
+    assert sum(1 for t in taken if t - started < 0.5) <= 20  # spread out, not all 60 at once
 
 
 def test_a_bad_reserve_is_one_line_and_exit_2(make_sandbox, tmp_path):

@@ -9,11 +9,15 @@ this process, that holds it to `share` of the limit in force.
 
 from __future__ import annotations
 
+import math
 import time
 
 from pyrate_limiter import Duration, InMemoryBucket, Limiter, Rate
 
 from plannr_pipeline.api.budget import RequestBudget
+
+# The share is spent evenly over this many slices of the window.
+SLICES = 12
 
 
 class BudgetShare:
@@ -31,7 +35,11 @@ class BudgetShare:
         cap = max(1, int(self._budget.limit * self.share))
         if cap != self._cap or self._limiter is None:  # the limit in force moved: so does the share
             window_ms = int(self._budget.window_seconds * Duration.SECOND)
-            self._limiter = Limiter(InMemoryBucket([Rate(cap, window_ms)]))
+            # Evenly, a twelfth of the share per twelfth of the window, not the whole share in one
+            # burst: a burst lands on the server's window edge with its requests arriving out of
+            # step with when they were counted here, and draws 429s; an even pace never does.
+            paced = Rate(math.ceil(cap / SLICES), window_ms // SLICES)
+            self._limiter = Limiter(InMemoryBucket([paced, Rate(cap, window_ms)]))
             self._cap = cap
         return self._limiter
 
