@@ -109,7 +109,7 @@ class RollingRefresh:
         return self.report
 
     def _sweep_due(self) -> bool:
-        """Every client's goals were read since the last sweep began (or there was none)."""
+        """Every client's goals were read since the last sweep ended (or there was none)."""
         order = goals_read_order(self.store)
         if order.column("seen_at").null_count:
             return False
@@ -171,18 +171,25 @@ class RollingRefresh:
         return max(MIN_BATCH, int(budget.limit * self.share * BATCH_SECONDS / budget.window_seconds))
 
     def _next_batch(self, size: int) -> dict[str, str]:
+        """The changed clients, then those read longest ago, up to `size`; only clients not read
+        since the last sweep, so a pass ends exactly when the last of them is read (then the sweep)."""
         batch = dict(list(self._first.items())[:size])
-        if len(batch) < size:
-            order = goals_read_order(self.store).slice(0, size)
-            for uuid, month in zip(
-                order.column("client_uuid").to_pylist(),
-                order.column("created_month").to_pylist(),
-                strict=True,
-            ):
-                if len(batch) == size:
-                    break
-                batch.setdefault(uuid, month)
+        behind = self._behind(goals_read_order(self.store)).slice(0, size)
+        for uuid, month in zip(
+            behind.column("client_uuid").to_pylist(), behind.column("created_month").to_pylist(), strict=True
+        ):
+            if len(batch) == size:
+                break
+            batch.setdefault(uuid, month)
         return batch
+
+    def _behind(self, order: pa.Table) -> pa.Table:
+        """The clients (of `goals_read_order`) whose goals were last read before the last sweep."""
+        last = self.targets.last_sweep()
+        if last is None:
+            return order
+        seen = order.column("seen_at")
+        return order.filter(pc.fill_null(pc.less(seen, pa.scalar(last, seen.type)), True))
 
     def _goals_batch(self, deadline: float) -> None:
         batch = self._next_batch(self._batch_size())
@@ -227,9 +234,8 @@ class RollingRefresh:
         order = goals_read_order(self.store)
         seen = order.column("seen_at")
         oldest = pc.min(seen).as_py() if seen.null_count == 0 else None
-        last = self.targets.last_sweep()
-        behind = order.num_rows if last is None else pc.sum(pc.fill_null(pc.less(seen, last), True)).as_py()
-        self.report.progress = self.pace.describe(oldest, behind or 0, order.num_rows)
+        behind = self._behind(order).num_rows
+        self.report.progress = self.pace.describe(oldest, behind, order.num_rows)
         self.context.log.info(f"rolling refresh: {self.report.progress}")
         self.context.log_event(
             dg.AssetObservation(
@@ -237,7 +243,7 @@ class RollingRefresh:
                 metadata={
                     "refresh_progress": self.report.progress,
                     **({"oldest_goals_read_at": dg.MetadataValue.timestamp(oldest)} if oldest else {}),
-                    "clients_behind_last_sweep": int(behind or 0),
+                    "clients_behind_last_sweep": behind,
                     "clients_per_minute": round(self.pace.per_minute(), 1),
                 },
             )
