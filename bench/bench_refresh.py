@@ -56,6 +56,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=240)
     parser.add_argument("--firm", default="issue")
+    parser.add_argument("--out", help="also append the figures to this Markdown file")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-refresh-"))
@@ -111,7 +112,7 @@ def main() -> int:
     began, passed = log_start(measured.output), first_pass_end(measured.output)
     bound = args.clients / (0.98 * args.rate) * 60
     lines = [
-        f"# bench/bench_refresh.py: {args.clients} clients, limit {args.rate}/min, refresh --for {args.seconds:g}",
+        f"## Rolling refresh (bench/bench_refresh.py): {args.clients} clients, limit {args.rate}/min, refresh --for {args.seconds:g}",
         "",
         f"- refresh exit code {measured.returncode}, wall {measured.seconds:.1f} s, peak RSS {measured.tree_peak_mb:.0f} MB",
         f"- requests {requests:,}; statuses {statuses}; 429s: {statuses.get('429', 0)}",
@@ -127,6 +128,9 @@ def main() -> int:
         f"- log: {workdir / 'refresh.log'}",
     ]
     print("\n".join(lines))
+    if args.out:
+        with open(args.out, "a") as out:
+            out.write("\n" + "\n".join(lines[:-1]) + "\n")
     return 0
 
 
