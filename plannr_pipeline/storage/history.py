@@ -129,9 +129,11 @@ EVENT_ROW_GROUP_ROWS = 4_096
 # Records whose events are worked out in one pass. The pass joins each staged record with its
 # latest logged version and its child rows' hash, and DuckDB holds that join, the aggregate and the
 # Parquet writer's buffers for the whole pass, so a pass's memory grows with its records. A larger
-# write (a 100,000-client firm's 500,000 tasks) goes in slices of records by a hash of the uuid,
-# each written to a file of its own and then copied into the one file of the write.
-RECORDS_PER_PASS = 100_000
+# write goes in slices of records by a hash of the uuid, each written to a file of its own, then
+# copied into the write's one file. A 10,000-client sync (50,000 tasks) peaked at 372 MB in one
+# pass, 354 MB in slices of 20,000 and 347 MB in slices of 10,000 (one run each, this machine
+# shared); the slices cost each pass a read of the staged files.
+RECORDS_PER_PASS = 10_000
 
 
 def _passes(staged_files: Collection[Path], log_rows: int) -> int:
