@@ -585,7 +585,7 @@ def main() -> int:
                         flush=True,
                     )
                     peers = []
-                    if not args.skip_dlt and clients <= (args.skip_dlt_above or clients):
+                    if not args.skip_dlt and (args.skip_dlt_above is None or clients <= args.skip_dlt_above):
                         peers.append("dlt")
                     if not args.skip_dlt and clients <= args.dagster_dlt_up_to:
                         peers.append("dagster-dlt")
