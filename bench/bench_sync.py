@@ -5,7 +5,10 @@ limit, the firm shape set by its flags; what it served is read from its `GET /__
 then per repetition, each in a subprocess of its own with fresh temp folders:
 
 1. a full `plannr-pipeline sync` (PLANNR_MAX_CONCURRENCY 32, budget lifted);
-2. dlt's rest_api source loading the same collections into DuckDB (bench/dlt_peer.py).
+2. dlt's rest_api source loading the same collections into DuckDB (bench/dlt_peer.py);
+3. at sizes up to --dagster-dlt-up-to (1,000 by default), the same dlt source as `@dlt_assets`
+   (dagster-dlt) in one Dagster run on a fresh instance (bench/dagster_dlt_peer.py): the peer a
+   user who runs dlt inside Dagster would pick, where Dagster's fixed cost dominates.
 
 Each is measured for wall time, the peak summed RSS of its process group (sampled from /proc
 every 50 ms) and the peak RSS of its largest process (wait4's ru_maxrss), the requests the
@@ -16,8 +19,9 @@ Then a budget run: a sandbox limiting the token to N requests/minute and a sync 
 PLANNR_RATE_LIMIT_PER_MINUTE=N, stopped after --budget-seconds; reports the achieved rate as a
 share of N and the 429s the sandbox answered.
 
-    .venv/bin/python bench/bench_sync.py [--clients 1000,10000] [--repeat 1] [--skip-dlt] [--skip-budget]
-        [--firm issue|cli] [--budget-clients 2000] [--budget-rate 600] [--budget-seconds 240]
+    .venv/bin/python bench/bench_sync.py [--clients 1000,10000,100000] [--repeat 1] [--skip-dlt]
+        [--skip-dlt-above N] [--dagster-dlt-up-to N] [--skip-budget] [--firm issue|cli]
+        [--budget-clients 2000] [--budget-rate 600] [--budget-seconds 240]
 
 Writes bench/RESULTS.md (or --out) and prints the same figures.
 """
@@ -46,6 +50,9 @@ from pathlib import Path
 import httpx
 
 from plannr_pipeline.api import endpoints
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import eta  # noqa: E402  (beside this file; bench/ is not a package)
 
 BENCH = Path(__file__).resolve().parent
 TOKEN = "bench-token"
@@ -160,6 +167,7 @@ class Measured:
     returncode: int
     output: str
     processes_seen: int
+    lines_at: list[tuple[float, str]] = field(default_factory=list)  # (seconds in, line) as printed
 
 
 def _group_rss(pgid: int) -> tuple[int, int]:
@@ -190,14 +198,21 @@ def run_measured(
             command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         peak, seen, done = 0, set(), threading.Event()
+        lines_at: list[tuple[float, str]] = []
 
         def sample() -> None:
             nonlocal peak
-            while not done.is_set():
-                rss, count = _group_rss(process.pid)
-                peak = max(peak, rss)
-                seen.add(count)
-                done.wait(0.05)
+            with open(log) as printed:
+                pending = ""
+                while not done.is_set():
+                    rss, count = _group_rss(process.pid)
+                    peak = max(peak, rss)
+                    seen.add(count)
+                    # When each line appeared (to 50 ms), for the progress ETA's error.
+                    pending += printed.read()
+                    *complete, pending = pending.split("\n")
+                    lines_at.extend((time.perf_counter() - started, line) for line in complete)
+                    done.wait(0.05)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -226,6 +241,7 @@ def run_measured(
         process.returncode,
         log.read_text(),
         max(seen, default=0),
+        lines_at,
     )
 
 
@@ -281,14 +297,15 @@ def run_sync(sandbox: Sandbox, workdir: Path) -> Run:
     return Run("sync", measured, requests, statuses, rows, said)
 
 
-def run_dlt(sandbox: Sandbox, workdir: Path) -> Run:
+def run_peer(tool: str, script: str, sandbox: Sandbox, workdir: Path) -> Run:
+    """A dlt peer (bench/dlt_peer.py or bench/dagster_dlt_peer.py) in a process of its own."""
     workdir.mkdir(parents=True)
     before = sandbox.counts()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}
     measured = run_measured(
         [
             sys.executable,
-            str(BENCH / "dlt_peer.py"),
+            str(BENCH / script),
             "--base-url",
             sandbox.url,
             "--token",
@@ -297,11 +314,14 @@ def run_dlt(sandbox: Sandbox, workdir: Path) -> Run:
             str(workdir),
         ],
         env,
-        workdir / "dlt.log",
+        workdir / f"{tool}.log",
     )
     requests, statuses = delta(sandbox.counts(), before)
     said = re.search(r"^ROWS (.*)$", measured.output, re.M)
-    return Run("dlt", measured, requests, statuses, json.loads(said.group(1)) if said else {})
+    return Run(tool, measured, requests, statuses, json.loads(said.group(1)) if said else {})
+
+
+PEERS = {"dlt": "dlt_peer.py", "dagster-dlt": "dagster_dlt_peer.py"}
 
 
 def budget_run(clients: int, rate: int, seconds: float, firm: str, workdir: Path) -> dict:
@@ -367,6 +387,7 @@ def versions() -> dict[str, str]:
         "httpx-aiohttp",
         "aiohttp",
         "dlt",
+        "dagster-dlt",
         "pyinstrument",
     ]
     found = {}
@@ -398,6 +419,34 @@ def ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.2f}" if theirs else "-"
 
 
+def eta_lines(syncs: list[Run]) -> list[str]:
+    """The goals fan-out's ETA (its progress lines' time left) against when it really ended."""
+    lines = []
+    for index, run in enumerate(syncs):
+        actual, points = eta.eta_points(run.measured.lines_at, "goals", "goals: fanning out over")
+        shown = [p for p in (eta.nearest(points, 0.1), eta.nearest(points, 0.5)) if p is not None]
+        if not shown:
+            continue
+        said = "; ".join(
+            f"at {p.share:.0%} ({p.at:.1f} s in) it showed {p.left:.0f} s left: error {p.error:+.1%}"
+            for p in dict.fromkeys(shown)
+        )
+        worst = max(abs(p.error) for p in points)
+        lines.append(
+            f"- sync #{index + 1}, goals fan-out {actual:.1f} s: {said}; worst of its {len(points)} lines {worst:.1%}."
+        )
+    return (
+        [
+            "",
+            "ETA of the goals fan-out (the time left its progress lines showed vs its real end):",
+            "",
+            *lines,
+        ]
+        if lines
+        else []
+    )
+
+
 def size_table(clients: int, firm: str, totals: dict[str, int], runs: list[Run]) -> list[str]:
     floor = floor_requests(totals)
     lines = [
@@ -410,29 +459,34 @@ def size_table(clients: int, firm: str, totals: dict[str, int], runs: list[Run])
         "| run | tool | wall time | peak RSS, process group | peak RSS, largest process | requests (vs floor) | non-200 answers | sync's own count |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    seen: dict[str, int] = {}
+    repetitions = [seen.__setitem__(r.tool, seen.get(r.tool, 0) + 1) or seen[r.tool] for r in runs]
     for index, run in enumerate(runs):
         m = run.measured
         failed = "" if m.returncode == 0 else f" (exit {m.returncode})"
         other = {k: v for k, v in run.statuses.items() if k != "200"}
         lines.append(
-            f"| {index // 2 + 1 if any(r.tool == 'dlt' for r in runs) else index + 1} | {run.tool}{failed} | {m.seconds:.1f} s | "
+            f"| {repetitions[index]} | {run.tool}{failed} | {m.seconds:.1f} s | "
             f"{mb(m.tree_peak_mb)} ({m.processes_seen} proc.) | {mb(m.process_peak_mb)} | "
             f"{run.requests:,} ({run.requests / floor:.3f}x) | {other or 'none'} | "
             f"{run.self_reported_requests if run.self_reported_requests is not None else '-'} |"
         )
     ours = [r for r in runs if r.tool == "sync"]
-    theirs = [r for r in runs if r.tool == "dlt"]
-    if ours and theirs:
-        best = lambda rs, f: min(f(r) for r in rs)  # noqa: E731
-        lines += [
-            "",
-            f"Ours / dlt (best of each): wall time {ratio(best(ours, lambda r: r.measured.seconds), best(theirs, lambda r: r.measured.seconds))}, "
-            f"peak RSS (process group) {ratio(best(ours, lambda r: r.measured.tree_peak_mb), best(theirs, lambda r: r.measured.tree_peak_mb))}, "
-            f"requests {ratio(ours[0].requests, theirs[0].requests)}.",
-        ]
-    tables = sorted({t for r in runs[:2] for t in r.rows})
+    best = lambda rs, f: min(f(r) for r in rs)  # noqa: E731
+    for peer in PEERS:
+        theirs = [r for r in runs if r.tool == peer]
+        if ours and theirs:
+            lines += [
+                "",
+                f"Ours / {peer} (best of each): wall time {ratio(best(ours, lambda r: r.measured.seconds), best(theirs, lambda r: r.measured.seconds))}, "
+                f"peak RSS (process group) {ratio(best(ours, lambda r: r.measured.tree_peak_mb), best(theirs, lambda r: r.measured.tree_peak_mb))}, "
+                f"requests {ratio(ours[0].requests, theirs[0].requests)}.",
+            ]
+    lines += eta_lines(ours)
+    firsts = [next(r for r in runs if r.tool == tool) for tool in dict.fromkeys(r.tool for r in runs)]
+    tables = sorted({t for r in firsts for t in r.rows})
     if tables:
-        heads = [r.tool for r in runs[:2]]
+        heads = [r.tool for r in firsts]
         lines += [
             "",
             "Rows landed (first run of each; dlt's nested tables are its unnested lists):",
@@ -443,7 +497,7 @@ def size_table(clients: int, firm: str, totals: dict[str, int], runs: list[Run])
         for table in tables:
             lines.append(
                 f"| {table} | "
-                + " | ".join(f"{r.rows[table]:,}" if table in r.rows else "-" for r in runs[:2])
+                + " | ".join(f"{r.rows[table]:,}" if table in r.rows else "-" for r in firsts)
                 + " |"
             )
     return lines + [""]
@@ -475,7 +529,16 @@ def main() -> int:
     )
     parser.add_argument("--clients", default="1000,10000", help="comma-separated sizes")
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--skip-dlt", action="store_true")
+    parser.add_argument("--skip-dlt", action="store_true", help="no dlt peer at any size")
+    parser.add_argument(
+        "--skip-dlt-above", type=int, default=None, help="no bare dlt peer above this many clients"
+    )
+    parser.add_argument(
+        "--dagster-dlt-up-to",
+        type=int,
+        default=1000,
+        help="the dagster-dlt peer at sizes up to this many clients (0: never)",
+    )
     parser.add_argument("--skip-budget", action="store_true")
     parser.add_argument(
         "--firm",
@@ -489,6 +552,7 @@ def main() -> int:
         "--budget-seconds", type=float, default=240, help="stop the budget sync after this long"
     )
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
+    parser.add_argument("--note", default="", help="a line for the report, e.g. what else loaded the machine")
     parser.add_argument(
         "--keep", action="store_true", help="keep the temp folders (logs, data) and print where"
     )
@@ -504,6 +568,7 @@ def main() -> int:
         f"Machine: nproc {os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}, "
         f"sandbox latency {LATENCY_MS:.0f} ms per request, sync with PLANNR_MAX_CONCURRENCY=32, dlt with 32 extract workers.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+        *([args.note] if args.note else []),
         "",
     ]
     print("\n".join(report))
@@ -519,10 +584,17 @@ def main() -> int:
                         f"  {clients} sync #{repetition + 1}: {runs[-1].measured.seconds:.1f} s, exit {runs[-1].measured.returncode}",
                         flush=True,
                     )
-                    if not args.skip_dlt:
-                        runs.append(run_dlt(sandbox, scratch / f"{clients}-dlt-{repetition}"))
+                    peers = []
+                    if not args.skip_dlt and (args.skip_dlt_above is None or clients <= args.skip_dlt_above):
+                        peers.append("dlt")
+                    if not args.skip_dlt and clients <= args.dagster_dlt_up_to:
+                        peers.append("dagster-dlt")
+                    for peer in peers:
+                        runs.append(
+                            run_peer(peer, PEERS[peer], sandbox, scratch / f"{clients}-{peer}-{repetition}")
+                        )
                         print(
-                            f"  {clients} dlt  #{repetition + 1}: {runs[-1].measured.seconds:.1f} s, exit {runs[-1].measured.returncode}",
+                            f"  {clients} {peer} #{repetition + 1}: {runs[-1].measured.seconds:.1f} s, exit {runs[-1].measured.returncode}",
                             flush=True,
                         )
             finally:

@@ -62,37 +62,41 @@ def rest_api_config(base_url: str, token: str) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--token", required=True)
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--workers", type=int, default=32)
-    args = parser.parse_args()
-
-    # dlt reads its configuration from the environment; set before importing it.
-    os.environ.setdefault("EXTRACT__WORKERS", str(args.workers))
-    os.environ.setdefault("EXTRACT__MAX_PARALLEL_ITEMS", str(args.workers))
+def configure(data_dir: str, workers: int) -> None:
+    """dlt reads its configuration from the environment: call before importing it."""
+    os.environ.setdefault("EXTRACT__WORKERS", str(workers))
+    os.environ.setdefault("EXTRACT__MAX_PARALLEL_ITEMS", str(workers))
     os.environ.setdefault(
         "NORMALIZE__WORKERS", "1"
     )  # 2 cores: a second normaliser process costs more than it saves
     os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
-    os.environ["DLT_DATA_DIR"] = os.path.join(args.data_dir, ".dlt")
+    os.environ["DLT_DATA_DIR"] = os.path.join(data_dir, ".dlt")
+
+
+def pipeline_and_source(base_url: str, token: str, data_dir: str):
+    """(the dlt pipeline into `data_dir`/plannr_dlt.duckdb, the rest_api source), as both peers run them."""
     import dlt
-    import duckdb
     from dlt.sources.rest_api import rest_api_source
 
-    database = os.path.join(args.data_dir, "plannr_dlt.duckdb")
     pipeline = dlt.pipeline(
         pipeline_name="plannr_dlt",
-        destination=dlt.destinations.duckdb(database),
+        destination=dlt.destinations.duckdb(database_path(data_dir)),
         dataset_name="plannr",
-        pipelines_dir=os.path.join(args.data_dir, ".dlt", "pipelines"),
+        pipelines_dir=os.path.join(data_dir, ".dlt", "pipelines"),
     )
-    pipeline.run(rest_api_source(rest_api_config(args.base_url, args.token)), loader_file_format="parquet")
+    return pipeline, rest_api_source(rest_api_config(base_url, token))
 
-    with duckdb.connect(database, read_only=True) as db:
+
+def database_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "plannr_dlt.duckdb")
+
+
+def print_rows(data_dir: str) -> None:
+    """One line `ROWS {json}`: rows per table landed, nested tables included."""
+    import duckdb
+
+    with duckdb.connect(database_path(data_dir), read_only=True) as db:
         tables = [
             row[0]
             for row in db.execute(
@@ -104,6 +108,23 @@ def main() -> int:
             for table in sorted(tables)
         }
     print("ROWS " + json.dumps(rows), flush=True)
+
+
+def arguments(description: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--workers", type=int, default=32)
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = arguments()
+    configure(args.data_dir, args.workers)
+    pipeline, source = pipeline_and_source(args.base_url, args.token, args.data_dir)
+    pipeline.run(source, loader_file_format="parquet")
+    print_rows(args.data_dir)
     return 0
 
 

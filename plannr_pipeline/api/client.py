@@ -15,7 +15,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -508,15 +508,23 @@ def with_newer_copies(records: list[dict[str, Any]], newer: list[dict[str, Any]]
     return [newest.get(record.get("uuid"), record) for record in records]
 
 
-def _instant(value: Any) -> datetime | None:
-    """An ISO 8601 `updated_at` as an aware datetime (None when absent or unreadable)."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _instant(value: Any) -> int | None:
+    """An ISO 8601 `updated_at` as microseconds since 1970 (None when absent or unreadable).
+
+    An int, not the datetime: a listing remembers one per record it showed, and with its entry
+    (uuid, dict slot) that is 155 bytes against 171 for a UTC datetime and 243 for one with an
+    offset (a timezone object per parse): 8-44 MB less over a 100,000-client firm's 500,000 tasks."""
     if not isinstance(value, str):
         return None
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return ((moment if moment.tzinfo else moment.replace(tzinfo=UTC)) - _EPOCH) // _MICROSECOND
 
 
 class _ListingPass:
@@ -524,8 +532,8 @@ class _ListingPass:
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        # uuid -> updated_at of the copy kept: a record shown twice keeps its newest copy
-        self.seen: dict[str, datetime | None] = {}
+        # uuid -> updated_at (see _instant) of the copy kept: a record shown twice keeps its newest copy
+        self.seen: dict[str, int | None] = {}
         self.first_total: int | None = None
         self.total: int | None = None
         self.duplicates = 0
