@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-from bench_sync import TOKEN, Sandbox, delta, run_measured, sync_env
+from bench_sync import TOKEN, Sandbox, delta, run_measured, sync_env, whole_windows
 
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ")
 
@@ -103,12 +103,7 @@ def main() -> int:
     finally:
         sandbox.stop()
 
-    first = next((t for t, n in samples if n > 0), 0.0)
-    windows, edge, served_before = [], first + 60, 0
-    for t, n in samples:
-        if t >= edge:
-            windows.append(n - served_before)
-            served_before, edge = n, edge + 60
+    _, windows = whole_windows(samples)
     began, passed = log_start(measured.output), first_pass_end(measured.output)
     bound = args.clients / (0.98 * args.rate) * 60
     lines = [

@@ -324,6 +324,19 @@ def run_peer(tool: str, script: str, sandbox: Sandbox, workdir: Path) -> Run:
 PEERS = {"dlt": "dlt_peer.py", "dagster-dlt": "dagster_dlt_peer.py"}
 
 
+def whole_windows(samples: list[tuple[float, int]]) -> tuple[float, list[int]]:
+    """(when the first request was served, requests served in each whole 60 s window from it),
+    from (seconds, requests so far) samples. Both limits are 60 s sliding windows that start
+    full, so a rate over any shorter span flatters or punishes."""
+    first = next((t for t, n in samples if n > 0), 0.0)
+    windows, edge, served_before = [], first + 60, 0
+    for t, n in samples:
+        if t >= edge:
+            windows.append(n - served_before)
+            served_before, edge = n, edge + 60
+    return first, windows
+
+
 def budget_run(clients: int, rate: int, seconds: float, firm: str, workdir: Path) -> dict:
     sandbox = Sandbox(clients, rate, firm)
     try:
@@ -349,14 +362,7 @@ def budget_run(clients: int, rate: int, seconds: float, firm: str, workdir: Path
         requests, statuses = delta(sandbox.counts(), before)
     finally:
         sandbox.stop()
-    # Both limits are 60 s sliding windows that start full, so a rate over any span shorter than
-    # the run flatters or punishes: count what was served in each whole window from the first request.
-    first = next((t for t, n in samples if n > 0), 0.0)
-    windows, edge, served_before = [], first + 60, 0
-    for t, n in samples:
-        if t >= edge:
-            windows.append(n - served_before)
-            served_before, edge = n, edge + 60
+    first, windows = whole_windows(samples)
     last = next((t for t, n in reversed(samples) if n < samples[-1][1]), samples[-1][0] if samples else 0.0)
     finished = measured.returncode == 0 and "sync finished" in measured.output
     # The fastest a sliding window allows: N at once, then N more each time the window turns over.

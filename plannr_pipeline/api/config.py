@@ -119,6 +119,18 @@ def _first_unprintable(text: str) -> str | None:
     return None
 
 
+def share_from_env(env: Mapping[str, str], name: str, default: float, most: float, example: str) -> float:
+    """A share setting (0 to `most`); a bad value is one line naming it, its range and `example`."""
+    raw = env.get(name) or str(default)
+    try:
+        share = float(raw)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share <= most:
+        raise ConfigurationError(f"{name} must be a share from 0 to {most:g} ({example}), got {raw!r}.")
+    return share
+
+
 def check_account_uuid(value: str) -> str:
     """PLANNR_ACCOUNT_UUID must be a uuid (it goes into the X-PLANNR-ACCOUNT-UUID header)."""
     try:

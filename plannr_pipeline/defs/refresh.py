@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from plannr_pipeline.api.config import share_from_env
 from plannr_pipeline.api.errors import ConfigurationError
 from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.firms import DEFAULT_FIRM, Firm, rename_resources
@@ -33,16 +34,9 @@ SCHEDULE_SLACK_SECONDS = 60
 def reserve_from_env(env: Mapping[str, str] = os.environ) -> float:
     """PLANNR_REFRESH_RESERVE: the share of the token's budget the refresh leaves to syncs and
     sensors (0-0.9; default 0.02, ten requests a minute at 500: many times what the sensors ask)."""
-    raw = env.get(RESERVE_VARIABLE) or str(DEFAULT_RESERVE)
-    try:
-        reserve = float(raw)
-    except ValueError:
-        reserve = -1.0
-    if not 0 <= reserve <= 0.9:
-        raise ConfigurationError(
-            f"{RESERVE_VARIABLE} must be a share from 0 to 0.9 (0.02 leaves 2% of the budget to others), got {raw!r}."
-        )
-    return reserve
+    return share_from_env(
+        env, RESERVE_VARIABLE, DEFAULT_RESERVE, 0.9, "0.02 leaves 2% of the budget to others"
+    )
 
 
 class RefreshConfig(dg.Config):

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from plannr_pipeline.api import RequestStats
-from plannr_pipeline.api.errors import ConfigurationError
+from plannr_pipeline.api.config import share_from_env
 from plannr_pipeline.defs.resources import PlannrStorage
 from plannr_pipeline.progress import Progress
 from plannr_pipeline.storage.commit import CommitRequest, DeletionRefused, Outcome, Scope, commit
@@ -108,15 +108,7 @@ ACCEPT_DELETIONS_TAG = "plannr/accept_deletions"
 
 def delete_share_from_env(env: Mapping[str, str] = os.environ) -> float | None:
     """PLANNR_MAX_DELETE_SHARE (0-1; 1, or None returned, for no limit)."""
-    raw = env.get("PLANNR_MAX_DELETE_SHARE") or str(DEFAULT_MAX_DELETE_SHARE)
-    try:
-        share = float(raw)
-    except ValueError:
-        share = -1.0
-    if not 0 <= share <= 1:
-        raise ConfigurationError(
-            f"PLANNR_MAX_DELETE_SHARE must be a share from 0 to 1 (0.5 = half a table), got {raw!r}."
-        )
+    share = share_from_env(env, "PLANNR_MAX_DELETE_SHARE", DEFAULT_MAX_DELETE_SHARE, 1, "0.5 = half a table")
     return None if share == 1 else share
 
 
