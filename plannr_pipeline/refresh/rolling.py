@@ -33,7 +33,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from plannr_pipeline.api import PlannrClient, PlannrError, endpoints
+from plannr_pipeline.api import PlannrClient, PlannrError, RequestStats, endpoints
 from plannr_pipeline.defs.assets.clients import client_month
 from plannr_pipeline.defs.assets.goals import goals_of
 from plannr_pipeline.defs.assets.landing import Landing, ValidationFailed, rejection
@@ -252,7 +252,7 @@ class RollingRefresh:
     # -- shared -----------------------------------------------------------------------------
 
     def _api(self, work: Callable[[PlannrClient], Any], landing: Landing | None = None) -> Any:
-        stats = landing.stats if landing is not None else None
+        stats = landing.stats if landing is not None else RequestStats()
         try:
             return self.plannr.run(work, on_warning=self.context.log.warning, stats=stats, share=self.share)
         except BaseException as error:
@@ -262,8 +262,7 @@ class RollingRefresh:
                 raise dg.Failure(description=f"rolling refresh: {error}") from error
             raise
         finally:
-            if stats is not None:
-                self.report.requests += stats.requests
+            self.report.requests += stats.requests
 
     def _land(self, landing: Landing, what: str) -> bool:
         """Validate and commit; report it as the asset's materialisation. A write that fails
