@@ -1,5 +1,5 @@
 """The data of record in DuckLake: Postgres as the catalog, moto's S3 server as the bucket, both real
-servers on loopback (tests/lake_servers.py). The same sandbox is synced into the local store and
+servers on loopback (plannr_pipeline/local_servers.py). The same sandbox is synced into the local store and
 into a lake, by the command-line program, and the two must hold the same rows."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from plannr_pipeline.defs.resources import PlannrDuckDB
+from plannr_pipeline.local_servers import BUCKET, POSTGRES_BIN
 from plannr_pipeline.sandbox.firm import FirmSize
 from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 from plannr_pipeline.storage.commit import CommitRequest, Scope, commit
@@ -30,7 +31,6 @@ from plannr_pipeline.storage.lake_maintenance import maintain, retention_from_en
 from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.tables import ALL_TABLES, CLIENTS
 from tests.cli import run_cli, sandbox_env, start_cli, stop_group
-from tests.lake_servers import BUCKET, POSTGRES_BIN
 from tests.stored import StoredData
 from tests.test_erasure import erasure_scenario, found_in
 
