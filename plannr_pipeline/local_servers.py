@@ -102,7 +102,7 @@ class Lake:
 class LocalServers:
     """Postgres and an S3 server (and Redis, when asked) on free loopback ports under `folder`."""
 
-    def __init__(self, folder: Path | None = None, redis: bool = False) -> None:
+    def __init__(self, folder: Path | None = None, redis: bool = False, s3: bool = True) -> None:
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="plannr-servers-"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self._keep_folder = folder is not None
@@ -113,7 +113,8 @@ class LocalServers:
         self._names = itertools.count()
         try:
             self._start_postgres()
-            self._start_s3()
+            if s3:
+                self._start_s3()
             if redis:
                 self._start_redis()
         except BaseException:
