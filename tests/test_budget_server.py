@@ -82,7 +82,9 @@ def test_processes_of_one_token_stay_under_its_limit_together(budget_url):
     # four processes that did not share one would send ~64 a window and draw 429s.
     token, key, limit, seconds = f"t-{uuid.uuid4()}", uuid.uuid4().hex, 16, 5.0
     sandbox = SandboxServer(
-        SandboxOptions(size=FirmSize(clients=5), token=token, rate_limit_per_minute=24, rate_window_seconds=WINDOW)
+        SandboxOptions(
+            size=FirmSize(clients=5), token=token, rate_limit_per_minute=24, rate_window_seconds=WINDOW
+        )
     ).start()
     args = [budget_url, key, str(limit), str(WINDOW), sandbox.url, token, str(seconds)]
     workers = [
@@ -153,7 +155,9 @@ def test_the_token_is_never_in_the_server(budget_url, servers):
     else:
         with psycopg.connect(servers.conninfo("budget")) as conn:
             names = [row[0] for row in conn.execute("SELECT tablename FROM pg_tables")]
-            names += [row[0] for row in conn.execute("SELECT budget || owner FROM plannr_budget_declarations")]
+            names += [
+                row[0] for row in conn.execute("SELECT budget || owner FROM plannr_budget_declarations")
+            ]
     assert names and not [name for name in names if "secret" in name]
     budget.close()
 
