@@ -20,6 +20,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 from plannr_pipeline.local_servers import LocalServers, free_port, start_logged, stop_group
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +78,20 @@ def _wait_for_worker(log: Path, pid: int, seconds: float = 120) -> None:
     raise RuntimeError(f"a Celery worker was not ready within {seconds} s: see {log}")
 
 
+def _workspace(folder: Path) -> Path:
+    """The repository's workspace.yaml, loading the package from where this process imports it
+    (a checkout, or a copy first on PYTHONPATH, as the tests use): Dagster puts a workspace's
+    working directory first on sys.path, which would otherwise be the repository's."""
+    import plannr_pipeline
+
+    path = folder / "workspace.yaml"
+    root = Path(plannr_pipeline.__file__).resolve().parent.parent
+    location = yaml.safe_load((REPO / "workspace.yaml").read_text())
+    location["load_from"][0]["python_module"]["working_directory"] = str(root)
+    path.write_text(yaml.safe_dump(location))
+    return path
+
+
 def up() -> int:
     folder = cluster_dir()
     state_file = folder / "state.json"
@@ -86,10 +102,13 @@ def up() -> int:
             return 1
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    processes: dict[str, int] = {}
     servers = LocalServers(folder / "servers", redis=True)
-    processes.update({name: process.pid for name, process in servers.processes.items()})
+    processes = {name: process.pid for name, process in servers.processes.items()}
     logs = servers.logs
+    # Written before anything else starts, and again after: `down` finds whatever did start.
+    state = {"processes": processes, "logs": str(logs), "env": str(folder / "env")}
+    state["remove"] = [str(servers.pg_data.parent)]  # Postgres's files, outside the folder
+    state_file.write_text(json.dumps(state, indent=2))
     try:
         home = folder / "dagster_home"
         home.mkdir()
@@ -99,14 +118,26 @@ def up() -> int:
         # dagster-celery starts `celery` by name: this environment's, not whatever PATH finds first.
         env = {**os.environ, **cluster_env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         # The instance's tables in Postgres, and each firm's pool limit, before anything queues a run.
-        subprocess.run([str(BIN / "plannr-pipeline"), "instance"], env=env, check=True, capture_output=True)
+        prepared = subprocess.run(
+            [str(BIN / "plannr-pipeline"), "instance"], env=env, capture_output=True, text=True
+        )
+        if prepared.returncode != 0:
+            raise RuntimeError(f"plannr-pipeline instance failed: {prepared.stderr.strip()}")
         concurrency = os.environ.get("PLANNR_CLUSTER_WORKER_CONCURRENCY", "2")
         for name in WORKERS:
             command = [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app"]
             command += ["-y", str(REPO / "deploy" / "celery.yaml"), "-n", f"{name}@%h", "-q", "dagster"]
             command += ["--", f"--concurrency={concurrency}"]
-            processes[name] = start_logged(command, logs / f"{name}.log", env).pid
-        workspace = ["-w", str(REPO / "workspace.yaml")]
+            # Each worker its own budget folder, as on its own host: only PLANNR_BUDGET_URL is shared.
+            own = {
+                **env,
+                "PLANNR_BUDGET_DIR": str(folder / name / "budget"),
+                "PLANNR_DATA_DIR": str(folder / name / "data"),
+            }
+            processes[name] = start_logged(command, logs / f"{name}.log", own).pid
+            state_file.write_text(json.dumps(state, indent=2))
+        state["workspace"] = str(_workspace(folder))
+        workspace = ["-w", state["workspace"]]
         processes["daemon"] = start_logged(
             [str(BIN / "dagster-daemon"), "run", *workspace], logs / "daemon.log", env
         ).pid
@@ -117,8 +148,7 @@ def up() -> int:
             env,
         )
         processes["ui"] = ui.pid
-        url = f"http://127.0.0.1:{port}"
-        state = {"processes": processes, "ui": url, "logs": str(logs), "env": str(folder / "env")}
+        url = state["ui"] = f"http://127.0.0.1:{port}"
         state_file.write_text(json.dumps(state, indent=2))
         _wait_for_ui(url, ui)
         for name in WORKERS:
@@ -133,6 +163,7 @@ def up() -> int:
     print(f"  Redis     {servers.redis_url} (Celery broker)")
     print(f"  S3        {servers.endpoint} (bucket plannr-lake)")
     print(f"  UI        {url}")
+    print(f"  workspace {state['workspace']}")
     print(f"use it from a shell: source {folder / 'env'}; stop it: scripts/cluster.sh down")
     return 0
 
@@ -142,11 +173,14 @@ def down() -> int:
     if not state_file.exists():
         print(f"no cluster is up ({state_file} not found)")
         return 0
-    processes = json.loads(state_file.read_text())["processes"]
+    state = json.loads(state_file.read_text())
+    processes = state["processes"]
     # The clients first (UI, daemon, workers), then the servers they use.
     for name in reversed(list(processes)):
         stop_group(processes[name])
         print(f"stopped {name} (process group {processes[name]})")
+    for leftover in state.get("remove", []):
+        shutil.rmtree(leftover, ignore_errors=True)
     state_file.unlink()
     return 0
 

@@ -124,12 +124,13 @@ class LocalServers:
     def _start_postgres(self) -> None:
         import psycopg2
 
-        # initdb refuses root: the cluster belongs to the postgres user, in a folder it owns.
-        data = self.folder / "pg"
+        # initdb refuses root: the cluster belongs to the postgres user, in a folder it owns and
+        # can reach (not under a private folder of root's, such as pytest's temporary ones).
+        self.pg_data = data = Path(tempfile.mkdtemp(prefix="plannr-pg-")) / "pg"
         data.mkdir()
         as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if as_postgres:
-            shutil.chown(self.folder, "postgres")
+            shutil.chown(data.parent, "postgres")
             shutil.chown(data, "postgres")
         subprocess.run(
             [*as_postgres, str(POSTGRES_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", USER],
@@ -252,5 +253,7 @@ class LocalServers:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        if hasattr(self, "pg_data"):
+            shutil.rmtree(self.pg_data.parent, ignore_errors=True)
         if not self._keep_folder:
             shutil.rmtree(self.folder, ignore_errors=True)
