@@ -54,7 +54,7 @@ def main() -> int:
             local = run("local store", sandbox, Path(folder) / "local", {})
             lake = servers.new_lake()
             in_lake = run("lake", sandbox, Path(folder) / "lake", lake.env)
-            server_rss = sum(_group_rss(p.pid)[0] for p in (servers.postgres, servers.s3)) / 2**20
+            server_rss = sum(_group_rss(p.pid)[0] for p in servers.processes.values()) / 2**20
             objects = len(servers.objects(lake))
     finally:
         sandbox.stop()

@@ -2,7 +2,8 @@
 real server on loopback, for trying it and for the tests (tests/test_cluster.py).
 
 `up` starts Postgres (Dagster's storage, the lake's catalog, the shared request budget), Redis
-(the Celery broker), an S3 server (the lake's data), two Celery workers, the daemon and the UI;
+(the Celery broker), an S3 server (the lake's data), two Celery workers (PLANNR_CLUSTER_WORKERS;
+each runs PLANNR_CLUSTER_WORKER_CONCURRENCY steps at once, default 2), the daemon and the UI;
 writes `<dir>/env` (the variables every host would have; `source` it to use the cluster from a
 shell) and `<dir>/state.json` (what it started); prints both. `down` stops exactly the process
 groups `state.json` names. `<dir>` is PLANNR_CLUSTER_DIR, by default `./.cluster`.
@@ -26,7 +27,6 @@ from plannr_pipeline.local_servers import LocalServers, free_port, start_logged,
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-WORKERS = ("worker1", "worker2")
 
 
 def cluster_dir() -> Path:
@@ -124,7 +124,8 @@ def up() -> int:
         if prepared.returncode != 0:
             raise RuntimeError(f"plannr-pipeline instance failed: {prepared.stderr.strip()}")
         concurrency = os.environ.get("PLANNR_CLUSTER_WORKER_CONCURRENCY", "2")
-        for name in WORKERS:
+        workers = [f"worker{n + 1}" for n in range(int(os.environ.get("PLANNR_CLUSTER_WORKERS", "2")))]
+        for name in workers:
             command = [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app"]
             command += ["-y", str(REPO / "deploy" / "celery.yaml"), "-n", f"{name}@%h", "-q", "dagster"]
             command += ["--", f"--concurrency={concurrency}"]
@@ -151,7 +152,7 @@ def up() -> int:
         url = state["ui"] = f"http://127.0.0.1:{port}"
         state_file.write_text(json.dumps(state, indent=2))
         _wait_for_ui(url, ui)
-        for name in WORKERS:
+        for name in workers:
             _wait_for_worker(logs / f"{name}.log", processes[name])
     except BaseException:
         down()
