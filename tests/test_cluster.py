@@ -6,7 +6,10 @@ Both firms are accounts of one user's token (one API, one token: `token_env` nam
 variable), so their goals steps, each a request per client, run at once on the two workers (one
 step at a time each) and must share one budget. The API allows the token 120 requests a minute
 and the firms' budget is 100; each worker has its own budget folder, as on two hosts, so only
-PLANNR_BUDGET_URL keeps the two under the limit together (without it: ~200 a minute, and 429s).
+PLANNR_BUDGET_URL shares one budget between them. Not a sharp test of that sharing: with the
+workers on separate budgets this module still passed (each process also slows down as the API's
+X-Ratelimit-Remaining runs low, which kept it under 120 without a 429); the shared budget's own
+guard is tests/test_budget_server.py, where four processes on separate windows draw 429s.
 Firms of 100 clients keep the module to a few minutes.
 """
 
