@@ -5,7 +5,7 @@ bench_sync.py), then, each in a process group of its own with fresh folders:
 
 1. `plannr-pipeline sync` into the local store;
 2. the same into a new DuckLake (PostgreSQL catalog and moto's S3 server on loopback, started
-   here as the tests start them: tests/lake_servers.py).
+   here as the tests start them: plannr_pipeline/local_servers.py).
 
 Each is measured for wall time and peak RSS (the sync's process group, sampled every 50 ms; the
 catalog and S3 servers are separate processes, reported at the end, not in the sync's figure).
@@ -29,7 +29,7 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 from bench_sync import UNLIMITED, Sandbox, _group_rss, mb, run_measured, sync_env, sync_rows  # noqa: E402
 
-from tests.lake_servers import LakeServers  # noqa: E402
+from plannr_pipeline.local_servers import LocalServers  # noqa: E402
 
 
 def run(label: str, sandbox: Sandbox, workdir: Path, extra: dict[str, str]) -> dict:
@@ -47,14 +47,14 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=BENCH / "LAKE.md")
     args = parser.parse_args()
-    servers = LakeServers()
+    servers = LocalServers()
     sandbox = Sandbox(args.clients, UNLIMITED, "issue")
     try:
         with tempfile.TemporaryDirectory(prefix="bench-lake-") as folder:
             local = run("local store", sandbox, Path(folder) / "local", {})
             lake = servers.new_lake()
             in_lake = run("lake", sandbox, Path(folder) / "lake", lake.env)
-            server_rss = sum(_group_rss(p.pid)[0] for p in (servers.postgres, servers.s3)) / 2**20
+            server_rss = sum(_group_rss(p.pid)[0] for p in servers.processes.values()) / 2**20
             objects = len(servers.objects(lake))
     finally:
         sandbox.stop()

@@ -230,6 +230,14 @@ def _lake_sql(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.firm:  # that firm's own lake in the deployment's (LakeSettings.for_firm)
+        from plannr_pipeline.firms.files import FirmFileError, firm_named
+
+        try:
+            lake = firm_named(args.firm).lake() or lake
+        except FirmFileError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     print(analyst_sql(lake, os.environ))
     return 0
 
@@ -434,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     lake_sql = commands.add_parser(
         "lake-sql", help="print the SQL that attaches the lake read-only in the DuckDB command-line client"
     )
+    lake_sql.add_argument("--firm", metavar="SLUG", help="that firm's own lake (firm files on the lake)")
     lake_sql.set_defaults(run=_lake_sql)
 
     instance = commands.add_parser(

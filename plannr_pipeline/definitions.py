@@ -16,6 +16,7 @@ from plannr_pipeline.defs.alerts import AlertWebhook
 from plannr_pipeline.defs.assets import ASSETS
 from plannr_pipeline.defs.checks import CHECKS
 from plannr_pipeline.defs.erasure import ERASURE_DEFS
+from plannr_pipeline.defs.executor import executor_from_env
 from plannr_pipeline.defs.jobs import JOBS
 from plannr_pipeline.defs.refresh import REFRESH_DEFS
 from plannr_pipeline.defs.resources import PlannrApi, storage_resources_from_env
@@ -67,6 +68,7 @@ def _without_single_firm(loaded: dg.Definitions) -> dg.Definitions:
         schedules=kept(loaded.schedules),
         sensors=kept(loaded.sensors),
         resources={**(loaded.resources or {}), "alert_webhook": AlertWebhook.from_env()},
+        executor=executor_from_env(),
     )
 
 
@@ -75,7 +77,7 @@ def _definitions() -> dg.Definitions:
     if firm_folders():
         read_firm_files(FIRMS_DIR)  # two firms sharing a slug or a data folder: refused here
         return _without_single_firm(loaded)
-    return dg.Definitions.merge(loaded, dg.Definitions(resources=resources()))
+    return dg.Definitions.merge(loaded, dg.Definitions(resources=resources(), executor=executor_from_env()))
 
 
 defs = _definitions()

@@ -107,8 +107,8 @@ def alert_receiver() -> Iterator[AlertReceiver]:
 @pytest.fixture(scope="session")
 def lake_servers():
     """PostgreSQL and an S3 server on loopback, for every lake test of the session."""
-    from tests.lake_servers import LakeServers
+    from plannr_pipeline.local_servers import LocalServers
 
-    servers = LakeServers()
+    servers = LocalServers()
     yield servers
     servers.stop()

@@ -13,8 +13,8 @@ from unittest import mock
 import duckdb
 
 from plannr_pipeline.defs.resources import PlannrStorage
+from plannr_pipeline.local_servers import Lake
 from plannr_pipeline.storage.lake import ALIAS, LakeSettings, open_lake
-from tests.lake_servers import Lake
 
 _READERS: dict[str, duckdb.DuckDBPyConnection] = {}  # catalog -> a reader kept open
 

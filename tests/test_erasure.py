@@ -23,6 +23,7 @@ from plannr_pipeline.cli import main
 from plannr_pipeline.defs.erasure import erase_client_job
 from plannr_pipeline.defs.resources import PlannrStorage
 from plannr_pipeline.erasure.retention import Period, apply_retention
+from plannr_pipeline.local_servers import Lake
 from plannr_pipeline.sandbox.firm import FirmSize
 from plannr_pipeline.sandbox.formats import iso_london
 from plannr_pipeline.sandbox.people import account_summary
@@ -33,7 +34,6 @@ from plannr_pipeline.storage.parquet_store import ParquetStore, StagedWrite
 from plannr_pipeline.storage.tables import CLIENTS, REJECTED_RECORDS
 from plannr_pipeline.storage.warehouse import Warehouse
 from tests.cli import run_cli, sandbox_env, start_cli
-from tests.lake_servers import Lake
 from tests.stored import StoredData
 
 ROOT = Path(__file__).resolve().parents[1]

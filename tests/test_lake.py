@@ -1,5 +1,5 @@
 """The data of record in DuckLake: Postgres as the catalog, moto's S3 server as the bucket, both real
-servers on loopback (tests/lake_servers.py). The same sandbox is synced into the local store and
+servers on loopback (plannr_pipeline/local_servers.py). The same sandbox is synced into the local store and
 into a lake, by the command-line program, and the two must hold the same rows."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from unittest import mock
 
 import duckdb
 import psycopg2
@@ -20,17 +21,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from plannr_pipeline.defs.resources import PlannrDuckDB
+from plannr_pipeline.local_servers import BUCKET, POSTGRES_BIN
 from plannr_pipeline.sandbox.firm import FirmSize
 from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 from plannr_pipeline.storage.commit import CommitRequest, Scope, commit
 from plannr_pipeline.storage.erasure import Rewrite, rewrite_relations
 from plannr_pipeline.storage.history import HISTORY_OF, history_table
-from plannr_pipeline.storage.lake import LakeSettings, LakeStore
+from plannr_pipeline.storage.lake import LakeSettings, LakeStore, open_lake
 from plannr_pipeline.storage.lake_maintenance import maintain, retention_from_env
 from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.tables import ALL_TABLES, CLIENTS
 from tests.cli import run_cli, sandbox_env, start_cli, stop_group
-from tests.lake_servers import BUCKET, POSTGRES_BIN
+from tests.firms import two_sandbox_firms
 from tests.stored import StoredData
 from tests.test_erasure import erasure_scenario, found_in
 
@@ -348,3 +350,29 @@ def test_a_rewrite_leaves_no_erased_value_in_the_catalogs_statistics(lake_server
     assert StoredData(tmp_path, lake).query("select name from clients") == [("Mina Middleton",)]
     assert found_in_catalog(lake, erased) == []
     assert found_in_bucket(lake_servers, lake, erased) == []
+
+
+def test_two_firms_each_land_in_their_own_lake_within_the_deployments(lake_servers, tmp_path):
+    """Firm files on the lake: one catalog database and bucket, each firm its own DuckLake (its
+    metadata schema, its prefix), exact and apart (LakeSettings.for_firm)."""
+    lake = lake_servers.new_lake()
+    with two_sandbox_firms(tmp_path) as firms:
+        env = {**firms.env, **lake.env}
+        done = run_cli("sync", env=env, cwd=firms.root, timeout=600)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        for slug, sandbox in (("acme", firms.acme), ("beta", firms.beta)):
+            with mock.patch.dict(os.environ, lake.env):
+                reader = open_lake(
+                    LakeSettings(lake.catalog, lake.data).for_firm(slug), os.environ, read_only=True
+                )
+            try:
+                stored = {row[0] for row in reader.execute("select uuid from plannr.clients").fetchall()}
+            finally:
+                reader.close()
+            assert stored == {c["uuid"] for c in sandbox.firm.clients}, slug
+        prefix = lake.data.removeprefix(f"s3://{BUCKET}/")
+        objects = lake_servers.objects(lake)
+        assert {key.removeprefix(prefix).split("/")[0] for key in objects} == {"acme", "beta"}
+        printed = run_cli("lake-sql", "--firm", "beta", env=env, cwd=firms.root)
+        assert printed.returncode == 0 and "METADATA_SCHEMA 'beta'" in printed.stdout
+        assert f"{lake.data}beta/" in printed.stdout

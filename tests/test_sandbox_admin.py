@@ -35,7 +35,12 @@ def stats_over_http(sandbox) -> dict:
 
 def test_stats_count_every_answer_by_endpoint_and_status_and_not_the_controls(make_sandbox):
     sandbox = make_sandbox(clients=6, rate_limit_per_minute=4)
-    assert stats_over_http(sandbox) == {"requests": 0, "by_endpoint": {}, "by_status": {}}
+    assert stats_over_http(sandbox) == {
+        "requests": 0,
+        "peak_in_window": 0,
+        "by_endpoint": {},
+        "by_status": {},
+    }
     token = {"Authorization": f"Bearer {sandbox.options.token}"}
     client_uuids = [c["uuid"] for c in sandbox.firm.clients]
     sent: list[tuple[str, httpx.Response]] = []
@@ -57,6 +62,7 @@ def test_stats_count_every_answer_by_endpoint_and_status_and_not_the_controls(ma
     stats = stats_over_http(sandbox)
     assert stats == {
         "requests": len(sent),
+        "peak_in_window": 4,  # the three 200s and the 422: the 429, 401 and 403 are not counted
         "by_endpoint": dict(Counter(endpoint for endpoint, _ in sent)),
         "by_status": {
             str(status): n for status, n in Counter(answer.status_code for _, answer in sent).items()
@@ -78,6 +84,7 @@ def test_stats_count_server_errors_and_dropped_connections(make_sandbox):
     )  # faults come before routing
     assert stats_over_http(failing) == {
         "requests": 4,
+        "peak_in_window": 4,
         "by_endpoint": {"/api/v1/circles": 3, "/api/v1/nowhere": 1},
         "by_status": {"500": 4},
     }
@@ -89,6 +96,7 @@ def test_stats_count_server_errors_and_dropped_connections(make_sandbox):
         )
     assert stats_over_http(dropping) == {
         "requests": 1,
+        "peak_in_window": 1,
         "by_endpoint": {"/api/v1/task": 1},
         "by_status": {"dropped": 1},
     }
@@ -102,7 +110,7 @@ def test_stats_answer_loopback_only(make_sandbox):
 
     answer = asyncio.run(sandbox._guard(request_from("10.1.2.3", "GET", "/__sandbox/stats"), handler))
     assert answer.status == 403
-    assert sandbox.stats() == {"requests": 0, "by_endpoint": {}, "by_status": {}}
+    assert sandbox.stats() == {"requests": 0, "peak_in_window": 0, "by_endpoint": {}, "by_status": {}}
 
 
 # -- the firm shape flags -------------------------------------------------------------------
@@ -191,6 +199,7 @@ def test_the_cli_serves_the_shape_asked_and_its_stats():
         assert tasks.json()["meta"]["total"] == 100 and circles.json()["meta"]["total"] == 10
         assert httpx.get(f"{url}/__sandbox/stats", headers=admin(token)).json() == {
             "requests": 2,
+            "peak_in_window": 2,
             "by_endpoint": {"/api/v1/circles": 1, "/api/v1/task": 1},
             "by_status": {"200": 2},
         }

@@ -1,23 +1,26 @@
 """One request budget per token, shared by every caller in the process and across processes.
 
-Every process using a token on this machine draws on one SQLite file, `<dir>/<hash>.sqlite`
-(`<dir>` is PLANNR_BUDGET_DIR, by default the user's own `~/.local/state/plannr-pipeline/budget`;
-`<hash>` is a hash of the base URL and the token, never the token itself). It holds:
+Every process using a token draws on one shared store:
 
-- the sliding-window log of requests (pyrate-limiter's SQLiteBucket, guarded by a file lock),
-  so concurrent Dagster steps and runs draw on the same allowance instead of each assuming it
-  has the whole 500/minute;
+- with PLANNR_BUDGET_URL unset, a SQLite file on this machine (`api/budget_file.py`:
+  `<PLANNR_BUDGET_DIR>/<hash>.sqlite`, `<hash>` a hash of the base URL and the token, never the
+  token itself);
+- with PLANNR_BUDGET_URL set, a Postgres or Redis server every machine reaches
+  (`api/budget_server.py`), so processes on several hosts stay under the token's limit together.
+
+The store holds:
+
+- the sliding-window log of requests (a pyrate-limiter bucket), so concurrent Dagster steps and
+  runs, here or on other hosts, draw on the same allowance instead of each assuming it has the
+  whole 500/minute;
 - each live process's declared limit (`declarations`): the budget every process runs at is the
-  smallest limit any live process of that token declared. A declaration counts while its
-  process is alive (checked by pid on this host) and has refreshed it within a couple of
-  windows, so a process that died or stopped asking no longer holds the others down;
-- the pause after a 429 (`pause`, an absolute wall-clock time), which holds every process of
-  the token, not just the one that saw it.
+  smallest limit any live process of that token declared. A declaration counts while it has been
+  refreshed within a couple of windows (and, on this host, while its process is alive), so a
+  process that died or stopped asking no longer holds the others down;
+- the pause after a 429, which holds every process of the token, not just the one that saw it.
 
-A file that is not a budget (garbage bytes, a database with other tables) is replaced with a
-warning naming it. One that is not ours (a symlink, another user's, writable by others) is
-refused: whoever controls it could pause every sync of the token. Ours are created 0600. An `X-Ratelimit-Remaining` that is running low slows only this process (every
-process sees its own).
+An `X-Ratelimit-Remaining` that is running low slows only this process (every process sees its
+own).
 """
 
 from __future__ import annotations
@@ -27,18 +30,19 @@ import hashlib
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Protocol
 
-from filelock import FileLock
-from pyrate_limiter import Duration, Limiter, Rate, SQLiteBucket
+from pyrate_limiter import AbstractBucket, Duration, Limiter, Rate
 
-from plannr_pipeline.api.config import budget_dir_from_env
+from plannr_pipeline.api.budget_file import BudgetFileError, FileStore
+from plannr_pipeline.api.config import budget_dir_from_env, budget_server_from_env
 from plannr_pipeline.api.errors import PlannrError
-from plannr_pipeline.private_files import make_private_dir, not_ours
+
+__all__ = ["BudgetFileError", "BudgetStore", "RequestBudget", "budget_for"]
 
 log = logging.getLogger(__name__)
 
@@ -59,103 +63,28 @@ DECLARATION_TTL_WINDOWS = 2.0
 # An acquire that waited at least this long for the log re-reads the shared pause before it goes.
 RECHECK_AFTER_WAIT_SECONDS = 0.05
 
-TABLE = "rate_bucket"
-_SCHEMA = (
-    f"CREATE TABLE IF NOT EXISTS {TABLE} (name VARCHAR, item_timestamp INTEGER)",
-    f"CREATE INDEX IF NOT EXISTS idx_{TABLE}_rate_item_timestamp ON {TABLE} (item_timestamp)",
-    "CREATE TABLE IF NOT EXISTS declarations"
-    " (owner TEXT PRIMARY KEY, host TEXT, pid INTEGER, per_window INTEGER, seen_at REAL)",
-    "CREATE TABLE IF NOT EXISTS pause (id INTEGER PRIMARY KEY CHECK (id = 0), until REAL NOT NULL)",
-)
-# Every column the budget reads: a table of ours with other columns fails here, not mid-run.
-_PROBES = (
-    f"SELECT name, item_timestamp FROM {TABLE} LIMIT 1",
-    "SELECT owner, host, pid, per_window, seen_at FROM declarations LIMIT 1",
-    "SELECT id, until FROM pause LIMIT 1",
-)
 
+class BudgetStore(Protocol):
+    """Where the budget's shared state lives: a file on this machine, or a server (see above)."""
 
-class BudgetFileError(PlannrError):
-    """The request budget's file or directory cannot be used."""
+    errors: tuple[type[BaseException], ...]  # what its operations raise when the store fails
+    where: str  # names the store in messages (never a password)
 
+    def failed(self, error: BaseException) -> PlannrError: ...
+    def bucket(self, rates: list[Rate]) -> AbstractBucket: ...
+    def declare(
+        self, owner: str, host: str, pid: int, per_window: int, ttl: float
+    ) -> list[tuple[str, str, int, int]]:
+        """Write this declaration, drop those older than `ttl` seconds, return what is left."""
 
-def _fix_for(path: Path) -> str:
-    return (
-        f"make {path.parent} writable, or set PLANNR_BUDGET_DIR to a directory you can write "
-        "(every process using one token must share it)"
-    )
+    def forget(self, owners: list[str]) -> None: ...
+    def pause_left(self) -> float:
+        """Seconds left of the shared pause (<= 0 when none)."""
 
+    def pause(self, seconds: float) -> None:
+        """Hold every process for `seconds` from now, unless a longer pause already holds them."""
 
-def _transient(error: sqlite3.Error) -> bool:
-    """A busy or locked database is in use, not broken: never replace it for that."""
-    text = str(error).lower()
-    return "locked" in text or "busy" in text
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30, isolation_level="DEFERRED", check_same_thread=False)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        conn.commit()
-        for probe in _PROBES:
-            conn.execute(probe).fetchall()
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _remove(path: Path) -> None:
-    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        leftover.unlink(missing_ok=True)
-
-
-def _refuse_foreign(path: Path) -> None:
-    """The folder and every file of the budget must be ours alone (private_files.not_ours)."""
-    for part in (path.parent, path, *(path.with_name(path.name + end) for end in ("-wal", "-shm", ".lock"))):
-        if problem := not_ours(part):
-            raise BudgetFileError(
-                f"The request budget file {part} {problem}, so it cannot be trusted: remove it, or set "
-                "PLANNR_BUDGET_DIR to a directory of your own that only you can write."
-            )
-
-
-def _connect_private(path: Path) -> sqlite3.Connection:
-    """`_connect`, the file made 0600 first: SQLite gives its -wal and -shm the same mode."""
-    if not path.exists():
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
-    return _connect(path)
-
-
-def open_budget_file(path: Path, lock: FileLock) -> sqlite3.Connection:
-    """Open (creating if needed) the budget file; replace it, with a warning, when it is corrupt."""
-    try:
-        make_private_dir(path.parent)
-        _refuse_foreign(path)
-        with lock:
-            try:
-                return _connect_private(path)
-            except sqlite3.DatabaseError as error:
-                if (
-                    _transient(error)
-                    or isinstance(error, sqlite3.OperationalError)
-                    and ("unable to open" in str(error) or "readonly" in str(error))
-                ):
-                    raise
-                log.warning(
-                    "The request budget file %s is not a budget (%s); replacing it with a fresh one.",
-                    path,
-                    error,
-                )
-                _remove(path)
-                return _connect_private(path)
-    except (OSError, sqlite3.Error) as error:
-        raise BudgetFileError(
-            f"The request budget file {path} cannot be used ({error}): {_fix_for(path)}."
-        ) from None
+    def close(self) -> None: ...
 
 
 def _alive(pid: int) -> bool:
@@ -179,31 +108,34 @@ class RequestBudget:
         window_seconds: float = 60.0,
         ceiling: int | None = None,
         follow_server_limit: bool = True,
+        store: BudgetStore | None = None,
     ) -> None:
         """At most `limit` requests in any `window_seconds` (Plannr's window is a minute).
 
         The limit then follows what the server announces (`observe_server_limit`), never above
         `ceiling` (an explicit PLANNR_RATE_LIMIT_PER_MINUTE); and every process of this key runs
-        at the smallest limit any of them declared.
+        at the smallest limit any of them declared. The shared state is `store`, by default the
+        file `<directory>/<key>.sqlite` (directory: PLANNR_BUDGET_DIR).
         """
         self.window_seconds = window_seconds
         self.ceiling = ceiling
         self.follow_server_limit = follow_server_limit
         self.declared = limit  # this process's own limit; `limit` is the one in force
         self.limit = limit
-        self.path = (directory or budget_dir_from_env(os.environ)) / f"{key}.sqlite"
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._heartbeat = min(HEARTBEAT_SECONDS, window_seconds / 4)
         self._ttl = DECLARATION_TTL_WINDOWS * window_seconds
         self._paused_until = 0.0  # this process only (time.monotonic)
-        self._shared_until = 0.0  # every process (time.time), as last read from the file
+        self._shared_until = 0.0  # every process (time.monotonic), as last read from the store
         self._declared_at = float("-inf")  # time.monotonic of the last declaration
         self._lock = threading.Lock()
-        self._file_lock = FileLock(str(self.path) + ".lock", mode=0o600)
-        self._conn = open_budget_file(self.path, self._file_lock)
-        # The log has its own connection: the limiter's leak thread commits on it.
-        self._bucket_conn = open_budget_file(self.path, self._file_lock)
-        self._bucket = SQLiteBucket(self._rates(limit), self._bucket_conn, table=TABLE, lock=self._file_lock)
+        self._store = store or FileStore((directory or budget_dir_from_env(os.environ)) / f"{key}.sqlite")
+        self.path: Path | None = getattr(self._store, "path", None)  # the file, for the file store
+        try:
+            self._bucket = self._store.bucket(self._rates(limit))
+        except self._store.errors as error:
+            self._store.close()
+            raise self._store.failed(error) from None
         self._limiter = Limiter(self._bucket)
         self._set_chunk()
         self._slots = 0
@@ -221,11 +153,6 @@ class RequestBudget:
             self.limit = limit
             self._set_chunk()
 
-    def _failed(self, error: sqlite3.Error) -> BudgetFileError:
-        return BudgetFileError(
-            f"The request budget file {self.path} failed ({error}): {_fix_for(self.path)}."
-        )
-
     # -- the shared state -----------------------------------------------------------------
 
     def _refresh(self, declare: bool = False) -> None:
@@ -237,45 +164,34 @@ class RequestBudget:
                 if declare:
                     self._declared_at = now_mono
                     self._use(self._declare())
-                row = self._conn.execute("SELECT until FROM pause WHERE id = 0").fetchone()
-                self._shared_until = row[0] if row else 0.0
-        except sqlite3.Error as error:
-            raise self._failed(error) from None
+                self._shared_until = time.monotonic() + self._store.pause_left()
+        except self._store.errors as error:
+            raise self._store.failed(error) from None
 
     def _declare(self) -> int:
         """Write this process's limit; return the smallest limit of the live declarations."""
-        now = time.time()
-        conn = self._conn
-        with conn:  # one transaction
-            conn.execute(
-                "INSERT INTO declarations (owner, host, pid, per_window, seen_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (owner) DO UPDATE SET per_window = excluded.per_window, seen_at = excluded.seen_at",
-                (self._owner, socket.gethostname(), os.getpid(), self.declared, now),
-            )
-            conn.execute("DELETE FROM declarations WHERE seen_at < ?", (now - self._ttl,))
-            host = socket.gethostname()
-            rows = conn.execute("SELECT owner, host, pid, per_window FROM declarations").fetchall()
-            dead = [
-                owner for owner, on, pid, _ in rows if on == host and pid != os.getpid() and not _alive(pid)
-            ]
-            conn.executemany("DELETE FROM declarations WHERE owner = ?", [(owner,) for owner in dead])
+        host, pid = socket.gethostname(), os.getpid()
+        rows = self._store.declare(self._owner, host, pid, self.declared, self._ttl)
+        # Pids mean something on this host only: elsewhere the heartbeat's TTL decides.
+        dead = [owner for owner, on, other, _ in rows if on == host and other != pid and not _alive(other)]
+        if dead:
+            self._store.forget(dead)
         return min(per_window for owner, _, _, per_window in rows if owner not in dead)
 
     def close(self) -> None:
-        """Withdraw this process's declaration and close the file (a dead process's lapses anyway)."""
+        """Withdraw this process's declaration and close the store (a dead process's lapses anyway)."""
         try:
-            with self._lock, self._conn:
-                self._conn.execute("DELETE FROM declarations WHERE owner = ?", (self._owner,))
-        except sqlite3.Error:
+            with self._lock:
+                self._store.forget([self._owner])
+        except self._store.errors:
             pass
         self._limiter.dispose(self._bucket)
-        self._bucket.close()
-        self._conn.close()
+        self._store.close()
 
     # -- the hot path ---------------------------------------------------------------------
 
     def _hold(self) -> float:
-        return max(self._paused_until - time.monotonic(), self._shared_until - time.time())
+        return max(self._paused_until, self._shared_until) - time.monotonic()
 
     async def acquire(self) -> float:
         """Wait for a slot; return the seconds spent waiting.
@@ -300,8 +216,8 @@ class RequestBudget:
             taking = time.monotonic()
             try:
                 await self._limiter.try_acquire_async("plannr", weight=chunk)
-            except sqlite3.Error as error:
-                raise self._failed(error) from None
+            except self._store.errors as error:
+                raise self._store.failed(error) from None
             self._slots += chunk
             if time.monotonic() - taking >= RECHECK_AFTER_WAIT_SECONDS:
                 self._refresh()  # the wait was long enough for another process to pause us all
@@ -326,18 +242,13 @@ class RequestBudget:
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
     def pause_everyone(self, seconds: float) -> None:
-        """Hold every process of this token for `seconds` (after a 429), from the shared file."""
-        until = time.time() + seconds
+        """Hold every process of this token for `seconds` (after a 429), from the shared store."""
         try:
-            with self._lock, self._conn:
-                self._conn.execute(
-                    "INSERT INTO pause (id, until) VALUES (0, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET until = max(until, excluded.until)",
-                    (until,),
-                )
-        except sqlite3.Error as error:
-            raise self._failed(error) from None
-        self._shared_until = max(self._shared_until, until)
+            with self._lock:
+                self._store.pause(seconds)
+        except self._store.errors as error:
+            raise self._store.failed(error) from None
+        self._shared_until = max(self._shared_until, time.monotonic() + seconds)
         self._slots = 0  # slots taken before the 429 are not spent after it: the budget paces again
 
     def observe_remaining(self, remaining: int | None) -> None:
@@ -351,9 +262,14 @@ _budgets_lock = threading.Lock()
 
 
 def budget_for(token: str, base_url: str, per_minute: int, ceiling: int | None = None) -> RequestBudget:
-    """The process-wide budget for this token (one per token and configured limit)."""
+    """The process-wide budget for this token (one per token and configured limit), in the store
+    PLANNR_BUDGET_URL names, else in this machine's budget file."""
     key = hashlib.sha256(f"{base_url}\0{token}".encode()).hexdigest()[:16]
     with _budgets_lock:
         if (key, per_minute, ceiling) not in _budgets:
-            _budgets[(key, per_minute, ceiling)] = RequestBudget(key, per_minute, ceiling=ceiling)
+            server = budget_server_from_env(os.environ)
+            store = server.store(key) if server else None
+            _budgets[(key, per_minute, ceiling)] = RequestBudget(
+                key, per_minute, ceiling=ceiling, store=store
+            )
         return _budgets[(key, per_minute, ceiling)]

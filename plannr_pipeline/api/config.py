@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from plannr_pipeline.api.budget_url import budget_server_from_env
 from plannr_pipeline.api.errors import ConfigurationError, redact
 from plannr_pipeline.private_files import make_private_dir, not_ours
 
@@ -155,11 +156,13 @@ def check_settings(env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
     if not PlannrSettings.wants_sandbox(env):
         PlannrSettings.from_env(env)
+        budget_server_from_env(env)
         return
     if account := env.get("PLANNR_ACCOUNT_UUID"):
         check_account_uuid(account)
     budget_from_env(env)
     concurrency_from_env(env)
+    budget_server_from_env(env)
 
 
 def sandbox_wanted(token: str | None, base_url: str | None) -> bool:

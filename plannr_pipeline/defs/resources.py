@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar, TypeVar
 from urllib.parse import urlparse
@@ -143,9 +144,11 @@ class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
         return asyncio.run(main())
 
 
-def lake_of(catalog: str | None, data: str | None) -> LakeSettings | None:
-    """The lake two resource fields name (checked as the PLANNR_LAKE_* variables are), or None."""
-    return LakeSettings.from_env({"PLANNR_LAKE_CATALOG": catalog or "", "PLANNR_LAKE_DATA": data or ""})
+def lake_of(catalog: str | None, data: str | None, schema: str | None = None) -> LakeSettings | None:
+    """The lake the resource fields name (checked as the PLANNR_LAKE_* variables are), or None;
+    `schema` is a firm's own lake in the catalog (LakeSettings.for_firm)."""
+    lake = LakeSettings.from_env({"PLANNR_LAKE_CATALOG": catalog or "", "PLANNR_LAKE_DATA": data or ""})
+    return replace(lake, schema=schema) if lake and schema else lake
 
 
 class PlannrStorage(FixedByDeployment, dg.ConfigurableResource):
@@ -159,15 +162,17 @@ class PlannrStorage(FixedByDeployment, dg.ConfigurableResource):
         "database": "PLANNR_DATA_DIR",
         "lake_catalog": "PLANNR_LAKE_CATALOG",
         "lake_data": "PLANNR_LAKE_DATA",
+        "lake_schema": "PLANNR_LAKE_CATALOG",
     }
 
     data_dir: str = "data"
     database: str | None = None
     lake_catalog: str | None = None
     lake_data: str | None = None
+    lake_schema: str | None = None  # a firm's own lake in the catalog (LakeSettings.for_firm)
 
     def lake(self) -> LakeSettings | None:
-        return lake_of(self.lake_catalog, self.lake_data)
+        return lake_of(self.lake_catalog, self.lake_data, self.lake_schema)
 
     def warehouse(self) -> Warehouse:
         data_dir = os.path.abspath(self.data_dir)
@@ -185,11 +190,13 @@ class PlannrDuckDB(FixedByDeployment, DuckDBResource):
         "database": "PLANNR_DATA_DIR",
         "lake_catalog": "PLANNR_LAKE_CATALOG",
         "lake_data": "PLANNR_LAKE_DATA",
+        "lake_schema": "PLANNR_LAKE_CATALOG",
     }
 
     data_dir: str
     lake_catalog: str | None = None
     lake_data: str | None = None
+    lake_schema: str | None = None  # a firm's own lake in the catalog (LakeSettings.for_firm)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.lake_catalog:
@@ -201,7 +208,7 @@ class PlannrDuckDB(FixedByDeployment, DuckDBResource):
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """The database, or on the lake a connection with it attached read-only (a user's asset
         reads the data of record; only the Plannr assets write it)."""
-        lake = lake_of(self.lake_catalog, self.lake_data)
+        lake = lake_of(self.lake_catalog, self.lake_data, self.lake_schema)
         if lake is None:
             with super().get_connection() as connection:
                 yield connection

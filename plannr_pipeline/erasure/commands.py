@@ -44,11 +44,15 @@ def _guarded(work):
 
 
 def _store(args: argparse.Namespace):
-    """The firm's local store (`--firm`), else the store of the PLANNR_* variables: the lake
-    where PLANNR_LAKE_* name one (firm files keep their data locally, for now)."""
+    """The firm's store (`--firm`: its own lake in the deployment's where PLANNR_LAKE_* name
+    one, else its folder), else the store of the PLANNR_* variables."""
     from plannr_pipeline.storage.warehouse import Warehouse
 
-    return Warehouse(_data_dir(args)) if args.firm else Warehouse.from_env(_data_dir(args))
+    if args.firm:
+        from plannr_pipeline.firms.files import firm_named
+
+        return Warehouse(_data_dir(args), lake=firm_named(args.firm).lake())
+    return Warehouse.from_env(_data_dir(args))
 
 
 @_guarded

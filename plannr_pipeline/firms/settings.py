@@ -12,6 +12,7 @@ from plannr_pipeline.api.config import budget_from_env, concurrency_from_env, po
 from plannr_pipeline.defs.resources import PlannrApi, PlannrDuckDB, PlannrStorage
 from plannr_pipeline.defs.schedules import HOURLY, NIGHTLY
 from plannr_pipeline.firms.firm import RESERVED_SLUGS, SLUG_PATTERN, Firm
+from plannr_pipeline.storage.lake import LakeSettings
 from plannr_pipeline.storage.warehouse import CONNECT_CONFIG, DATABASE_FILE, data_dir_from_env
 
 
@@ -59,6 +60,11 @@ class FirmSettings(dg.Model):
     def firm(self) -> Firm:
         return Firm(self.slug)
 
+    def lake(self) -> LakeSettings | None:
+        """With PLANNR_LAKE_* set, this firm's own lake in the deployment's (LakeSettings.for_firm)."""
+        lake = LakeSettings.from_env()
+        return lake.for_firm(self.slug) if lake else None
+
     def folder(self) -> str:
         return self.data_dir or str(Path(data_dir_from_env()) / self.slug)
 
@@ -83,11 +89,17 @@ class FirmSettings(dg.Model):
             sandbox_clients=positive_int(env, "PLANNR_SANDBOX_CLIENTS", 250),
         )
         folder = self.folder()
+        lake = self.lake()
+        # On the lake the folder only stages writes; the data of record is the firm's own lake.
+        lake_fields = (
+            {"lake_catalog": lake.catalog, "lake_data": lake.data, "lake_schema": lake.schema} if lake else {}
+        )
         duckdb = PlannrDuckDB(
             database=str(Path(folder).absolute() / DATABASE_FILE),
             connection_config=CONNECT_CONFIG,
             data_dir=folder,
+            **lake_fields,
         )
-        storage = PlannrStorage(data_dir=folder, database=duckdb.database)
+        storage = PlannrStorage(data_dir=folder, database=duckdb.database, **lake_fields)
         keys = self.firm.resource_keys()
         return {keys["plannr"]: plannr, keys["storage"]: storage, keys["duckdb"]: duckdb}

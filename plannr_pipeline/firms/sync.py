@@ -98,6 +98,11 @@ def _combine(firms: list) -> None:
     """The read-only view across every firm (not only those synced now), with a `firm` column."""
     import duckdb
 
+    from plannr_pipeline.storage.lake import LakeSettings
+
+    if LakeSettings.from_env():  # each firm's relations are in its own lake: `lake-sql --firm`
+        return
+
     from plannr_pipeline.firms.combined import COMBINED_FILE, write_combined
     from plannr_pipeline.storage.warehouse import data_dir_from_env
 

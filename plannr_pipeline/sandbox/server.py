@@ -116,6 +116,9 @@ class SandboxServer:
         self._import_clients = list(self.firm.clients[:50])  # live imports name these, whatever steps delete
         self._faults = random.Random(self.options.seed)
         self._windows: dict[str, deque[float]] = {}
+        # The most requests the token had in one rate window, as this server counted them: what a
+        # shared budget must keep under the limit (bench/bench_cluster.py, tests/test_cluster.py).
+        self.peak_in_window = 0
         self._live_imports: dict[int, ImportPlan] = {}
         self._reindex()
         self._thread: threading.Thread | None = None
@@ -178,6 +181,7 @@ class SandboxServer:
     def _stats_now(self) -> dict[str, Any]:
         return {
             "requests": sum(self.endpoints.values()),
+            "peak_in_window": self.peak_in_window,
             "by_endpoint": dict(sorted(self.endpoints.items())),
             "by_status": {
                 str(status): count
@@ -316,6 +320,7 @@ class SandboxServer:
                 headers["Retry-After"] = str(max(1, int(frees_in + 0.999)))
             return _json(429, {"message": "Too Many Attempts."}, headers)
         self._windows[token].append(time.monotonic())
+        self.peak_in_window = max(self.peak_in_window, len(self._windows[token]))
         if self.options.drop_rate and self._faults.random() < self.options.drop_rate:
             assert request.transport is not None
             request.transport.abort()  # a dropped connection: no status line at all

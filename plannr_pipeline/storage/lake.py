@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -57,6 +57,9 @@ class LakeSettingsError(ValueError):
 class LakeSettings:
     catalog: str  # a DuckLake catalog: `postgres:dbname=... host=...`, or a local file
     data: str  # where its Parquet goes: `s3://bucket/prefix/`, or a local folder
+    # A firm's own DuckLake in the catalog's database: its metadata in this Postgres schema
+    # (DuckLake's METADATA_SCHEMA), its data under `<data><slug>/` (`for_firm`). None: the one lake.
+    schema: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LakeSettings | None:
@@ -84,6 +87,12 @@ class LakeSettings:
             data += "/"
         return cls(catalog, data)
 
+    def for_firm(self, slug: str) -> LakeSettings:
+        """The firm's own lake beside the others': one catalog database and bucket for the
+        deployment, each firm's metadata in its own schema and its files under its own prefix, so
+        firms' relations, snapshots and commits never mix (a firm's slug is a safe identifier)."""
+        return replace(self, data=f"{self.data}{slug}/", schema=slug)
+
     @property
     def postgres_conninfo(self) -> str | None:
         """The libpq connection string of a Postgres catalog, or None for another kind."""
@@ -91,6 +100,8 @@ class LakeSettings:
 
     def attach_sql(self, read_only: bool = False) -> str:
         options = [f"DATA_PATH {_quote(self.data)}", "DATA_INLINING_ROW_LIMIT 0"]  # every row in Parquet
+        if self.schema:
+            options.append(f"METADATA_SCHEMA {_quote(self.schema)}")
         if read_only:
             options.append("READ_ONLY")
         return f"ATTACH {_quote('ducklake:' + self.catalog)} AS {ALIAS} ({', '.join(options)})"
@@ -224,8 +235,8 @@ class LakeStore:
             return
         import psycopg2  # only a Postgres catalog needs it
 
-        # Advisory locks belong to a database: one key names the one lake a catalog database holds.
-        key = "plannr-lake-commit"
+        # Advisory locks belong to a database: one key per lake the database holds (one per firm).
+        key = "plannr-lake-commit" + (f":{self.settings.schema}" if self.settings.schema else "")
         # A dead holder's session (and so its lock) ends when its TCP connection is found dead.
         connection = psycopg2.connect(
             conninfo,
