@@ -18,6 +18,7 @@ import dagster as dg
 
 from plannr_pipeline.api.config import share_from_env
 from plannr_pipeline.api.errors import ConfigurationError
+from plannr_pipeline.defs.jobs import FIRM_TAG
 from plannr_pipeline.defs.resources import PlannrApi, PlannrStorage
 from plannr_pipeline.firms import DEFAULT_FIRM, Firm, rename_resources
 from plannr_pipeline.refresh.rolling import RefreshTargets, RollingRefresh
@@ -106,7 +107,7 @@ def refresh_defs_for(firm: Firm, sweep_parts: Callable[[], dict] = dict, running
         name=firm.name("rolling_refresh_job"),
         description="The rolling refresh: every record re-read as soon as the token's budget allows, the "
         "stalest first. Same as `plannr-pipeline refresh --for SECONDS`.",
-        tags={"plannr/refresh": "rolling"},
+        tags={FIRM_TAG: firm.slug or "default"},  # the run queue's per-firm limit counts it
     )
     def rolling_refresh_job():
         op()
