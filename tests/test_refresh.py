@@ -24,6 +24,7 @@ from plannr_pipeline.storage.goal_reads import goals_read_order, record_goal_rea
 from plannr_pipeline.storage.parquet_store import ParquetStore, StagedWrite
 from plannr_pipeline.storage.tables import ALL_TABLES, GOAL_READS
 from tests.cli import run_cli, sandbox_env, start_cli, stop_group
+from tests.lying_api import LyingApi
 
 # Every current table, less when a record was seen, and imports (they progress on the sandbox's clock).
 COMPARED = {
@@ -240,3 +241,31 @@ def test_goals_are_read_never_read_first_then_longest_ago_and_a_later_read_wins(
         write.write(GOAL_READS, kept.select(["client_uuid", "seen_at"]))
         write.commit_locked()
     assert goals_read_order(store).column("client_uuid").to_pylist()[0] == never
+
+
+def test_one_client_the_api_answers_wrongly_for_holds_up_no_other(synced, tmp_path):
+    """One client's goals listing promises a goal it does not deliver, every time: its goals stay
+    as stored, and every other client's are re-read and the sweep still comes."""
+    sandbox, env, data, _ = synced
+    [(liar,)] = rows(data, "select client_uuid from goal_reads order by client_uuid limit 1")
+    before = rows(data, "select * exclude (seen_at) from goals where client_uuid = ?", [liar])
+    proxy = LyingApi(sandbox.url)
+
+    def one_more_than_sent(path, query, body):
+        body["meta"]["total"] += 1
+        return body
+
+    proxy.lies[f"/api/v1/client/{liar}/goal"] = one_more_than_sent
+    started = datetime.now(UTC)
+    try:
+        result = run_cli("refresh", "--for", "20", env={**env, "PLANNR_BASE_URL": proxy.url}, cwd=tmp_path)
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert rows(data, "select * exclude (seen_at) from goals where client_uuid = ?", [liar]) == before
+    [(stale,)] = rows(
+        data, "select count(*) from goal_reads where seen_at < ? and client_uuid <> ?", [started, liar]
+    )
+    assert stale == 0  # every other client's goals re-read
+    [(swept,)] = rows(data, "select count(*) from tasks where seen_at < ?", [started])
+    assert swept == 0  # and the sweep came

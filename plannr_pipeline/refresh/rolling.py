@@ -94,6 +94,9 @@ class RollingRefresh:
         self.report = RefreshReport()
         self.pace = Pace()
         self._first: dict[str, str] = {}  # changed clients (uuid -> month) whose goals go first
+        # Clients whose goals listing failed validation this run: left as stored until the next
+        # run, so one client the API answers wrongly for cannot hold up every other client's.
+        self._passed_over: set[str] = set()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -110,12 +113,7 @@ class RollingRefresh:
 
     def _sweep_due(self) -> bool:
         """Every client's goals were read since the last sweep ended (or there was none)."""
-        order = goals_read_order(self.store)
-        if order.column("seen_at").null_count:
-            return False
-        last = self.targets.last_sweep()
-        oldest = pc.min(order.column("seen_at")).as_py()
-        return last is None or (oldest is not None and oldest >= last)
+        return self.targets.last_sweep() is None or self._behind(goals_read_order(self.store)).num_rows == 0
 
     def _sweep(self, left: float) -> None:
         self.context.log.info("every client's goals were re-read since the last sweep: sweeping the rest")
@@ -173,7 +171,8 @@ class RollingRefresh:
     def _next_batch(self, size: int) -> dict[str, str]:
         """The changed clients, then those read longest ago, up to `size`; only clients not read
         since the last sweep, so a pass ends exactly when the last of them is read (then the sweep)."""
-        batch = dict(list(self._first.items())[:size])
+        first = [(uuid, month) for uuid, month in self._first.items() if uuid not in self._passed_over]
+        batch = dict(first[:size])
         behind = self._behind(goals_read_order(self.store)).slice(0, size)
         for uuid, month in zip(
             behind.column("client_uuid").to_pylist(), behind.column("created_month").to_pylist(), strict=True
@@ -184,7 +183,14 @@ class RollingRefresh:
         return batch
 
     def _behind(self, order: pa.Table) -> pa.Table:
-        """The clients (of `goals_read_order`) whose goals were last read before the last sweep."""
+        """The clients (of `goals_read_order`) whose goals were last read before the last sweep,
+        less those passed over this run."""
+        if self._passed_over:
+            order = order.filter(
+                pc.invert(
+                    pc.is_in(order.column("client_uuid"), value_set=pa.array(sorted(self._passed_over)))
+                )
+            )
         last = self.targets.last_sweep()
         if last is None:
             return order
@@ -196,6 +202,7 @@ class RollingRefresh:
         if not batch:
             return
         read: dict[str, datetime] = {}
+        short: set[str] = set()  # clients whose listing did not deliver its meta.total
         landing = Landing(
             self.context,
             self.storage,
@@ -214,6 +221,8 @@ class RollingRefresh:
                         list(batch), lambda uuid: endpoints.goals_of(uuid).path, endpoints.GOALS_INCLUDE
                     ):
                         landing.count_listing(f"goals of client {client_uuid}", total, len(records))
+                        if total is not None and total != len(records):
+                            short.add(client_uuid)
                         accepted = landing.accept(records)
                         rows = normalise.goals(client_uuid, accepted, landing.drift, batch[client_uuid])
                         landing.stage({GOALS.name: rows}, requested_at)
@@ -229,6 +238,13 @@ class RollingRefresh:
             self.report.batches += 1
             self.pace.add(len(read), time.monotonic() - started)
             self._say_progress()
+        else:
+            # Nothing of the batch replaced: the clients the API answered wrongly for wait for the
+            # next run, the rest go again (the whole batch, when the fault is not one client's).
+            self._passed_over |= short or set(batch)
+            self.context.log.warning(
+                f"rolling refresh: goals of {len(short or batch)} client(s) left as stored until the next run"
+            )
 
     def _say_progress(self) -> None:
         order = goals_read_order(self.store)
