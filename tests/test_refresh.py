@@ -137,6 +137,11 @@ def test_a_refresh_killed_half_way_leaves_data_exact(synced, tmp_path):
         u for c in changes for u in c["goals"]["deleted"]
     }:
         assert rows(data, "select count(*) from goals_history where uuid = ?", [uuid]) == [(2,)]
+    # The killed runs were ended, not left STARTED for the schedule to wait on.
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        runs = instance.get_runs(dg.RunsFilter(job_name="rolling_refresh_job"))
+        assert [r.status for r in runs].count(dg.DagsterRunStatus.FAILURE) == 2
+        assert all(r.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE) for r in runs)
     assert_same_as_a_fresh_sync(sandbox, tmp_path, data)
 
 

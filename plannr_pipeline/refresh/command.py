@@ -61,6 +61,7 @@ def _refresh(args: argparse.Namespace) -> int:
     except (PlannrError, FirmFileError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from plannr_pipeline import dead_runs
     from plannr_pipeline.definitions import defs
     from plannr_pipeline.sync import sync_instance
 
@@ -68,9 +69,14 @@ def _refresh(args: argparse.Namespace) -> int:
     op_name = job.graph.node_defs[0].name
     print(f"plannr-pipeline refresh: {job_name} for {args.seconds:g} s", flush=True)
     with sync_instance() as instance:
+        # A refresh killed earlier left its run STARTED, which the schedule would wait on for ever:
+        # end it, and leave this run's process in its tags so the next one (or dead_runs_sensor) can.
+        for line in dead_runs.end_dead_runs(instance, by=f"plannr-pipeline refresh (pid {os.getpid()})"):
+            print(line, flush=True)
         result = job.execute_in_process(
             run_config={"ops": {op_name: {"config": {"seconds": float(args.seconds)}}}},
             instance=instance,
+            tags=dead_runs.process_tags(),
             raise_on_error=False,
         )
     if not result.success:
