@@ -55,7 +55,12 @@ def cluster(tmp_path_factory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("cluster")
     api = SandboxServer(
         SandboxOptions(
-            size=FirmSize(clients=CLIENTS), token="cluster-token", rate_limit_per_minute=SERVER_LIMIT
+            size=FirmSize(clients=CLIENTS),
+            token="cluster-token",
+            rate_limit_per_minute=SERVER_LIMIT,
+            # The sandbox creates a live import every interval; at its default (20 minutes) one can
+            # appear between a sweep and the comparison that follows it, a difference no run caused.
+            live_import_interval=timedelta(days=7),
         )
     ).start()
     tick = _tick_cron(50)  # after the cluster is up; both firms' nightly schedules fire then
