@@ -277,14 +277,20 @@ def default_reference() -> datetime:
     return datetime.combine(datetime.now(UTC).date(), time(0), tzinfo=UTC)
 
 
+def reference_moment(reference: datetime | date | None) -> datetime:
+    """The moment a firm is generated at: a date means its midnight UTC; none, today's."""
+    if reference is None:
+        return default_reference()
+    if not isinstance(reference, datetime):
+        return datetime.combine(reference, time(0), tzinfo=UTC)
+    return reference
+
+
 def generate_firm(
     seed: int = 42, size: FirmSize | None = None, reference: datetime | date | None = None
 ) -> Firm:
     size = size or FirmSize()
-    if reference is None:
-        reference = default_reference()
-    elif not isinstance(reference, datetime):
-        reference = datetime.combine(reference, time(0), tzinfo=UTC)
+    reference = reference_moment(reference)
     make = RecordMaker(seed, reference)
     history_start = reference - timedelta(days=3 * 365)
 

@@ -30,6 +30,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -37,6 +38,7 @@ from aiohttp import web
 
 from plannr_pipeline.sandbox import people, routes, timeline
 from plannr_pipeline.sandbox.firm import FirmSize, generate_firm
+from plannr_pipeline.sandbox.firm_cache import firm_from_cache
 from plannr_pipeline.sandbox.import_plans import ImportPlan, live_import
 from plannr_pipeline.sandbox.listing import CHECK_EVERY_RECORD_UP_TO, Listing, ListingError, paginate
 
@@ -66,6 +68,8 @@ class SandboxOptions:
     drop_rate: float = 0.0  # share of connections closed without an answer
     live_import_interval: timedelta = timedelta(minutes=20)
     clock: Callable[[], datetime] = _utc_now
+    # Where the generated firm is kept between starts (firm_cache); None: generated every time.
+    firm_cache_dir: Path | None = None
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -107,7 +111,16 @@ class SandboxServer:
 
     def __init__(self, options: SandboxOptions | None = None) -> None:
         self.options = options or SandboxOptions()
-        self.firm = generate_firm(self.options.seed, self.options.size, self.options.reference)
+        if self.options.firm_cache_dir is not None:
+            self.firm = firm_from_cache(
+                self.options.seed,
+                self.options.size,
+                self.options.reference,
+                self.options.firm_cache_dir,
+                log.warning,
+            )
+        else:
+            self.firm = generate_firm(self.options.seed, self.options.size, self.options.reference)
         self.requests: Counter[str] = Counter()  # path -> count, for tests and benchmarks
         self.endpoints: Counter[str] = Counter()  # route (ids folded) -> count; see stats()
         self.statuses: Counter[int | str] = Counter()  # status of every answer (or DROPPED) -> count
