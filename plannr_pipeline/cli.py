@@ -385,7 +385,6 @@ def _sandbox(args: argparse.Namespace) -> int:
     server = SandboxServer(options)
     # The firm lives as long as the process: out of the cyclic collector's sight, its full passes
     # no longer walk millions of records (seconds each at 100,000 clients) while pages are served.
-    gc.collect()
     gc.freeze()
     server.advance(args.advance)
     server.start(port=args.port)
