@@ -368,6 +368,7 @@ SANDBOX_TOKEN_ENV = "PLANNR_SANDBOX_TOKEN"
 
 def _sandbox(args: argparse.Namespace) -> int:
     from plannr_pipeline.sandbox.firm import FirmSize
+    from plannr_pipeline.sandbox.firm_cache import CACHE_FIRMS_FROM_CLIENTS, default_cache_dir
     from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 
     size = firm_size_from_args(args)
@@ -378,8 +379,13 @@ def _sandbox(args: argparse.Namespace) -> int:
         rate_limit_per_minute=args.rate_limit,
         latency_ms=args.latency_ms,
         error_rate=args.error_rate,
+        # A small firm is generated in seconds; a large one is kept on disk for the next start.
+        firm_cache_dir=default_cache_dir() if size.clients >= CACHE_FIRMS_FROM_CLIENTS else None,
     )
     server = SandboxServer(options)
+    # The firm lives as long as the process: out of the cyclic collector's sight, its full passes
+    # no longer walk millions of records (seconds each at 100,000 clients) while pages are served.
+    gc.freeze()
     server.advance(args.advance)
     server.start(port=args.port)
     moved = f", advanced {args.advance} step(s) to {server.changes[-1]['moment']}" if args.advance else ""

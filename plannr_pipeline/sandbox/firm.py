@@ -7,6 +7,7 @@ where the docs show them, and unexpanded relationships as resource class names.
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -72,10 +73,28 @@ class Firm:
     assignments: dict[str, dict[str, str | None]] = field(default_factory=dict)
     # goal uuid -> the account an `individual` goal belongs to (include=shared_owner)
     goal_owners: dict[str, str] = field(default_factory=dict)
+    # Bumped by every change made to the firm (`changed()`): a large listing keeps its filtered,
+    # sorted records while (identity, version) stays the same (listing.paginate's `version`).
+    version: int = field(default=0, compare=False)
+    # This firm among the others of the process: two firms' listings never share a cached order.
+    identity: int = field(default_factory=lambda: next(_FIRM_IDENTITIES), compare=False)
+
+    def changed(self) -> None:
+        """Say the firm changed: every change to its records or lists must be followed by this
+        (the timeline's steps are), or a listing of more than listing.CHECK_EVERY_RECORD_UP_TO
+        records keeps showing them as they were."""
+        self.version += 1
+
+    def version_of(self, collection: str) -> tuple[int, int, str]:
+        """What names `collection` (e.g. "tasks") of this firm as it is now."""
+        return (self.identity, self.version, collection)
 
     @property
     def accounts(self) -> list[dict[str, Any]]:
         return self.clients + self.staff
+
+
+_FIRM_IDENTITIES = itertools.count()
 
 
 class RecordMaker:
@@ -258,14 +277,20 @@ def default_reference() -> datetime:
     return datetime.combine(datetime.now(UTC).date(), time(0), tzinfo=UTC)
 
 
+def reference_moment(reference: datetime | date | None) -> datetime:
+    """The moment a firm is generated at: a date means its midnight UTC; none, today's."""
+    if reference is None:
+        return default_reference()
+    if not isinstance(reference, datetime):
+        return datetime.combine(reference, time(0), tzinfo=UTC)
+    return reference
+
+
 def generate_firm(
     seed: int = 42, size: FirmSize | None = None, reference: datetime | date | None = None
 ) -> Firm:
     size = size or FirmSize()
-    if reference is None:
-        reference = default_reference()
-    elif not isinstance(reference, datetime):
-        reference = datetime.combine(reference, time(0), tzinfo=UTC)
+    reference = reference_moment(reference)
     make = RecordMaker(seed, reference)
     history_start = reference - timedelta(days=3 * 365)
 

@@ -186,19 +186,25 @@ TASKS = Listing(
 )
 
 
-def tasks_visible(tasks: list[dict[str, Any]], query: dict[str, str]) -> list[dict[str, Any]]:
-    """Subtasks are hidden unless asked for, as in Plannr."""
+def subtask_visibility(query: dict[str, str]) -> str:
+    """ "include", "only" or "exclude" (subtasks hidden unless asked for, as in Plannr)."""
     visibility = query.get("filter[subtask_visibility]")
     if visibility is None:
         visibility = "include" if truthy(query.get("filter[show_child_tasks]", "false")) else "exclude"
+    if visibility not in ("include", "only", "exclude"):
+        message = "The selected filter.subtask visibility is invalid."
+        raise ListingError(422, {"message": message, "errors": {"filter.subtask_visibility": [message]}})
+    return visibility
+
+
+def tasks_visible(tasks: list[dict[str, Any]], query: dict[str, str]) -> list[dict[str, Any]]:
+    """Subtasks are hidden unless asked for, as in Plannr."""
+    visibility = subtask_visibility(query)
     if visibility == "include":
         return tasks
     if visibility == "only":
         return [t for t in tasks if t["parent"] is not None]
-    if visibility == "exclude":
-        return [t for t in tasks if t["parent"] is None]
-    message = "The selected filter.subtask visibility is invalid."
-    raise ListingError(422, {"message": message, "errors": {"filter.subtask_visibility": [message]}})
+    return [t for t in tasks if t["parent"] is None]
 
 
 IMPORTS = Listing(

@@ -30,6 +30,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -37,8 +38,9 @@ from aiohttp import web
 
 from plannr_pipeline.sandbox import people, routes, timeline
 from plannr_pipeline.sandbox.firm import FirmSize, generate_firm
+from plannr_pipeline.sandbox.firm_cache import firm_from_cache
 from plannr_pipeline.sandbox.import_plans import ImportPlan, live_import
-from plannr_pipeline.sandbox.listing import Listing, ListingError, paginate
+from plannr_pipeline.sandbox.listing import CHECK_EVERY_RECORD_UP_TO, Listing, ListingError, paginate
 
 log = logging.getLogger(__name__)
 DEFAULT_TOKEN = "sandbox-token"
@@ -66,6 +68,8 @@ class SandboxOptions:
     drop_rate: float = 0.0  # share of connections closed without an answer
     live_import_interval: timedelta = timedelta(minutes=20)
     clock: Callable[[], datetime] = _utc_now
+    # Where the generated firm is kept between starts (firm_cache); None: generated every time.
+    firm_cache_dir: Path | None = None
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -107,7 +111,16 @@ class SandboxServer:
 
     def __init__(self, options: SandboxOptions | None = None) -> None:
         self.options = options or SandboxOptions()
-        self.firm = generate_firm(self.options.seed, self.options.size, self.options.reference)
+        if self.options.firm_cache_dir is not None:
+            self.firm = firm_from_cache(
+                self.options.seed,
+                self.options.size,
+                self.options.reference,
+                self.options.firm_cache_dir,
+                log.warning,
+            )
+        else:
+            self.firm = generate_firm(self.options.seed, self.options.size, self.options.reference)
         self.requests: Counter[str] = Counter()  # path -> count, for tests and benchmarks
         self.endpoints: Counter[str] = Counter()  # route (ids folded) -> count; see stats()
         self.statuses: Counter[int | str] = Counter()  # status of every answer (or DROPPED) -> count
@@ -120,6 +133,8 @@ class SandboxServer:
         # shared budget must keep under the limit (bench/bench_cluster.py, tests/test_cluster.py).
         self.peak_in_window = 0
         self._live_imports: dict[int, ImportPlan] = {}
+        # subtask visibility -> (the firm's tasks version, the tasks it shows); see _tasks_visible
+        self._visible: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
         self._reindex()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -341,8 +356,12 @@ class SandboxServer:
         records: list[dict[str, Any]],
         listing: Listing,
         expand: Callable[[dict[str, Any], frozenset[str]], dict[str, Any]] | None = None,
+        collection: str | None = None,
     ) -> web.Response:
-        body = paginate(records, dict(request.query), listing, f"{self.url}{request.path}")
+        """A page of `records`; `collection` names them in the firm (e.g. "tasks") so a large
+        listing is filtered and sorted once per version of the firm, not on every page."""
+        version = self.firm.version_of(collection) if collection is not None else None
+        body = paginate(records, dict(request.query), listing, f"{self.url}{request.path}", version)
         includes = people.requested(request.query)
         if expand is not None and includes:  # only the page sent is expanded
             body["data"] = [expand(record, includes) for record in body["data"]]
@@ -361,10 +380,10 @@ class SandboxServer:
     # -- routes ---------------------------------------------------------------------------
 
     async def _accounts(self, request: web.Request) -> web.Response:
-        return self._page(request, self.firm.accounts, routes.ACCOUNTS, self._expand_account)
+        return self._page(request, self.firm.accounts, routes.ACCOUNTS, self._expand_account, "accounts")
 
     async def _clients(self, request: web.Request) -> web.Response:
-        return self._page(request, self.firm.clients, routes.CLIENTS, self._expand_account)
+        return self._page(request, self.firm.clients, routes.CLIENTS, self._expand_account, "clients")
 
     async def _client(self, request: web.Request) -> web.Response:
         # Looked up in the list itself, not the index: a test may change the firm's lists directly.
@@ -379,13 +398,26 @@ class SandboxServer:
         goals = self.firm.goals_by_client.get(client_uuid)
         if goals is None:
             return self._not_found("Account", client_uuid)
-        return self._page(request, goals, routes.GOALS, self._expand_goal)
+        return self._page(request, goals, routes.GOALS, self._expand_goal, f"goals of {client_uuid}")
 
     async def _circles(self, request: web.Request) -> web.Response:
-        return self._page(request, self.firm.circles, routes.CIRCLES)
+        return self._page(request, self.firm.circles, routes.CIRCLES, collection="circles")
 
     async def _tasks(self, request: web.Request) -> web.Response:
-        return self._page(request, routes.tasks_visible(self.firm.tasks, dict(request.query)), routes.TASKS)
+        query = dict(request.query)
+        return self._page(request, self._tasks_visible(query), routes.TASKS, collection="tasks")
+
+    def _tasks_visible(self, query: dict[str, str]) -> list[dict[str, Any]]:
+        """routes.tasks_visible, kept while the firm stays the same version: at 500,000 tasks,
+        picking out the top-level ones would cost every page ~30 ms."""
+        if len(self.firm.tasks) <= CHECK_EVERY_RECORD_UP_TO:
+            return routes.tasks_visible(self.firm.tasks, query)  # as the firm's list is now
+        visibility = routes.subtask_visibility(query)
+        version = self.firm.version_of("tasks")
+        cached = self._visible.get(visibility)
+        if cached is None or cached[0] != version:
+            self._visible[visibility] = cached = (version, routes.tasks_visible(self.firm.tasks, query))
+        return cached[1]
 
     async def _task(self, request: web.Request) -> web.Response:
         task = self._task_by_uuid.get(request.match_info["uuid"])

@@ -47,6 +47,7 @@ def step_moment(reference: datetime, step: int) -> datetime:
 def apply_step(firm: Firm, seed: int, step: int, max_goals_per_client: int = 4) -> dict[str, Any]:
     """Change `firm` in place by step number `step`; return what changed."""
     rng = random.Random(f"plannr-sandbox-step:{seed}:{step}")
+    firm.changed()  # every step updates, deletes and adds records (below)
     moment = step_moment(firm.reference, step)
     stamp = iso_london(moment)
     changed: dict[str, dict[str, list[str]]] = {kind: {op: [] for op in OPERATIONS} for kind in KINDS}
