@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -67,12 +68,10 @@ class Scope:
     def where(cls, columns: Sequence[str], test: Callable[[pa.Table, Store], pa.Array]) -> Scope:
         return cls(columns=tuple(columns), test=test)
 
-    def mask(self, stored: pa.Table, store: Store) -> list[bool]:
-        if self.everything:
-            return [True] * stored.num_rows
-        if self.test is None or stored.num_rows == 0:
-            return [False] * stored.num_rows
-        return pc.fill_null(self.test(stored, store), False).to_pylist()
+    def mask(self, stored: pa.Table, store: Store) -> pa.BooleanArray:
+        if self.everything or self.test is None or stored.num_rows == 0:
+            return pa.repeat(pa.scalar(self.everything), stored.num_rows)
+        return pc.fill_null(pa.chunked_array([self.test(stored, store)]).combine_chunks(), False)
 
 
 @dataclass
@@ -105,38 +104,105 @@ class DeletionRefused(ValueError):
     """A write would delete more of a table than a plausible listing would."""
 
 
-@dataclass
-class _Stored:
-    partition: str | None
-    seen_at: datetime
-
-
-def _seen(value: datetime | None) -> datetime:
-    return value or EARLIEST
-
-
-def _read_staged_root(write: StagedWrite, root: Table) -> dict[str, datetime]:
+def _read_staged_root(write: StagedWrite, root: Table) -> pa.Table:
+    """The staged root rows' `uuid` and `seen_at`: the write's records, as arrays, not objects
+    (half a million tasks as Python objects cost the commit ~200 MB)."""
     files = write.staged_files_of(root)
-    seen: dict[str, datetime] = {}
-    for file in files:
-        rows = pq.read_table(file, columns=["uuid", "seen_at"])
-        for uuid, seen_at in zip(
-            rows.column("uuid").to_pylist(), rows.column("seen_at").to_pylist(), strict=True
-        ):
-            seen[uuid] = _seen(seen_at)
-    return seen
+    schema = pa.schema([root.schema.field("uuid"), root.schema.field("seen_at")])
+    return pa.concat_tables([schema.empty_table(), *(pq.read_table(f, columns=schema.names) for f in files)])
 
 
-def _is_in(column: pa.ChunkedArray, values: Collection[str]) -> pa.Array:
-    return pc.fill_null(pc.is_in(column, value_set=pa.array(sorted(values), pa.string())), False)
+def _is_in(column: pa.ChunkedArray, values: Collection[str] | pa.Array) -> pa.Array:
+    value_set = values if isinstance(values, pa.Array) else pa.array(sorted(values), pa.string())
+    return pc.fill_null(pc.is_in(column, value_set=value_set), False)
+
+
+# Each record the write staged or the store holds, re-based (the module's step 2), worked out by
+# DuckDB over the rows as arrays. A missing `seen_at` (rows stored before it existed) is EARLIEST.
+_REBASE = """
+WITH s AS (SELECT uuid, max(coalesce(seen_at, $earliest)) AS seen_at FROM staged GROUP BY uuid),
+t AS (
+    SELECT uuid, partition, coalesce(seen_at, $earliest) AS seen_at, in_scope,
+           NOT $partitioned OR list_contains($partitions::VARCHAR[], partition) AS replaced_here
+    FROM stored
+),
+r AS (
+    SELECT coalesce(s.uuid, t.uuid) AS uuid, t.partition, t.replaced_here,
+           s.uuid IS NOT NULL AS received, t.uuid IS NOT NULL AS was_stored,
+           s.uuid IS NOT NULL AND t.uuid IS NOT NULL AND t.seen_at > s.seen_at
+               OR s.uuid IS NOT NULL AND coalesce(g.gone_at, $earliest) > s.seen_at AS stale,
+           s.uuid IS NULL AND t.in_scope AND q.uuid IS NULL
+               AND t.seen_at <= $listing_started
+               AND ($proven_any OR p.uuid IS NOT NULL) AS deleted
+    FROM s
+    FULL OUTER JOIN t ON s.uuid = t.uuid
+    LEFT JOIN gone g ON g.uuid = s.uuid
+    LEFT JOIN quarantined q ON q.uuid = t.uuid
+    LEFT JOIN proven p ON p.uuid = t.uuid
+)
+SELECT uuid, partition, stale, deleted,
+       received AND NOT stale AS live,
+       received AND NOT stale AND $partitioned AND was_stored
+           AND coalesce(NOT list_contains($partitions::VARCHAR[], partition), true) AS moved,
+       coalesce(replaced_here, false) AND NOT (received AND NOT stale) AND NOT deleted AS carried
+FROM r
+"""
+
+
+def _rebase(
+    staged: pa.Table,
+    stored_rows: pa.Table,
+    in_scope: pa.BooleanArray,
+    gone_since: dict[str, datetime | None],
+    root: Table,
+    partitions: Collection[str],
+    request: CommitRequest,
+) -> pa.Table:
+    """Every staged or stored record with what this write does to it: stale (a newer observation
+    stands), live (written), moved (out of its stored partition), deleted (proven gone), carried
+    (kept as stored in a partition this write replaces)."""
+    part = root.partition_column
+    stored = pa.table(
+        {
+            "uuid": stored_rows.column("uuid"),
+            "partition": stored_rows.column(part) if part else pa.nulls(stored_rows.num_rows, pa.string()),
+            "seen_at": stored_rows.column("seen_at"),
+            "in_scope": in_scope,
+        }
+    )
+    gone = pa.table(
+        {
+            "uuid": pa.array(list(gone_since), pa.string()),
+            "gone_at": pa.array(list(gone_since.values()), pa.timestamp("us", tz="UTC")),
+        }
+    )
+    quarantined = pa.table({"uuid": pa.array(list(request.quarantined), pa.string())})
+    proven = pa.table({"uuid": pa.array(list(request.proven_gone or ()), pa.string())})
+    with duckdb.connect() as db:
+        db.execute("SET threads = 1")  # for memory: these are hash joins of a few columns
+        db.execute("SET TimeZone = 'UTC'")
+        for name, rows in (("staged", staged), ("stored", stored), ("gone", gone)):
+            db.register(name, rows)
+        db.register("quarantined", quarantined)
+        db.register("proven", proven)
+        return db.execute(
+            _REBASE,
+            {
+                "earliest": EARLIEST,
+                "partitioned": part is not None,
+                "partitions": sorted(partitions),
+                "listing_started": request.listing_started,
+                "proven_any": request.proven_gone is None,
+            },
+        ).fetch_arrow_table()
 
 
 def _carry(
-    store: Store, write: StagedWrite, table: Table, partitions: Collection[str], keys: set[str]
+    store: Store, write: StagedWrite, table: Table, partitions: Collection[str], keys: pa.Array
 ) -> None:
     """Write stored rows of records `keys` (in `partitions`, for a partitioned table) into the
     staged files that replace them: records this write keeps as they are."""
-    if not keys:
+    if len(keys) == 0:
         return
     stored = store.read(table, partitions=partitions if table.partition_column else None)
     kept = stored.filter(_is_in(stored.column(table.record_key), keys))
@@ -157,76 +223,55 @@ def commit(store: Store, write: StagedWrite, request: CommitRequest) -> Outcome:
         stored_rows = store.read(
             root, columns=["uuid", "seen_at", *([part] if part else []), *request.scope.columns]
         )
-        parts = stored_rows.column(part).to_pylist() if part else [None] * stored_rows.num_rows
-        stored = {
-            uuid: _Stored(partition, _seen(seen_at))
-            for uuid, partition, seen_at in zip(
-                stored_rows.column("uuid").to_pylist(),
-                parts,
-                stored_rows.column("seen_at").to_pylist(),
-                strict=True,
-            )
-        }
         for partition in partitions or [None]:
             outcome.replaced[partition or ""] = (
-                sum(1 for p in parts if p == partition) if partition else stored_rows.num_rows
+                pc.sum(pc.equal(stored_rows.column(part), partition)).as_py() or 0
+                if partition
+                else stored_rows.num_rows
             )
-        in_scope = [
-            uuid
-            for uuid, inside in zip(
-                stored_rows.column("uuid").to_pylist(), request.scope.mask(stored_rows, store), strict=True
-            )
-            if inside
-        ]
         log_table = history.history_table(root) if root.name in history.HISTORY_OF else None
         log = store.source_sql(log_table) if log_table and store.has(log_table) else None
-        gone_since = history.tombstones(log, store.scratch)
+        records = _rebase(
+            staged,
+            stored_rows,
+            request.scope.mask(stored_rows, store),
+            history.tombstones(log, store.scratch),
+            root,
+            partitions,
+            request,
+        )
+        del staged
 
-        # A staged record another commit has seen more recently (or proved gone after we read it).
-        stale = {
-            uuid
-            for uuid, seen_at in staged.items()
-            if (uuid in stored and stored[uuid].seen_at > seen_at)
-            or (uuid in gone_since and _seen(gone_since[uuid]) > seen_at)
-        }
-        live = staged.keys() - stale
-        moved = {
-            uuid for uuid in live if part and uuid in stored and stored[uuid].partition not in partitions
-        }
-        quarantined = set(request.quarantined)
-        proven = set(request.proven_gone) if request.proven_gone is not None else None
-        deleted = {
-            uuid
-            for uuid in in_scope
-            if uuid not in staged
-            and uuid not in quarantined
-            and stored[uuid].seen_at <= request.listing_started
-            and (proven is None or uuid in proven)
-        }
-        if request.max_delete_share is not None and len(deleted) > request.max_delete_share * len(stored):
+        def uuids(where: str) -> pa.Array:
+            return records.filter(records.column(where)).column("uuid").combine_chunks()
+
+        stale, deleted, carried = uuids("stale"), uuids("deleted"), uuids("carried")
+        if (
+            request.max_delete_share is not None
+            and len(deleted) > request.max_delete_share * stored_rows.num_rows
+        ):
             raise DeletionRefused(
-                f"this write would mark {len(deleted):,} of the {len(stored):,} stored {root.name} deleted "
-                f"(more than {request.max_delete_share:.0%}); an API answer that short is more likely wrong "
-                "than true, so nothing was replaced"
+                f"this write would mark {len(deleted):,} of the {stored_rows.num_rows:,} stored {root.name} "
+                f"deleted (more than {request.max_delete_share:.0%}); an API answer that short is more likely "
+                "wrong than true, so nothing was replaced"
             )
-        replaced_here = {uuid for uuid, s in stored.items() if not part or s.partition in partitions}
-        carried = replaced_here - live - deleted
-        outcome.stale, outcome.moved = len(stale), len(moved)
-        outcome.kept = len(carried - stale)
+        outcome.stale, outcome.moved = len(stale), pc.sum(records.column("moved")).as_py() or 0
+        outcome.kept = len(records.filter(pc.and_not(records.column("carried"), records.column("stale"))))
 
-        if stale:
+        if len(stale):
             for table in request.tables:
-                write.drop_rows(table, table.record_key, stale)
+                write.drop_rows(table, table.record_key, stale.to_pylist())
         for table in request.tables:
             _carry(store, write, table, partitions, carried)
         # Partitions this write does not replace but must change: a record moved out of one, or
         # proven deleted from one the settings no longer place anything in.
-        leaving = moved | deleted
-        for partition in sorted({stored[uuid].partition for uuid in leaving} - partitions - {None}):
+        leaving = records.filter(pc.or_(records.column("moved"), records.column("deleted")))
+        leaving_uuids = leaving.column("uuid").combine_chunks()
+        for partition in sorted(set(leaving.column("partition").to_pylist()) - partitions - {None}):
             for table in request.tables:
                 if table.partition_column:
                     rest = store.read(table, partitions=[partition])
-                    rest = rest.filter(pc.invert(_is_in(rest.column(table.record_key), leaving)))
+                    rest = rest.filter(pc.invert(_is_in(rest.column(table.record_key), leaving_uuids)))
                     if rest.num_rows:
                         write.write(table, rest, [partition])
                     else:
@@ -239,7 +284,7 @@ def commit(store: Store, write: StagedWrite, request: CommitRequest) -> Outcome:
                 root,
                 write.staged_files_of(root),
                 log,
-                deleted,
+                deleted.to_pylist(),
                 now,
                 request.proof_time,
                 write.id,
@@ -252,7 +297,7 @@ def commit(store: Store, write: StagedWrite, request: CommitRequest) -> Outcome:
             outcome.versions, outcome.deletions = found.versions, found.deletions
         else:
             outcome.deletions = len(deleted)
-        _replace_rejections(store, write, root, request.rejected, live)
+        _replace_rejections(store, write, root, request.rejected, uuids("live"))
         write.commit_locked()
         if log_table is not None:
             outcome.folded = store.compact_log(log_table)
@@ -264,7 +309,7 @@ def _replace_rejections(
     write: StagedWrite,
     root: Table,
     rejected: list[dict[str, Any]],
-    stored_cleanly: Collection[str],
+    stored_cleanly: pa.Array,
 ) -> None:
     """`rejected_records` holds one row per record still quarantined: this write's rejections
     replace earlier ones of the same record, and records it stored cleanly leave the table."""
@@ -273,18 +318,21 @@ def _replace_rejections(
         return table_name, uuid if uuid is not None else raw_json
 
     new_keys = {key(root.name, r["uuid"], r["raw_json"]) for r in rejected}
-    leaving = {key(root.name, uuid, "") for uuid in stored_cleanly}
     if not new_keys and not store.has(REJECTED_RECORDS):
         return
     existing = store.read(REJECTED_RECORDS)
     if not rejected and existing.num_rows == 0:
         return
+    leaving = pc.and_(
+        pc.equal(existing.column("table_name"), root.name), _is_in(existing.column("uuid"), stored_cleanly)
+    )
     keep = [
-        key(t, u, j) not in new_keys and key(t, u, j) not in leaving
-        for t, u, j in zip(
+        key(t, u, j) not in new_keys and not left
+        for t, u, j, left in zip(
             existing.column("table_name").to_pylist(),
             existing.column("uuid").to_pylist(),
             existing.column("raw_json").to_pylist(),
+            leaving.to_pylist(),
             strict=True,
         )
     ]

@@ -307,7 +307,7 @@ class Landing:
         stored then). For a caller that confirms them one by one first."""
         scope_columns = list(self.scope.columns)
         stored = self.store.read(self.root, columns=["uuid", "seen_at", *scope_columns])
-        inside = self.scope.mask(stored, self.store)
+        inside = self.scope.mask(stored, self.store).to_pylist()
         return [
             uuid
             for uuid, seen_at, take in zip(
