@@ -68,10 +68,10 @@ class Scope:
     def where(cls, columns: Sequence[str], test: Callable[[pa.Table, Store], pa.Array]) -> Scope:
         return cls(columns=tuple(columns), test=test)
 
-    def mask(self, stored: pa.Table, store: Store) -> pa.BooleanArray:
+    def mask(self, stored: pa.Table, store: Store) -> pa.Array | pa.ChunkedArray:
         if self.everything or self.test is None or stored.num_rows == 0:
             return pa.repeat(pa.scalar(self.everything), stored.num_rows)
-        return pc.fill_null(pa.chunked_array([self.test(stored, store)]).combine_chunks(), False)
+        return pc.fill_null(self.test(stored, store), False)
 
 
 @dataclass
@@ -152,7 +152,7 @@ FROM r
 def _rebase(
     staged: pa.Table,
     stored_rows: pa.Table,
-    in_scope: pa.BooleanArray,
+    in_scope: pa.Array | pa.ChunkedArray,
     gone_since: dict[str, datetime | None],
     root: Table,
     partitions: Collection[str],
@@ -181,10 +181,15 @@ def _rebase(
     with duckdb.connect() as db:
         db.execute("SET threads = 1")  # for memory: these are hash joins of a few columns
         db.execute("SET TimeZone = 'UTC'")
-        for name, rows in (("staged", staged), ("stored", stored), ("gone", gone)):
+        tables = {
+            "staged": staged,
+            "stored": stored,
+            "gone": gone,
+            "quarantined": quarantined,
+            "proven": proven,
+        }
+        for name, rows in tables.items():
             db.register(name, rows)
-        db.register("quarantined", quarantined)
-        db.register("proven", proven)
         return db.execute(
             _REBASE,
             {
