@@ -35,6 +35,13 @@ def two_firms_ui(tmp_path_factory):
             yield firms, ui
 
 
+def finished_runs_of(instance: dg.DagsterInstance, slug: str) -> tuple[list[dg.DagsterRun]] | None:
+    """A firm's runs once all have ended, in a tuple so none is still an answer for `wait_for`
+    (None while one still runs)."""
+    runs = [run for run in instance.get_runs() if run.job_name.startswith(f"{slug}_")]
+    return None if any(not run.is_finished for run in runs) else (runs,)
+
+
 def test_both_firms_groups_show_and_one_firms_asset_launches_alone(two_firms_ui, browser):  # noqa: F811
     firms, ui = two_firms_ui
     # The global lineage: one group per firm, each with its six collections and five views.
@@ -70,11 +77,19 @@ def test_both_firms_groups_show_and_one_firms_asset_launches_alone(two_firms_ui,
         stored = {u for (u,) in db.execute("select uuid from staff").fetchall()}
     assert stored == {s["uuid"] for s in firms.acme.firm.staff}
     assert stored.isdisjoint(s["uuid"] for s in firms.beta.firm.staff)
-    # No beta asset was materialised and beta's folder holds no table: only what beta's own
-    # import progress sensor (running under the daemon) observed of beta's imports.
+    # Launching acme's asset wrote nothing of beta's. Beta's own sensors run under the daemon
+    # all along and may write to beta's folder: the import progress sensor's observations, and
+    # a clients run when beta's sandbox changed a client or completed an import. So every beta
+    # run must be one of beta's sensors', and beta's folder holds only what those runs wrote.
     assert latest("beta") is None
+    with dg.DagsterInstance.from_config(str(firms.home)) as instance:
+        (beta_runs,) = wait_for(lambda: finished_runs_of(instance, "beta"), 120, 2, "beta's runs to end")
+        launchers = {run.tags.get("dagster/sensor_name", "") for run in beta_runs}
+        assert all(name.startswith("beta_") for name in launchers), launchers
+        written = {key.split("/")[1] for run in beta_runs for key in materialized_in(instance, run.run_id)}
+    allowed = {"import_progress_history"} | written | {f"{name}_history" for name in written}
     tables = {p.name for p in firms.data.glob("beta/parquet/[!.]*")}  # not the store's own .files
-    assert tables <= {"import_progress_history"}, tables
+    assert tables <= allowed, (tables, launchers)
 
 
 def test_the_run_queue_holds_a_firm_whose_pool_is_full_and_launches_another_past_it(two_firms_ui):
