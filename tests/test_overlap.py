@@ -242,6 +242,11 @@ def test_a_quarantined_client_keeps_its_last_version_and_its_goals(firm):
     rejected = query(firm.data_dir, "select uuid, reason from rejected_records order by reason")
     assert sorted(uuid for uuid, _ in rejected) == sorted([malformed, future])  # once each, after two runs
     assert any("after the last partition" in reason for _, reason in rejected)
+    # Once the API serves them well again, they are stored cleanly and leave the quarantine.
+    del firm.proxy.lies[ACCOUNTS]
+    done = firm.sync()
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert query(firm.data_dir, "select uuid from rejected_records") == []
 
 
 # -- case 5: a listing that shifts while it is paged ---------------------------------------------

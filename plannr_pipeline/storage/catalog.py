@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+from plannr_pipeline.storage.sql import quote
 
 
 @dataclass(frozen=True)
@@ -31,9 +29,9 @@ class Relation:
     def statements(self) -> list[str]:
         return [
             self.create_sql,
-            f'COMMENT ON VIEW "{self.name}" IS {_quote(self.description)}',
+            f'COMMENT ON VIEW "{self.name}" IS {quote(self.description)}',
             *(
-                f'COMMENT ON COLUMN "{self.name}"."{column}" IS {_quote(text)}'
+                f'COMMENT ON COLUMN "{self.name}"."{column}" IS {quote(text)}'
                 for column, text in self.column_comments.items()
             ),
         ]

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from plannr_pipeline.storage.lake import LakeStore, transaction
 from plannr_pipeline.storage.parquet_store import StagedWrite
+from plannr_pipeline.storage.sql import quote
 from plannr_pipeline.storage.store import Store
 from plannr_pipeline.storage.tables import ERASURE_LOG, Table
 
@@ -47,10 +48,6 @@ class Rewritten:
     cleared: int = 0  # rows kept with one or more cells set NULL
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 class _Files:
     """One DuckDB connection applying a `Rewrite` to a relation's files."""
 
@@ -68,7 +65,7 @@ class _Files:
         """The files holding a row to remove or clear, with the counts: one scan of them all."""
         if not files:
             return {}
-        listed = ", ".join(_quote(str(f)) for f in files)
+        listed = ", ".join(quote(str(f)) for f in files)
         rows = self.db.execute(
             f"SELECT filename, count(*) FILTER (WHERE {self.delete}), "
             f"count(*) FILTER (WHERE NOT {self.delete} AND ({self.touched})) "
@@ -85,8 +82,8 @@ class _Files:
         )
         select = f"SELECT * REPLACE ({replace})" if replace else "SELECT *"
         self.db.execute(
-            f"COPY ({select} FROM read_parquet({_quote(str(source))}, hive_partitioning = false) "
-            f"WHERE NOT {self.delete}) TO {_quote(str(out))} (FORMAT parquet, COMPRESSION zstd)",
+            f"COPY ({select} FROM read_parquet({quote(str(source))}, hive_partitioning = false) "
+            f"WHERE NOT {self.delete}) TO {quote(str(out))} (FORMAT parquet, COMPRESSION zstd)",
             self.params,
         )
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
+from plannr_pipeline.storage.sql import quote, read_parquet
 from plannr_pipeline.storage.tables import TS, Column, Table, filled
 
 # Which tables keep history (DESIGN: clients, goals, circles, tasks).
@@ -69,12 +70,8 @@ def compared_columns(table: Table) -> list[Column]:
     return [c for c in table.columns if c.name != table.partition_column and c.name not in NOT_COMPARED]
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _timestamp(value: datetime) -> str:
-    return f"TIMESTAMPTZ {_quote(value.isoformat())}"
+    return f"TIMESTAMPTZ {quote(value.isoformat())}"
 
 
 def _hash_sql(table: Table, alias: str = "") -> str:
@@ -101,11 +98,10 @@ def _children_hash_sql(
     for child, files in children:
         columns = [c for c in child.columns if c.name != child.record_key and c.name not in NOT_COMPARED]
         fields = ", ".join(f'"{c.name}" := "{c.name}"' for c in columns)
-        listed = ", ".join(_quote(str(f)) for f in files)
         parts.append(
-            f'SELECT {_quote(child.name)} AS child, "{child.record_key}" AS parent, '
+            f'SELECT {quote(child.name)} AS child, "{child.record_key}" AS parent, '
             f"md5(to_json(struct_pack({fields}))) AS h "
-            f"FROM read_parquet([{listed}], union_by_name = true, hive_partitioning = false) "
+            f"FROM {read_parquet(files)} "
             f"WHERE {mine.format(key=chr(34) + child.record_key + chr(34))}"
         )
     query = (
@@ -169,7 +165,6 @@ def events_for(
         # events written by DuckDB itself, never handed to Python, and a large write in slices.
         db.execute("SET threads = 1")
         db.execute("SET preserve_insertion_order = false")
-        files = ", ".join(_quote(str(f)) for f in staged_files)
         db.execute("CREATE OR REPLACE TEMP TABLE deleted (uuid VARCHAR)")
         if deleted:
             db.executemany("INSERT INTO deleted VALUES (?)", [(u,) for u in deleted])
@@ -181,7 +176,7 @@ def events_for(
         in_log_order = ", ".join(f'"{name}"' for name in log_table.schema.names)
         # Literals, not parameters: DuckDB 1.5 holds ~45 MB more for a COPY with parameters.
         at_now, at_proof = _timestamp(now), _timestamp(proof_time)
-        this_batch = _quote(batch)
+        this_batch = quote(batch)
         parts = (
             [out] if passes == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(passes)]
         )
@@ -197,8 +192,8 @@ def events_for(
                 db.execute(
                     f"CREATE OR REPLACE TEMP VIEW staged AS {with_children}SELECT s.*, "
                     f"{_hash_sql(table, 's.')} AS row_hash, {children_hash} AS children_hash FROM "
-                    f"(SELECT {columns} FROM read_parquet([{files}], union_by_name = true, "
-                    f"hive_partitioning = false) WHERE {mine.format(key='uuid')}) s {join_children}"
+                    f"(SELECT {columns} FROM {read_parquet(staged_files)} "
+                    f"WHERE {mine.format(key='uuid')}) s {join_children}"
                 )
                 if log:
                     # The latest event of each record, its hash worked out again under today's
@@ -232,18 +227,18 @@ def events_for(
                         WHERE l.change = 'upsert' AND h.change = 'upsert' AND h.uuid IN (SELECT uuid FROM deleted)
                         QUALIFY row_number() OVER (PARTITION BY h.uuid ORDER BY h.valid_from DESC) = 1)"""
                 db.execute(
-                    f"COPY ({events}) TO {_quote(str(part_out))} "
+                    f"COPY ({events}) TO {quote(str(part_out))} "
                     f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {EVENT_ROW_GROUP_ROWS})"
                 )
             if passes > 1:  # one file per write, as the log's folding expects
-                listed = ", ".join(_quote(str(p)) for p in parts)
+                listed = ", ".join(quote(str(p)) for p in parts)
                 db.execute(
-                    f"COPY (SELECT * FROM read_parquet([{listed}])) TO {_quote(str(out))} "
+                    f"COPY (SELECT * FROM read_parquet([{listed}])) TO {quote(str(out))} "
                     f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {EVENT_ROW_GROUP_ROWS})"
                 )
             counts = dict(
                 db.execute(
-                    f"SELECT change, count(*) FROM read_parquet({_quote(str(out))}) GROUP BY change"
+                    f"SELECT change, count(*) FROM read_parquet({quote(str(out))}) GROUP BY change"
                 ).fetchall()
             )
         finally:
@@ -317,12 +312,11 @@ def files_to_fold(files: Collection[Path]) -> list[Path]:
 
 def fold(files: Collection[Path], out: Path) -> int:
     """Write the events of `files` into one file `out` (their own `batch` kept); return its rows."""
-    listed = ", ".join(_quote(str(f)) for f in files)
     with duckdb.connect() as db:
         db.execute("SET threads = 1")
         db.execute("SET preserve_insertion_order = false")
         db.execute(
-            f"COPY (SELECT * FROM read_parquet([{listed}], union_by_name = true, hive_partitioning = false)) "
-            f"TO {_quote(str(out))} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {EVENT_ROW_GROUP_ROWS})"
+            f"COPY (SELECT * FROM {read_parquet(files)}) "
+            f"TO {quote(str(out))} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {EVENT_ROW_GROUP_ROWS})"
         )
-        return int(db.execute(f"SELECT count(*) FROM read_parquet({_quote(str(out))})").fetchone()[0])
+        return int(db.execute(f"SELECT count(*) FROM read_parquet({quote(str(out))})").fetchone()[0])

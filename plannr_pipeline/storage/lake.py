@@ -37,6 +37,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_
 
 from plannr_pipeline.storage import history
 from plannr_pipeline.storage.parquet_store import LOCK_TIMEOUT_SECONDS, file_path, remove_dead_staged_files
+from plannr_pipeline.storage.sql import quote
 from plannr_pipeline.storage.tables import Table
 
 if TYPE_CHECKING:
@@ -99,16 +100,12 @@ class LakeSettings:
         return self.catalog.removeprefix("postgres:") if self.catalog.startswith("postgres:") else None
 
     def attach_sql(self, read_only: bool = False) -> str:
-        options = [f"DATA_PATH {_quote(self.data)}", "DATA_INLINING_ROW_LIMIT 0"]  # every row in Parquet
+        options = [f"DATA_PATH {quote(self.data)}", "DATA_INLINING_ROW_LIMIT 0"]  # every row in Parquet
         if self.schema:
-            options.append(f"METADATA_SCHEMA {_quote(self.schema)}")
+            options.append(f"METADATA_SCHEMA {quote(self.schema)}")
         if read_only:
             options.append("READ_ONLY")
-        return f"ATTACH {_quote('ducklake:' + self.catalog)} AS {ALIAS} ({', '.join(options)})"
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+        return f"ATTACH {quote('ducklake:' + self.catalog)} AS {ALIAS} ({', '.join(options)})"
 
 
 def extension_file(name: str, package: str) -> Path:
@@ -128,9 +125,9 @@ def s3_secret_sql(env: Mapping[str, str], for_cli: bool = False) -> str | None:
 
     def value(name: str, default: str | None = None) -> str | None:
         if for_cli:
-            return f"getenv('{name}')" if env.get(name) or default is None else _quote(default)
+            return f"getenv('{name}')" if env.get(name) or default is None else quote(default)
         found = env.get(name) or default
-        return _quote(found) if found is not None else None
+        return quote(found) if found is not None else None
 
     parts = ["TYPE s3"]
     for option, name, default in (
@@ -144,7 +141,7 @@ def s3_secret_sql(env: Mapping[str, str], for_cli: bool = False) -> str | None:
     if endpoint := env.get("AWS_ENDPOINT_URL"):
         # A store that is not AWS (SeaweedFS, MinIO, moto): its host, path-style URLs.
         url = urlparse(endpoint)
-        parts += [f"ENDPOINT {_quote(url.netloc)}", "URL_STYLE 'path'", f"USE_SSL {url.scheme == 'https'}"]
+        parts += [f"ENDPOINT {quote(url.netloc)}", "URL_STYLE 'path'", f"USE_SSL {url.scheme == 'https'}"]
     return f"CREATE OR REPLACE SECRET plannr_lake_s3 ({', '.join(parts)})"
 
 
@@ -306,9 +303,9 @@ class LakeStore:
         if not self._exists(table):
             columns = ", ".join(f'"{c.name}" {c.duckdb_type}' for c in table.columns)
             db.execute(f"CREATE TABLE {name} ({columns})")
-            db.execute(f"COMMENT ON TABLE {name} IS {_quote(table.description)}")
+            db.execute(f"COMMENT ON TABLE {name} IS {quote(table.description)}")
             for column in table.columns:
-                db.execute(f'COMMENT ON COLUMN {name}."{column.name}" IS {_quote(column.description)}')
+                db.execute(f'COMMENT ON COLUMN {name}."{column.name}" IS {quote(column.description)}')
             if table.partition_column and not is_appended(table):
                 # One partition's rows in files of their own: replacing a partition drops whole files.
                 db.execute(f'ALTER TABLE {name} SET PARTITIONED BY ("{table.partition_column}")')
@@ -416,7 +413,7 @@ class LakeStore:
                 target = self.source_sql(table)
                 where, values = self._where(table, [partition] if partition is not None else None)
                 db.execute(f"DELETE FROM {target}{where}", values)
-                db.execute(f"INSERT INTO {target} BY NAME SELECT * FROM read_parquet({_quote(str(temp))})")
+                db.execute(f"INSERT INTO {target} BY NAME SELECT * FROM read_parquet({quote(str(temp))})")
             for table, partition, _target in removals:
                 if self._exists(table) and not is_event_log(table):
                     where, values = self._where(table, [partition] if partition is not None else None)
@@ -430,7 +427,7 @@ class LakeStore:
         with self.connect() as db:
             for table in tables:
                 db.execute(
-                    f"CALL ducklake_rewrite_data_files('{ALIAS}', {_quote(lake_name(table))}, delete_threshold => 0)"
+                    f"CALL ducklake_rewrite_data_files('{ALIAS}', {quote(lake_name(table))}, delete_threshold => 0)"
                 ).fetchall()
             db.execute(f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => now())").fetchall()
             db.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)").fetchall()
@@ -472,7 +469,7 @@ def open_lake(
     if settings.postgres_conninfo is not None:
         wanted[POSTGRES_EXTENSION[0]] = POSTGRES_EXTENSION[1]
     for name, package in wanted.items():
-        db.execute(f"LOAD {_quote(str(extension_file(name, package)))}")
+        db.execute(f"LOAD {quote(str(extension_file(name, package)))}")
     if settings.data.startswith("s3://"):
         try:
             db.execute(s3_secret_sql(env))
@@ -498,7 +495,7 @@ def analyst_sql(settings: LakeSettings, env: Mapping[str, str]) -> str:
     if settings.postgres_conninfo is not None:
         wanted[POSTGRES_EXTENSION[0]] = POSTGRES_EXTENSION[1]
     lines = ["-- In the DuckDB command-line client 1.5.5 started with the same AWS_* variables set:"]
-    lines += [f"LOAD {_quote(str(extension_file(name, package)))};" for name, package in wanted.items()]
+    lines += [f"LOAD {quote(str(extension_file(name, package)))};" for name, package in wanted.items()]
     if settings.data.startswith("s3://"):
         lines.append(s3_secret_sql(env, for_cli=True) + ";")
     lines += [settings.attach_sql(read_only=True) + ";", f"USE {ALIAS};"]

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from plannr_pipeline.storage import history
+from plannr_pipeline.storage.sql import quote
 from plannr_pipeline.storage.tables import Table
 
 FILE_NAME = "data.parquet"
@@ -205,10 +206,6 @@ def remove_dead_staged_files(root: Path) -> list[str]:
     return done
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _remove_if_empty(folder: Path) -> None:
     try:
         folder.rmdir()
@@ -366,7 +363,7 @@ class ParquetStore:
 
     def source_sql(self, table: Table) -> str:
         """SQL that reads `table` as stored, in a connection from `connect` (and in plannr.duckdb)."""
-        return f"read_parquet({_quote(self.glob_of(table))}, union_by_name = true, hive_partitioning = false)"
+        return f"read_parquet({quote(self.glob_of(table))}, union_by_name = true, hive_partitioning = false)"
 
     @staticmethod
     def connect() -> duckdb.DuckDBPyConnection:

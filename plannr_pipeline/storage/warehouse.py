@@ -43,10 +43,6 @@ def data_dir_from_env() -> str:
 _VIEW_SOURCE = re.compile(r"read_parquet\(\[?'([^']*)'")
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def view_sql(table: Table, store: Store) -> str:
     if store.has(table):
         source = store.source_sql(table)
