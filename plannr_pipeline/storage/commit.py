@@ -199,7 +199,12 @@ def _rebase(
     with (
         tempfile.TemporaryDirectory(dir=store.root, prefix=".commit-spill-") as spill,  # 0700
         duckdb.connect(
-            config={"threads": 1, "memory_limit": REBASE_MEMORY_LIMIT, "temp_directory": spill}
+            config={
+                "threads": 1,
+                "memory_limit": REBASE_MEMORY_LIMIT,
+                "temp_directory": spill,
+                "enable_external_file_cache": False,  # the staged files are read once
+            }
         ) as db,
     ):
         db.execute("SET TimeZone = 'UTC'")

@@ -165,6 +165,9 @@ def events_for(
         # events written by DuckDB itself, never handed to Python, and a large write in slices.
         db.execute("SET threads = 1")
         db.execute("SET preserve_insertion_order = false")
+        # Each pass reads the staged files again; DuckDB would keep what it read of them in its
+        # buffer pool for the next pass (30,000 clients' tasks: +40 MB, against one read per pass).
+        db.execute("SET enable_external_file_cache = false")
         db.execute("CREATE OR REPLACE TEMP TABLE deleted (uuid VARCHAR)")
         if deleted:
             db.executemany("INSERT INTO deleted VALUES (?)", [(u,) for u in deleted])
