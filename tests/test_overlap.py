@@ -249,6 +249,24 @@ def test_a_quarantined_client_keeps_its_last_version_and_its_goals(firm):
     assert query(firm.data_dir, "select uuid from rejected_records") == []
 
 
+def test_a_goal_the_api_shows_under_two_clients_fails_the_key_check_and_replaces_nothing(firm):
+    """Each client's goals are a listing of their own, so only the write sees one goal come twice."""
+    goals = firm.sandbox.firm.goals_by_client
+    first, second = [c["uuid"] for c in firm.sandbox.firm.clients if goals[c["uuid"]]][:2]
+    shared = goals[first][0]
+    stored_before = query(firm.data_dir, "select * exclude (seen_at) from goals order by uuid")
+
+    def also_show_the_shared_goal(path, query, body):
+        meta = {**body["meta"], "total": body["meta"]["total"] + 1}
+        return {**body, "data": [*body["data"], {**shared, "client_uuid": second}], "meta": meta}
+
+    firm.proxy.lies[f"/api/v1/client/{second}/goal"] = also_show_the_shared_goal
+    done = firm.sync("--select", "goals")
+    assert done.returncode != 0
+    assert "1 uuid(s) staged twice" in done.stdout + done.stderr
+    assert query(firm.data_dir, "select * exclude (seen_at) from goals order by uuid") == stored_before
+
+
 # -- case 5: a listing that shifts while it is paged ---------------------------------------------
 
 

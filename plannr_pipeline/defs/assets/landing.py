@@ -25,6 +25,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from plannr_pipeline.api import RequestStats
 from plannr_pipeline.api.config import share_from_env
@@ -161,8 +162,7 @@ class Landing:
         self.rows_by_partition: Counter[str] = Counter()
         self.listings: list[tuple[str, int | None, int]] = []
         self.rejected: list[dict[str, Any]] = []
-        self._keys: set[str] = set()
-        self._duplicate_keys = 0
+        self.duplicates = 0  # staged rows beyond the first of their uuid, counted by `problems`
         # uuid -> rows per table of a record that came again with a newer updated_at
         self._newer_copies: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self._buffers: dict[str, list[dict[str, Any]]] = {table.name: [] for table in self.tables}
@@ -204,12 +204,10 @@ class Landing:
         self,
         rows_by_table: dict[str, list[dict[str, Any]]],
         seen_at: datetime | None = None,
-        known_keys: bool = False,
     ) -> None:
         """Stage normalised rows; rows of a partitioned table outside this write's partitions are
         left alone (the listing's date filter is deliberately a little wide). `seen_at`: when
-        the answer they came in was asked for (now if not given). `known_keys`: the rows replace
-        ones taken back (a newer copy), so their uuids are not duplicates."""
+        the answer they came in was asked for (now if not given)."""
         now = seen_at or datetime.now(UTC)
         for table in self.tables:
             rows = rows_by_table.get(table.name, [])
@@ -222,8 +220,8 @@ class Landing:
                 for row in rows:
                     if row.get("seen_at") is None:
                         row["seen_at"] = now
-            if table is self.root:
-                self._track_keys(rows, known_keys)
+            if table is self.root and table.partition_column:
+                self.rows_by_partition.update(row[table.partition_column] for row in rows)
             buffer = self._buffers[table.name]
             buffer.extend(rows)
             if len(buffer) >= CHUNK_ROWS:
@@ -257,7 +255,7 @@ class Landing:
             if table is self.root and table.partition_column:
                 self.rows_by_partition.subtract(dropped.column(table.partition_column).to_pylist())
         for rows_by_table in self._newer_copies.values():
-            self.stage(rows_by_table, known_keys=True)
+            self.stage(rows_by_table)
         for table in self.tables:
             self._flush(table)
         self.context.log.info(
@@ -276,14 +274,6 @@ class Landing:
         if chunks := self._chunks[table.name]:
             self.write.write(table, pa.concat_tables(chunks), self.partitions)
             chunks.clear()
-
-    def _track_keys(self, rows: list[dict[str, Any]], known_keys: bool = False) -> None:
-        for row in rows:
-            if row["uuid"] in self._keys and not known_keys:
-                self._duplicate_keys += 1
-            self._keys.add(row["uuid"])
-            if self.root.partition_column:
-                self.rows_by_partition[row[self.root.partition_column]] += 1
 
     def abort(self) -> None:
         """Remove everything staged; stored data stays as it was."""
@@ -307,17 +297,32 @@ class Landing:
         stored then). For a caller that confirms them one by one first."""
         scope_columns = list(self.scope.columns)
         stored = self.store.read(self.root, columns=["uuid", "seen_at", *scope_columns])
-        inside = self.scope.mask(stored, self.store).to_pylist()
+        inside = self.scope.mask(stored, self.store)
+        received = pc.is_in(stored.column("uuid"), value_set=self._staged_uuids())
+        missing = stored.filter(pc.and_not(pc.fill_null(inside, False), received)).to_pylist()
         return [
-            uuid
-            for uuid, seen_at, take in zip(
-                stored.column("uuid").to_pylist(), stored.column("seen_at").to_pylist(), inside, strict=True
-            )
-            if take
-            and uuid not in self._keys
-            and uuid not in self.seen_alive
-            and (seen_at is None or seen_at <= self.listing_started)
+            row["uuid"]
+            for row in missing
+            if row["uuid"] not in self.seen_alive
+            and (row["seen_at"] is None or row["seen_at"] <= self.listing_started)
         ]
+
+    def _staged_uuids(self) -> pa.Array:
+        """Every uuid staged so far, read back from the staged files (an array, not a set of
+        objects held all along: half a million tasks' uuids as a set cost ~60 MB)."""
+        self._flush(self.root)
+        chunks = [
+            pq.read_table(f, columns=["uuid"]).column("uuid") for f in self.write.staged_files_of(self.root)
+        ]
+        return pa.chunked_array(
+            [c for chunked in chunks for c in chunked.chunks], pa.string()
+        ).combine_chunks()
+
+    def _duplicate_uuids(self) -> int:
+        """Staged rows beyond the first of their uuid: a record the API showed twice whose copies
+        were not reconciled (a newer copy replaces the older before this is asked)."""
+        uuids = self._staged_uuids()
+        return len(uuids) - len(pc.unique(uuids))
 
     def deletions_plausible(self, deletions: int) -> bool:
         """Whether deleting this many records stays within the share a commit accepts."""
@@ -332,8 +337,9 @@ class Landing:
             if api_total is not None and received != api_total
         ]
         keys = []
-        if self._duplicate_keys:
-            keys.append(f"{self._duplicate_keys:,} uuid(s) staged twice")
+        self.duplicates = self._duplicate_uuids()
+        if self.duplicates:
+            keys.append(f"{self.duplicates:,} uuid(s) staged twice")
         return complete, keys
 
     def _check_results(self, complete: list[str], keys: list[str]) -> list[dg.AssetCheckResult]:
@@ -358,7 +364,7 @@ class Landing:
                 asset_key=self.asset_key,
                 check_name=keys_check_name(self.root),
                 passed=not keys,
-                metadata={"duplicate_uuids": self._duplicate_keys, "problems": dg.MetadataValue.json(keys)},
+                metadata={"duplicate_uuids": self.duplicates, "problems": dg.MetadataValue.json(keys)},
             ),
         ]
 
