@@ -27,7 +27,8 @@ folder, or a DuckLake (`storage.lake`), where the last step is one transaction.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -153,9 +154,59 @@ SELECT * FROM (
 """
 
 
-# DuckDB's memory for the re-basing's joins: past it, they spill to a private folder in the
-# store's own (500,000 records measured alone: +69 MB without a limit, +44 MB with it, 0.4 s slower).
-REBASE_MEMORY_LIMIT = "32MB"
+# DuckDB's memory for the joins over every staged record (re-basing, duplicates, deletion
+# candidates): past it, they spill to a private folder in the store's own (the re-basing of
+# 500,000 records measured alone: +69 MB without a limit, +44 MB with it, 0.4 s slower).
+BOUNDED_MEMORY_LIMIT = "32MB"
+
+
+@contextmanager
+def bounded_connection(store: Store) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection of its own for work over every staged record, in bounded memory:
+    one thread, a memory limit spilling to a private folder, the files read not kept cached."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    with (
+        tempfile.TemporaryDirectory(dir=store.root, prefix=".commit-spill-") as spill,  # 0700
+        duckdb.connect(
+            config={
+                "threads": 1,
+                "memory_limit": BOUNDED_MEMORY_LIMIT,
+                "temp_directory": spill,
+                "enable_external_file_cache": False,
+            }
+        ) as db,
+    ):
+        db.execute("SET TimeZone = 'UTC'")
+        yield db
+
+
+def staged_uuids_sql(write: StagedWrite, root: Table) -> str:
+    """SQL reading the uuids staged so far, where DuckDB finds them (never held in Python)."""
+    files = write.staged_files_of(root)
+    return (
+        f"SELECT uuid FROM {read_parquet(files)}"
+        if files
+        else "SELECT CAST(NULL AS VARCHAR) AS uuid WHERE false"
+    )
+
+
+def duplicate_uuids(store: Store, write: StagedWrite, root: Table) -> int:
+    """Staged rows beyond the first of their uuid."""
+    with bounded_connection(store) as db:
+        [(extra,)] = db.execute(
+            f"SELECT count(*) - count(DISTINCT uuid) FROM ({staged_uuids_sql(write, root)})"
+        ).fetchall()
+    return extra
+
+
+def not_staged(store: Store, write: StagedWrite, root: Table, stored: pa.Table) -> pa.Table:
+    """The rows of `stored` (with a `uuid` column) whose record the write has not staged."""
+    with bounded_connection(store) as db:
+        db.register("stored", stored)
+        return db.execute(
+            f"SELECT * FROM stored WHERE uuid NOT IN "
+            f"(SELECT uuid FROM ({staged_uuids_sql(write, root)}) WHERE uuid IS NOT NULL)"
+        ).to_arrow_table()
 
 
 def _rebase(
@@ -195,19 +246,7 @@ def _rebase(
     }
     if staged_sql is None:
         arrays["staged"] = pa.schema([root.schema.field("uuid"), root.schema.field("seen_at")]).empty_table()
-    store.root.mkdir(parents=True, exist_ok=True)
-    with (
-        tempfile.TemporaryDirectory(dir=store.root, prefix=".commit-spill-") as spill,  # 0700
-        duckdb.connect(
-            config={
-                "threads": 1,
-                "memory_limit": REBASE_MEMORY_LIMIT,
-                "temp_directory": spill,
-                "enable_external_file_cache": False,  # the staged files are read once
-            }
-        ) as db,
-    ):
-        db.execute("SET TimeZone = 'UTC'")
+    with bounded_connection(store) as db:
         for name, rows in arrays.items():
             db.register(name, rows)
         if staged_sql is not None:

@@ -25,13 +25,20 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from plannr_pipeline.api import RequestStats
 from plannr_pipeline.api.config import share_from_env
 from plannr_pipeline.defs.resources import PlannrStorage
 from plannr_pipeline.progress import Progress
-from plannr_pipeline.storage.commit import CommitRequest, DeletionRefused, Outcome, Scope, commit
+from plannr_pipeline.storage.commit import (
+    CommitRequest,
+    DeletionRefused,
+    Outcome,
+    Scope,
+    commit,
+    duplicate_uuids,
+    not_staged,
+)
 from plannr_pipeline.storage.convert import to_utc
 from plannr_pipeline.storage.history import HISTORY_OF
 from plannr_pipeline.storage.normalise import Drift, arrow
@@ -297,32 +304,15 @@ class Landing:
         stored then). For a caller that confirms them one by one first."""
         scope_columns = list(self.scope.columns)
         stored = self.store.read(self.root, columns=["uuid", "seen_at", *scope_columns])
-        inside = self.scope.mask(stored, self.store)
-        received = pc.is_in(stored.column("uuid"), value_set=self._staged_uuids())
-        missing = stored.filter(pc.and_not(pc.fill_null(inside, False), received)).to_pylist()
+        inside = stored.filter(pc.fill_null(self.scope.mask(stored, self.store), False))
+        self._flush(self.root)
+        missing = not_staged(self.store, self.write, self.root, inside.select(["uuid", "seen_at"]))
         return [
             row["uuid"]
-            for row in missing
+            for row in missing.to_pylist()
             if row["uuid"] not in self.seen_alive
             and (row["seen_at"] is None or row["seen_at"] <= self.listing_started)
         ]
-
-    def _staged_uuids(self) -> pa.Array:
-        """Every uuid staged so far, read back from the staged files (an array, not a set of
-        objects held all along: half a million tasks' uuids as a set cost ~60 MB)."""
-        self._flush(self.root)
-        chunks = [
-            pq.read_table(f, columns=["uuid"]).column("uuid") for f in self.write.staged_files_of(self.root)
-        ]
-        return pa.chunked_array(
-            [c for chunked in chunks for c in chunked.chunks], pa.string()
-        ).combine_chunks()
-
-    def _duplicate_uuids(self) -> int:
-        """Staged rows beyond the first of their uuid: a record the API showed twice whose copies
-        were not reconciled (a newer copy replaces the older before this is asked)."""
-        uuids = self._staged_uuids()
-        return len(uuids) - len(pc.unique(uuids))
 
     def deletions_plausible(self, deletions: int) -> bool:
         """Whether deleting this many records stays within the share a commit accepts."""
@@ -337,7 +327,7 @@ class Landing:
             if api_total is not None and received != api_total
         ]
         keys = []
-        self.duplicates = self._duplicate_uuids()
+        self.duplicates = duplicate_uuids(self.store, self.write, self.root)
         if self.duplicates:
             keys.append(f"{self.duplicates:,} uuid(s) staged twice")
         return complete, keys
