@@ -194,8 +194,44 @@ def test_staged_files_of_a_dead_run_are_removed(tmp_path):
     stale.write_bytes(b"half a file")
     live = folder / f".data.parquet.{os.getpid()}-def456.tmp"
     live.write_bytes(b"being written")
+    dead_spill = store.root / f".commit-spill-{dead}-x1y2"
+    (dead_spill / "duckdb_temp_storage").mkdir(parents=True)
+    live_spill = store.root / f".commit-spill-{os.getpid()}-z3w4"
+    live_spill.mkdir()
     store.recover()
     assert not stale.exists() and live.exists()
+    assert not dead_spill.exists() and live_spill.exists()
+
+
+def test_recovery_walks_on_while_other_runs_make_and_remove_folders(tmp_path):
+    """Other runs make and remove spill and partition folders while a reader recovers: a folder
+    gone mid-walk is no error (CI saw a sync fail on a spill folder another run had removed)."""
+    store = ParquetStore(tmp_path / "parquet")
+    (store.root / "clients").mkdir(parents=True)
+    churn = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\n"
+            "root = sys.argv[1]\n"
+            "while True:\n"
+            "    for n in range(50):\n"
+            "        os.makedirs(f'{root}/.commit-spill-{os.getpid()}-{n}/deep', exist_ok=True)\n"
+            "        os.makedirs(f'{root}/clients/created_month=2024-{n}/deep', exist_ok=True)\n"
+            "    for n in range(50):\n"
+            "        os.rmdir(f'{root}/.commit-spill-{os.getpid()}-{n}/deep')\n"
+            "        os.rmdir(f'{root}/.commit-spill-{os.getpid()}-{n}')\n"
+            "        os.rmdir(f'{root}/clients/created_month=2024-{n}/deep')\n"
+            "        os.rmdir(f'{root}/clients/created_month=2024-{n}')\n",
+            str(store.root),
+        ]
+    )
+    try:
+        for _ in range(300):
+            assert store.recover() == []
+    finally:
+        churn.kill()
+        churn.wait()
 
 
 def test_a_fan_out_that_outlasts_its_retries_resumes_where_it_stopped(make_sandbox, tmp_path, monkeypatch):

@@ -26,7 +26,6 @@ folder, or a DuckLake (`storage.lake`), where the last step is one transaction.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ import pyarrow.compute as pc
 
 from plannr_pipeline.erasure.withhold import withhold_erased
 from plannr_pipeline.storage import history
-from plannr_pipeline.storage.parquet_store import StagedWrite
+from plannr_pipeline.storage.parquet_store import StagedWrite, spill_folder
 from plannr_pipeline.storage.sql import read_parquet
 from plannr_pipeline.storage.store import Store
 from plannr_pipeline.storage.tables import REJECTED_RECORDS, Table
@@ -164,9 +163,8 @@ BOUNDED_MEMORY_LIMIT = "32MB"
 def bounded_connection(store: Store) -> Iterator[duckdb.DuckDBPyConnection]:
     """A DuckDB connection of its own for work over every staged record, in bounded memory:
     one thread, a memory limit spilling to a private folder, the files read not kept cached."""
-    store.root.mkdir(parents=True, exist_ok=True)
     with (
-        tempfile.TemporaryDirectory(dir=store.root, prefix=".commit-spill-") as spill,  # 0700
+        spill_folder(store.root) as spill,
         duckdb.connect(
             config={
                 "threads": 1,

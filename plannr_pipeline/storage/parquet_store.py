@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +37,7 @@ from plannr_pipeline.storage.sql import quote
 from plannr_pipeline.storage.tables import Table
 
 FILE_NAME = "data.parquet"
+SPILL_PREFIX = ".commit-spill-"  # + "<pid>-<id>": where a commit's DuckDB spills
 JOURNAL_GLOB = ".commit-*.json"
 VERSION_FILE = ".version"
 LOCK_TIMEOUT_SECONDS = 300
@@ -196,14 +199,37 @@ class StagedWrite:
 
 
 def remove_dead_staged_files(root: Path) -> list[str]:
-    """Remove the staged files of runs that died before committing; say which."""
+    """Remove the staged files and spill folders of runs that died before committing; say which."""
     done = []
-    for temp in root.glob(f"**/.{FILE_NAME}.*.tmp"):
-        pid = temp.name.split(".")[-2].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            temp.unlink(missing_ok=True)
-            done.append(f"removed a staged file of a run that died ({temp.relative_to(root)})")
+    # os.walk, not Path.glob: other runs make and remove partition and spill folders while this
+    # walks, and a folder gone mid-walk is skipped rather than raised (Path.glob raised it).
+    for folder, subfolders, names in os.walk(root):
+        for name in subfolders[:]:
+            if name.startswith(SPILL_PREFIX):
+                subfolders.remove(name)  # DuckDB's scratch files, never staged data
+                if not _alive_owner(name.removeprefix(SPILL_PREFIX)):
+                    shutil.rmtree(Path(folder, name), ignore_errors=True)
+                    done.append(f"removed the spill folder of a run that died ({name})")
+        for name in names:
+            if name.startswith(f".{FILE_NAME}.") and name.endswith(".tmp"):
+                if not _alive_owner(name.split(".")[-2]):
+                    temp = Path(folder, name)
+                    temp.unlink(missing_ok=True)
+                    done.append(f"removed a staged file of a run that died ({temp.relative_to(root)})")
     return done
+
+
+def spill_folder(root: Path) -> tempfile.TemporaryDirectory[str]:
+    """A private (0700) folder in `root` for DuckDB to spill to, named so that `recover` can tell
+    whether the run that made it still lives."""
+    root.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=root, prefix=f"{SPILL_PREFIX}{os.getpid()}-")
+
+
+def _alive_owner(tag: str) -> bool:
+    """Whether the process in a `<pid>-<id>` tag still runs (a tag without one counts as alive)."""
+    pid = tag.split("-")[0]
+    return not pid.isdigit() or _alive(int(pid))
 
 
 def _remove_if_empty(folder: Path) -> None:
