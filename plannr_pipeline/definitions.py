@@ -18,6 +18,7 @@ from plannr_pipeline.defs.checks import CHECKS
 from plannr_pipeline.defs.erasure import ERASURE_DEFS
 from plannr_pipeline.defs.executor import executor_from_env
 from plannr_pipeline.defs.jobs import JOBS
+from plannr_pipeline.defs.lake_maintenance import LAKE_MAINTENANCE_DEFS
 from plannr_pipeline.defs.refresh import REFRESH_DEFS
 from plannr_pipeline.defs.resources import PlannrApi, storage_resources_from_env
 from plannr_pipeline.defs.schedules import SCHEDULES
@@ -53,9 +54,19 @@ def _without_single_firm(loaded: dg.Definitions) -> dg.Definitions:
     """The loaded definitions less the single firm's (the module-level objects in defs/, which
     `load_from_defs_folder` always finds); what watches the instance (dead runs, run failures)
     stays."""
-    # The single firm's erasure and retention jobs (each firm has its own, `<slug>_erase_client_job`).
+    # The single firm's erasure, retention and lake jobs (each firm has its own, `<slug>_erase_client_job`).
     single = {
-        id(x) for x in [*ASSETS, *CHECKS, *JOBS, *SCHEDULES, *FIRM_SENSORS, *ERASURE_DEFS, *REFRESH_DEFS]
+        id(x)
+        for x in [
+            *ASSETS,
+            *CHECKS,
+            *JOBS,
+            *SCHEDULES,
+            *FIRM_SENSORS,
+            *ERASURE_DEFS,
+            *REFRESH_DEFS,
+            *LAKE_MAINTENANCE_DEFS,
+        ]
     }
 
     def kept(items: object) -> list:

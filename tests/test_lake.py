@@ -31,7 +31,7 @@ from plannr_pipeline.storage.lake import LakeSettings, LakeStore, open_lake
 from plannr_pipeline.storage.lake_maintenance import maintain, retention_from_env
 from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.tables import ALL_TABLES, CLIENTS
-from tests.cli import run_cli, sandbox_env, start_cli, stop_group
+from tests.cli import run_cli, run_dagster, sandbox_env, start_cli, stop_group
 from tests.firms import two_sandbox_firms
 from tests.stored import StoredData
 from tests.test_erasure import erasure_scenario, found_in
@@ -360,16 +360,38 @@ def test_two_firms_each_land_in_their_own_lake_within_the_deployments(lake_serve
         env = {**firms.env, **lake.env}
         done = run_cli("sync", env=env, cwd=firms.root, timeout=600)
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-        for slug, sandbox in (("acme", firms.acme), ("beta", firms.beta)):
+
+        def read_firm_lake(slug: str, sql: str) -> list[tuple]:
             with mock.patch.dict(os.environ, lake.env):
                 reader = open_lake(
                     LakeSettings(lake.catalog, lake.data).for_firm(slug), os.environ, read_only=True
                 )
             try:
-                stored = {row[0] for row in reader.execute("select uuid from plannr.clients").fetchall()}
+                return reader.execute(sql).fetchall()
             finally:
                 reader.close()
+
+        for slug, sandbox in (("acme", firms.acme), ("beta", firms.beta)):
+            stored = {uuid for (uuid,) in read_firm_lake(slug, "select uuid from plannr.clients")}
             assert stored == {c["uuid"] for c in sandbox.firm.clients}, slug
+
+        # Each firm's lake is kept small by its own job: acme's upkeep expires acme's snapshots only.
+        snapshots = "select count(*) from ducklake_snapshots('plannr')"
+        beta_before = read_firm_lake("beta", snapshots)[0][0]
+        assert read_firm_lake("acme", snapshots)[0][0] > 1 and beta_before > 1
+        upkeep = run_dagster(
+            "job",
+            "execute",
+            "-m",
+            "plannr_pipeline.definitions",
+            "-j",
+            "acme_lake_maintenance_job",
+            env={**env, "PLANNR_LAKE_SNAPSHOT_RETENTION": "0h"},
+            cwd=firms.root,
+        )
+        assert upkeep.returncode == 0, (upkeep.stdout + upkeep.stderr)[-3000:]
+        assert read_firm_lake("acme", snapshots)[0][0] == 1
+        assert read_firm_lake("beta", snapshots)[0][0] == beta_before
         prefix = lake.data.removeprefix(f"s3://{BUCKET}/")
         objects = lake_servers.objects(lake)
         assert {key.removeprefix(prefix).split("/")[0] for key in objects} == {"acme", "beta"}

@@ -10,6 +10,7 @@ from plannr_pipeline.defs.assets.common import API_POOL, collection_asset_for
 from plannr_pipeline.defs.checks import checks_for
 from plannr_pipeline.defs.erasure import erasure_defs_for
 from plannr_pipeline.defs.jobs import jobs_for
+from plannr_pipeline.defs.lake_maintenance import lake_maintenance_defs_for
 from plannr_pipeline.defs.refresh import refresh_defs_for
 from plannr_pipeline.defs.schedules import schedules_for
 from plannr_pipeline.defs.sensors.clients import changed_clients_sensor_for
@@ -30,10 +31,15 @@ def firm_definitions(settings: FirmSettings) -> dg.Definitions:
     refresh_job, refresh_schedule = refresh_defs_for(
         firm, lambda: firm_run_parts(settings, firm.pool(API_POOL))
     )
+    # Each firm's lake is its own (schema and prefix), so each is kept small by its own job.
+    lake_jobs, lake_schedules = [], []
+    if settings.lake():
+        lake_job, lake_schedule = lake_maintenance_defs_for(firm, running=settings.schedules_running)
+        lake_jobs, lake_schedules = [lake_job], [lake_schedule]
     return dg.Definitions(
         assets=[*collections, analyst_views_for(firm)],
         asset_checks=checks_for(firm),
-        jobs=[*jobs, erase_job, retention_job, refresh_job],
+        jobs=[*jobs, erase_job, retention_job, refresh_job, *lake_jobs],
         schedules=[
             *schedules_for(
                 firm,
@@ -44,6 +50,7 @@ def firm_definitions(settings: FirmSettings) -> dg.Definitions:
             ),
             retention_schedule,
             refresh_schedule,
+            *lake_schedules,
         ],
         # Each firm polls its own API with its own token, keeping its own cursors.
         sensors=[
