@@ -90,6 +90,11 @@ def stop_group(pid: int, seconds: float = 20) -> None:
         pass
 
 
+def _as_postgres() -> list[str]:
+    """The prefix that runs a Postgres program as the postgres user when we are root."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
 @dataclass(frozen=True)
 class Lake:
     """One lake's settings: the environment a sync or the CLI needs to use it."""
@@ -122,13 +127,11 @@ class LocalServers:
             raise
 
     def _start_postgres(self) -> None:
-        import psycopg2
-
         # initdb refuses root: the cluster belongs to the postgres user, in a folder it owns and
         # can reach (not under a private folder of root's, such as pytest's temporary ones).
         self.pg_data = data = Path(tempfile.mkdtemp(prefix="plannr-pg-")) / "pg"
         data.mkdir()
-        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        as_postgres = _as_postgres()
         if as_postgres:
             shutil.chown(data.parent, "postgres")
             shutil.chown(data, "postgres")
@@ -137,6 +140,12 @@ class LocalServers:
             check=True,
             capture_output=True,
         )
+        self._run_postgres()
+
+    def _run_postgres(self) -> None:
+        import psycopg2
+
+        data, as_postgres = self.pg_data, _as_postgres()
         # fsync off: a cluster for trying and testing, speed over durability across a power cut.
         settings = ["-c", "listen_addresses=127.0.0.1", "-p", str(self.pg_port), "-k", str(data)]
         settings += ["-c", "fsync=off", "-c", "max_connections=300"]
@@ -183,6 +192,14 @@ class LocalServers:
             self.logs / "redis.log",
         )
         wait_for_port(self.redis_port, "redis-server", process)
+
+    def restart_postgres(self) -> None:
+        """Stop Postgres and start it again on the same port and data: every open session ends,
+        as when the catalog's server restarts under a running deployment."""
+        process = self.processes.pop("postgres")
+        stop_group(process.pid)
+        process.wait(timeout=30)
+        self._run_postgres()
 
     @property
     def endpoint(self) -> str:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from plannr_pipeline.defs.resources import PlannrDuckDB
-from plannr_pipeline.local_servers import BUCKET, POSTGRES_BIN
+from plannr_pipeline.local_servers import BUCKET, POSTGRES_BIN, LocalServers
 from plannr_pipeline.sandbox.firm import FirmSize
 from plannr_pipeline.sandbox.server import SandboxOptions, SandboxServer
 from plannr_pipeline.storage.commit import CommitRequest, Scope, commit
@@ -29,6 +29,7 @@ from plannr_pipeline.storage.erasure import Rewrite, rewrite_relations
 from plannr_pipeline.storage.history import HISTORY_OF, history_table
 from plannr_pipeline.storage.lake import LakeSettings, LakeStore, open_lake
 from plannr_pipeline.storage.lake_maintenance import maintain, retention_from_env
+from plannr_pipeline.storage.normalise import arrow
 from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.tables import ALL_TABLES, CLIENTS
 from tests.cli import run_cli, run_dagster, sandbox_env, start_cli, stop_group
@@ -398,3 +399,26 @@ def test_two_firms_each_land_in_their_own_lake_within_the_deployments(lake_serve
         printed = run_cli("lake-sql", "--firm", "beta", env=env, cwd=firms.root)
         assert printed.returncode == 0 and "METADATA_SCHEMA 'beta'" in printed.stdout
         assert f"{lake.data}beta/" in printed.stdout
+
+
+def test_a_long_lived_process_keeps_committing_after_the_catalogs_postgres_restarts(tmp_path):
+    """The code server (whose import sensor writes) keeps one lake connection for its life: a
+    restart of the catalog's Postgres must not wedge it. Its own servers: a restart ends every
+    session, and other tests' connections are theirs."""
+    servers = LocalServers(tmp_path / "servers", s3=False)
+    try:
+        catalog = f"postgres:{servers.conninfo(servers.create_database('lake_restarted'))}"
+        store = LakeStore(LakeSettings(catalog, f"{tmp_path / 'bucket'}/"), tmp_path / "staging")
+
+        def put(uuid: str) -> None:
+            write = StagedWrite(store)
+            write.write(CLIENTS, arrow(CLIENTS, [{"uuid": uuid, "created_month": "2024-01"}]), ["2024-01"])
+            write.commit()
+
+        put("before")
+        servers.restart_postgres()
+        put("after")
+        assert store.read(CLIENTS).column("uuid").to_pylist() == ["after"]
+        assert store.rows_of(CLIENTS) == 1
+    finally:
+        servers.stop()
