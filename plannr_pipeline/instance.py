@@ -12,9 +12,12 @@ import shutil
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from filelock import FileLock
+
 from plannr_pipeline.private_files import make_private_dir
 
 DEFAULT_HOME = ".dagster_home"
+CREATE_LOCK = ".plannr-instance.lock"  # in DAGSTER_HOME: one process at a time creates its databases
 PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
 
@@ -39,4 +42,18 @@ def prepare_instance(env: MutableMapping[str, str] = os.environ) -> list[str]:
         shutil.copyfile(PROJECT_CONFIG, config)
         said.append(f"Dagster instance: {home} (dagster.yaml written from {PROJECT_CONFIG})")
     env["DAGSTER_HOME"] = str(home)
+    _create_storage(home)
     return said
+
+
+def _create_storage(home: Path) -> None:
+    """Open the instance once, under a lock in DAGSTER_HOME, so its databases exist before anyone
+    uses them: two processes creating a fresh instance's SQLite schema at once fail ("table ...
+    already exists"), a sync from a schedule and one by hand, say. ~0.05 s once they exist."""
+    import dagster as dg
+
+    with (
+        FileLock(str(home / CREATE_LOCK), timeout=120),
+        dg.DagsterInstance.from_config(str(home)) as instance,
+    ):
+        instance.get_runs(limit=1)

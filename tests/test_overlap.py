@@ -12,6 +12,7 @@ import copy
 import json
 import subprocess
 import sys
+import time
 import uuid as uuids
 from datetime import UTC, datetime
 from pathlib import Path
@@ -461,3 +462,42 @@ def test_a_stale_sweep_without_show_route_checks_loses_no_newer_record(firm):
     assert stale.wait(180) == 0, stale.stderr.read()[-3000:]
     assert circle["uuid"] in uuids_of(firm.data_dir, "circles")
     assert circle["uuid"] not in deletions(firm.data_dir, "circles")
+
+
+PREPARE_AT_THE_SIGNAL = """
+import sys, time
+from pathlib import Path
+import dagster as dg
+from plannr_pipeline.instance import prepare_instance
+home, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+prepare_instance({"DAGSTER_HOME": home})
+with dg.DagsterInstance.from_config(home) as instance:
+    instance.get_runs(limit=1)
+"""
+
+
+def test_processes_preparing_a_fresh_dagster_home_at_once_all_succeed(tmp_path):
+    """A scheduled sync and one by hand, say, both the first on a new machine, create the
+    instance's databases at the same moment: one at a time, or one fails ("table ... already
+    exists"). Each process has imported Dagster before the signal, so they race in earnest."""
+    home, go = tmp_path / "home", tmp_path / "go"
+    ready = [tmp_path / f"ready-{n}" for n in range(4)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", PREPARE_AT_THE_SIGNAL, str(home), str(r), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in ready
+    ]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    for racer in racers:
+        _, err = racer.communicate(timeout=120)
+        assert racer.returncode == 0, err[-2000:]
