@@ -33,27 +33,32 @@ def prepare_instance(env: MutableMapping[str, str] = os.environ) -> list[str]:
     if not home.exists():
         make_private_dir(home)  # runs.db, event and compute logs: the owner's alone
         said.append(f"created DAGSTER_HOME {home}")
-    config = home / "dagster.yaml"
-    if config.exists():
-        said.append(f"Dagster instance: {home} (its own dagster.yaml, kept as it is)")
-    elif not PROJECT_CONFIG.exists():  # installed without the repository: Dagster's defaults
-        said.append(f"Dagster instance: {home} (no dagster.yaml; Dagster's defaults)")
-    else:
-        shutil.copyfile(PROJECT_CONFIG, config)
-        said.append(f"Dagster instance: {home} (dagster.yaml written from {PROJECT_CONFIG})")
+    # One process at a time writes the configuration and creates the databases: two creating a
+    # fresh instance's SQLite schema at once fail ("table ... already exists"), a sync from a
+    # schedule and one by hand, say.
+    with FileLock(str(home / CREATE_LOCK), timeout=120):
+        config = home / "dagster.yaml"
+        if config.exists():
+            said.append(f"Dagster instance: {home} (its own dagster.yaml, kept as it is)")
+        elif not PROJECT_CONFIG.exists():  # installed without the repository: Dagster's defaults
+            said.append(f"Dagster instance: {home} (no dagster.yaml; Dagster's defaults)")
+        else:
+            shutil.copyfile(PROJECT_CONFIG, config)
+            said.append(f"Dagster instance: {home} (dagster.yaml written from {PROJECT_CONFIG})")
+        # A user's own configuration (Postgres storage, say) creates its databases its own way.
+        if not config.exists() or _is_project_config(config):
+            _create_sqlite_storage(home)  # ~0.05 s once they exist
     env["DAGSTER_HOME"] = str(home)
-    _create_storage(home)
     return said
 
 
-def _create_storage(home: Path) -> None:
-    """Open the instance once, under a lock in DAGSTER_HOME, so its databases exist before anyone
-    uses them: two processes creating a fresh instance's SQLite schema at once fail ("table ...
-    already exists"), a sync from a schedule and one by hand, say. ~0.05 s once they exist."""
+def _is_project_config(config: Path) -> bool:
+    return PROJECT_CONFIG.exists() and config.read_bytes() == PROJECT_CONFIG.read_bytes()
+
+
+def _create_sqlite_storage(home: Path) -> None:
+    """Open the instance once so that its SQLite databases exist before anyone else uses them."""
     import dagster as dg
 
-    with (
-        FileLock(str(home / CREATE_LOCK), timeout=120),
-        dg.DagsterInstance.from_config(str(home)) as instance,
-    ):
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.get_runs(limit=1)
