@@ -51,6 +51,12 @@ LOW_REMAINING = 10
 # Run at this share of the limit the server announces (X-RateLimit-Limit): close to all of it,
 # with room for the odd request a clock skew between our window and the server's lets through.
 SERVER_LIMIT_SHARE = 0.98
+# Our window is this share longer than the server's (a second a minute). The server counts a
+# request when it arrives, we count it when it leaves, and the time between varies (network
+# latency, the server's queue): a request counted here a minute after another may reach the
+# server less than a minute after it. Bursts at the window's turn (a sync's fan-out) then drew a
+# few 429s with only the 2% above to spare; a second of slack covers that much jitter.
+WINDOW_SLACK = 1 / 60
 # Slots taken from the shared (file-locked) log at a time, at most: each take costs a SQLite
 # transaction, so at high rates a small chunk saves most of that; at Plannr's 500/minute it is 2.
 MAX_CHUNK = 16
@@ -142,7 +148,7 @@ class RequestBudget:
         self._refresh(declare=True)
 
     def _rates(self, limit: int) -> list[Rate]:
-        return [Rate(limit, int(self.window_seconds * Duration.SECOND))]
+        return [Rate(limit, int(self.window_seconds * (1 + WINDOW_SLACK) * Duration.SECOND))]
 
     def _set_chunk(self) -> None:
         self._chunk = max(1, min(MAX_CHUNK, int(self.limit / self.window_seconds / 4)))
@@ -203,6 +209,10 @@ class RequestBudget:
         started = time.monotonic()
         while True:
             if (delay := self._hold()) > 0:
+                # Slots taken before a pause are dropped, not spent after it: the log counts them
+                # when they were taken, and the server would get them seconds later, inside a
+                # window the log already thinks is free (a burst of 429s at its turn).
+                self._slots = 0
                 await asyncio.sleep(min(delay, self._heartbeat))
                 self._refresh()
                 continue

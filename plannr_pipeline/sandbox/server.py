@@ -64,6 +64,7 @@ class SandboxOptions:
     rate_window_seconds: float = 60.0  # tests shorten the window to exercise 429s quickly
     send_retry_after: bool = True  # Plannr does not document Retry-After; clients must cope without
     latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0  # up to this much more, at random: requests arrive out of step
     error_rate: float = 0.0  # share of requests answered 500
     drop_rate: float = 0.0  # share of connections closed without an answer
     live_import_interval: timedelta = timedelta(minutes=20)
@@ -318,8 +319,11 @@ class SandboxServer:
 
     async def _answer(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         """An API request: latency, auth, acting account, rate limit, faults, then the route."""
-        if self.options.latency_ms:
-            await asyncio.sleep(self.options.latency_ms / 1000)
+        latency = self.options.latency_ms
+        if self.options.latency_jitter_ms:
+            latency += self._faults.uniform(0, self.options.latency_jitter_ms)
+        if latency:
+            await asyncio.sleep(latency / 1000)
         if not self._token_matches(request):
             return _json(401, {"message": "Unauthenticated."})
         token = self.options.token
