@@ -47,7 +47,7 @@ ALIAS = "plannr"  # what the lake is attached as, here and in the SQL `lake-sql`
 EVENTS_SUFFIX = "_events"  # the history log behind the `<table>_history` view
 # Rows per Parquet row group the lake writes (DuckLake's default: 122,880). DuckDB's writer holds
 # a row group uncompressed until it is full, so a commit of 50,000 tasks held all of them: at
-# 10,000 clients the sync peaked at 410-429 MB with the default, 369-370 MB with this (bench/LAKE.md).
+# 10,000 clients the sync peaked at 408-429 MB with the default, 369-380 MB with this (bench/LAKE.md).
 ROW_GROUP_ROWS = 8192
 # The extensions come from PyPI wheels (DuckDB cannot download them here); each wheel holds one.
 EXTENSIONS = {"ducklake": "duckdb_extension_ducklake", "httpfs": "duckdb_extension_httpfs"}
