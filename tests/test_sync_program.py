@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -43,3 +45,21 @@ def test_a_sync_opens_dagster_home_as_dagster_does_without_captured_output(tmp_p
     monkeypatch.setenv("DAGSTER_HOME", "user/dh")
     with pytest.raises(dg.DagsterInvariantViolationError, match="absolute"):
         sync_instance()
+
+
+def test_the_sync_runs_on_the_system_allocator_not_arrows_own(make_sandbox, tmp_path):
+    """Arrow's own allocator keeps what it frees, memory a sync would hold to its end; the sync
+    asks for the system's through ARROW_DEFAULT_MEMORY_POOL, which pyarrow reads once as it loads.
+    A fresh process (pyarrow not loaded) runs the sync and says which pool pyarrow ended up with."""
+    sandbox = make_sandbox(clients=5)
+    env = sandbox_env(sandbox, tmp_path)
+    env.pop("ARROW_DEFAULT_MEMORY_POOL", None)
+    program = (
+        "import sys; from plannr_pipeline import cli; code = cli.main(['sync']); "
+        "import pyarrow; print('POOL', pyarrow.default_memory_pool().backend_name); sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "POOL system" in done.stdout, done.stdout[-500:]
