@@ -47,15 +47,17 @@ def test_a_sync_opens_dagster_home_as_dagster_does_without_captured_output(tmp_p
         sync_instance()
 
 
-def test_the_sync_runs_on_the_system_allocator_not_arrows_own(make_sandbox, tmp_path):
-    """Arrow's own allocator keeps what it frees, memory a sync would hold to its end; the sync
-    asks for the system's through ARROW_DEFAULT_MEMORY_POOL, which pyarrow reads once as it loads.
-    A fresh process (pyarrow not loaded) runs the sync and says which pool pyarrow ended up with."""
+@pytest.mark.parametrize("command", [["sync"], ["refresh", "--for", "1"]])
+def test_sync_and_refresh_run_on_the_system_allocator_not_arrows_own(make_sandbox, tmp_path, command):
+    """Arrow's own allocator keeps what it frees, memory a sync or refresh would hold to its end;
+    both ask for the system's through ARROW_DEFAULT_MEMORY_POOL, which pyarrow reads once as it
+    loads. A fresh process (pyarrow not loaded) runs the command and says which pool pyarrow
+    ended up with."""
     sandbox = make_sandbox(clients=5)
     env = sandbox_env(sandbox, tmp_path)
     env.pop("ARROW_DEFAULT_MEMORY_POOL", None)
     program = (
-        "import sys; from plannr_pipeline import cli; code = cli.main(['sync']); "
+        f"import sys; from plannr_pipeline import cli; code = cli.main({command!r}); "
         "import pyarrow; print('POOL', pyarrow.default_memory_pool().backend_name); sys.exit(code)"
     )
     done = subprocess.run(

@@ -42,12 +42,13 @@ def _job_name(firm: str | None) -> str:
 
 
 def _refresh(args: argparse.Namespace) -> int:
+    # As the sync does: freed memory goes back. Before the imports below, which load pyarrow.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     from plannr_pipeline.api import PlannrError
     from plannr_pipeline.api.config import check_settings
     from plannr_pipeline.firms.files import FirmFileError
     from plannr_pipeline.instance import prepare_instance
 
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # as the sync does: freed memory goes back
     try:
         check_settings()
         from plannr_pipeline.defs.refresh import reserve_from_env
