@@ -25,10 +25,6 @@ from plannr_pipeline.refresh.command import add_command as add_refresh_command
 
 
 def _sync(args: argparse.Namespace) -> int:
-    # Arrow's default allocator (mimalloc or jemalloc) keeps what it frees for reuse, memory the
-    # sync then holds to its end. Read once, when pyarrow loads: so before anything imports it
-    # (the firm settings below do; set after them, it was ignored: 1,000 clients 291 -> 318 MB).
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     try:  # the firm settings import the definitions, which read settings such as PLANNR_START_DATE
         from plannr_pipeline.firms.files import FirmFileError, firm_files_exist, firm_named
     except PlannrError as error:
@@ -538,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
         # DuckDB take both being absent in their stride. Only the program does this: a caller in
         # the same process may want them after the sync.
         sys.meta_path.insert(0, _Unloaded())
+    if args.command in ("sync", "refresh"):
+        # Arrow's default allocator (mimalloc or jemalloc) keeps what it frees for reuse, memory a
+        # sync or refresh then holds to its end. Read once, as pyarrow loads: so before the command
+        # imports anything (set after the firm settings had loaded pyarrow, it was ignored: a
+        # 1,000-client sync 291 -> 318 MB).
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     code = args.run(args)
     if program and args.command == "sync":
         _exit_now(code)

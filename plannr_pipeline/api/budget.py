@@ -259,7 +259,6 @@ class RequestBudget:
         except self._store.errors as error:
             raise self._store.failed(error) from None
         self._shared_until = max(self._shared_until, time.monotonic() + seconds)
-        self._slots = 0  # slots taken before the 429 are not spent after it: the budget paces again
 
     def observe_remaining(self, remaining: int | None) -> None:
         """Slow down as the server's own count runs low (it may count requests we cannot see)."""

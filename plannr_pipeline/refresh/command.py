@@ -42,8 +42,6 @@ def _job_name(firm: str | None) -> str:
 
 
 def _refresh(args: argparse.Namespace) -> int:
-    # As the sync does: freed memory goes back. Before the imports below, which load pyarrow.
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     from plannr_pipeline.api import PlannrError
     from plannr_pipeline.api.config import check_settings
     from plannr_pipeline.firms.files import FirmFileError

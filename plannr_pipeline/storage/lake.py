@@ -298,7 +298,7 @@ class LakeStore:
             return
         db = self.connect()
         with transaction(db):
-            # Kept in the catalog for every writer of the lake (maintenance's merges too).
+            # Kept in the catalog (no snapshot of its own): every process writing the lake uses it.
             db.execute(f"CALL {ALIAS}.set_option('parquet_row_group_size', {ROW_GROUP_ROWS})")
             for table in wanted:
                 self._create_or_evolve(db, table)
