@@ -88,7 +88,7 @@ def free_port() -> int:
 class Sandbox:
     """`plannr-pipeline sandbox` in its own process; `counts()` asks it what it has served so far."""
 
-    def __init__(self, clients: int, rate_limit: int, firm: str) -> None:
+    def __init__(self, clients: int, rate_limit: int, firm: str, *flags: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         shape = [arg for name, value in FIRMS[firm].items() for arg in (f"--{name}", str(value))]
@@ -109,6 +109,7 @@ class Sandbox:
                 "--token",
                 TOKEN,
                 *shape,
+                *flags,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -324,16 +325,16 @@ def run_peer(tool: str, script: str, sandbox: Sandbox, workdir: Path) -> Run:
 PEERS = {"dlt": "dlt_peer.py", "dagster-dlt": "dagster_dlt_peer.py"}
 
 
-def whole_windows(samples: list[tuple[float, int]]) -> tuple[float, list[int]]:
-    """(when the first request was served, requests served in each whole 60 s window from it),
-    from (seconds, requests so far) samples. Both limits are 60 s sliding windows that start
-    full, so a rate over any shorter span flatters or punishes."""
+def whole_windows(samples: list[tuple[float, int]], window: float = 60.0) -> tuple[float, list[int]]:
+    """(when the first request was served, requests served in each whole window from it), from
+    (seconds, requests so far) samples. Both limits are sliding windows (Plannr's a minute) that
+    start full, so a rate over any shorter span flatters or punishes."""
     first = next((t for t, n in samples if n > 0), 0.0)
-    windows, edge, served_before = [], first + 60, 0
+    windows, edge, served_before = [], first + window, 0
     for t, n in samples:
         if t >= edge:
             windows.append(n - served_before)
-            served_before, edge = n, edge + 60
+            served_before, edge = n, edge + window
     return first, windows
 
 

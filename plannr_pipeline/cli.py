@@ -322,6 +322,17 @@ def _whole(least: int):
     return parse
 
 
+def _time_scale(text: str) -> float:
+    """--time-scale: from 1 (Plannr's minute) to 120 (a half-second window)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 1 <= value <= 120:
+        raise argparse.ArgumentTypeError(f"takes a number from 1 to 120 (not {text!r})")
+    return value
+
+
 def _amount(most: float = float("inf")):
     """An argparse type: a number (decimals allowed) from 0 up to `most`."""
     bounds = "0 or more" if most == float("inf") else f"from 0 to {most:g}"
@@ -374,6 +385,7 @@ def _sandbox(args: argparse.Namespace) -> int:
         size=size,
         token=args.token,
         rate_limit_per_minute=args.rate_limit,
+        rate_window_seconds=60.0 / args.time_scale,
         latency_ms=args.latency_ms,
         error_rate=args.error_rate,
         # A small firm is generated in seconds; a large one is kept on disk for the next start.
@@ -386,6 +398,8 @@ def _sandbox(args: argparse.Namespace) -> int:
     server.advance(args.advance)
     server.start(port=args.port)
     moved = f", advanced {args.advance} step(s) to {server.changes[-1]['moment']}" if args.advance else ""
+    if args.time_scale != 1:
+        moved += f", time scale {args.time_scale:g}: {args.rate_limit} requests per {options.rate_window_seconds:g} s"
     shape = "".join(
         f", {field.replace('_', ' ')} {getattr(size, field)}"
         for field in FIRM_SHAPE
@@ -402,6 +416,8 @@ def _sandbox(args: argparse.Namespace) -> int:
         else f"  export PLANNR_API_TOKEN={args.token}",
         flush=True,
     )
+    if args.time_scale != 1:
+        print(f"  export PLANNR_RATE_WINDOW_SECONDS={options.rate_window_seconds:g}", flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -503,6 +519,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     sandbox.add_argument(
         "--rate-limit", type=int, default=500, help="requests per minute per token (default 500, as Plannr)"
+    )
+    sandbox.add_argument(
+        "--time-scale",
+        type=_time_scale,
+        default=1.0,
+        metavar="K",
+        help="run the rate limit's clock K times faster: --rate-limit requests per 60/K seconds, so a "
+        "sweep that takes hours under the real budget takes minutes (the pipeline then needs "
+        "PLANNR_RATE_WINDOW_SECONDS=60/K)",
     )
     sandbox.add_argument("--latency-ms", type=float, default=0.0)
     sandbox.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500")

@@ -308,7 +308,12 @@ def test_sync_against_the_embedded_sandbox_says_so(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "variable, value", [("PLANNR_START_DATE", "last year"), ("PLANNR_MAX_CONCURRENCY", "many")]
+    "variable, value",
+    [
+        ("PLANNR_START_DATE", "last year"),
+        ("PLANNR_MAX_CONCURRENCY", "many"),
+        ("PLANNR_RATE_WINDOW_SECONDS", "0"),
+    ],
 )
 def test_sync_with_a_malformed_setting_names_it(tmp_path, variable, value):
     done = sync_circles({variable: value}, tmp_path / "data")

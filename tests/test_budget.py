@@ -64,6 +64,33 @@ def test_budgets_of_one_token_with_different_limits_run_at_the_smallest(tmp_path
     generous.close()
 
 
+def test_callers_that_find_no_slot_wait_for_one_take_from_the_log(tmp_path):
+    """32 callers at once (a sync's fan-out), 150 requests on a budget of 100 a window: when the
+    window frees, one caller takes the next chunk from the shared log and the others wait for it.
+    Were each waiting caller to take a chunk of its own, the log would count 32 chunks where 50
+    requests were left to send; the slots nobody spends go stale and are dropped, and the rest of
+    the window is gone: another process of the token would find none."""
+    key = uuid.uuid4().hex
+    fan_out = _budget(tmp_path, key, 100)
+    chunk = 100 // int(WINDOW) // 4  # the budget's chunk: a quarter of a second's worth
+
+    async def sweep(requests: list[int]) -> None:
+        async def caller() -> None:
+            while requests:
+                requests.pop()
+                await fan_out.acquire()
+                await asyncio.sleep(0.025)  # the request's round trip
+
+        await asyncio.gather(*(caller() for _ in range(32)))
+
+    asyncio.run(sweep(list(range(150))))  # 100 in the first window, 50 in the next
+    other = _budget(tmp_path, key, 100)
+    left = asyncio.run(_count_in(other, 0.5))
+    assert left >= 100 - 50 - 2 * chunk, left  # each may hold at most a chunk beyond what it spent
+    fan_out.close()
+    other.close()
+
+
 _DECLARE = textwrap.dedent(
     """
     import sys, time

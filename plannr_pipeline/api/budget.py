@@ -33,8 +33,9 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pyrate_limiter import AbstractBucket, Duration, Limiter, Rate
 
@@ -42,7 +43,10 @@ from plannr_pipeline.api.budget_file import BudgetFileError, FileStore
 from plannr_pipeline.api.config import budget_dir_from_env, budget_server_from_env
 from plannr_pipeline.api.errors import PlannrError
 
-__all__ = ["BudgetFileError", "BudgetStore", "RequestBudget", "budget_for"]
+if TYPE_CHECKING:
+    from plannr_pipeline.api.config import PlannrSettings
+
+__all__ = ["BudgetFileError", "BudgetStore", "RequestBudget", "budget_for", "budget_of"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,7 @@ class RequestBudget:
         self.limit = limit
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._heartbeat = min(HEARTBEAT_SECONDS, window_seconds / 4)
+        self._slot_life = window_seconds * WINDOW_SLACK  # a slot spent later could break the window
         self._ttl = DECLARATION_TTL_WINDOWS * window_seconds
         self._paused_until = 0.0  # this process only (time.monotonic)
         self._shared_until = 0.0  # every process (time.monotonic), as last read from the store
@@ -145,6 +150,11 @@ class RequestBudget:
         self._limiter = Limiter(self._bucket)
         self._set_chunk()
         self._slots = 0
+        self._slots_taken_at = 0.0  # time.monotonic of the last take from the shared log
+        # A sync's steps each run an event loop of their own (asyncio.run), one after another.
+        self._takers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         self._refresh(declare=True)
 
     def _rates(self, limit: int) -> list[Rate]:
@@ -216,21 +226,39 @@ class RequestBudget:
                 await asyncio.sleep(min(delay, self._heartbeat))
                 self._refresh()
                 continue
+            if self._slots > 0 and time.monotonic() - self._slots_taken_at > self._slot_life:
+                # Slots left over from a burst (the end of one listing, before the next step
+                # starts): the log stamped them when taken and frees them a window later, so spent
+                # now they would reach the server after the log thinks they left.
+                self._slots = 0
             if self._slots > 0:
                 self._slots -= 1
                 return time.monotonic() - started
-            self._refresh()
-            if self._hold() > 0:
-                continue
-            chunk = self._chunk
-            taking = time.monotonic()
-            try:
-                await self._limiter.try_acquire_async("plannr", weight=chunk)
-            except self._store.errors as error:
-                raise self._store.failed(error) from None
-            self._slots += chunk
-            if time.monotonic() - taking >= RECHECK_AFTER_WAIT_SECONDS:
-                self._refresh()  # the wait was long enough for another process to pause us all
+            async with self._taker():
+                if self._slots > 0:
+                    continue  # another caller took a chunk while this one waited for its turn
+                self._refresh()
+                if self._hold() > 0:
+                    continue
+                chunk = self._chunk
+                taking = time.monotonic()
+                try:
+                    await self._limiter.try_acquire_async("plannr", weight=chunk)
+                except self._store.errors as error:
+                    raise self._store.failed(error) from None
+                self._slots += chunk
+                self._slots_taken_at = time.monotonic()
+                if time.monotonic() - taking >= RECHECK_AFTER_WAIT_SECONDS:
+                    self._refresh()  # the wait was long enough for another process to pause us all
+
+    def _taker(self) -> asyncio.Lock:
+        """One take from the shared log at a time per event loop: callers that find no slot left
+        wait for the chunk one of them takes, instead of each taking a chunk of its own (32 callers
+        would take 32 chunks when the window frees, and hold most of them past their life)."""
+        loop = asyncio.get_running_loop()
+        if (lock := self._takers.get(loop)) is None:
+            lock = self._takers[loop] = asyncio.Lock()
+        return lock
 
     def observe_server_limit(self, server_limit: int | None) -> int | None:
         """Follow the server's announced limit; return the limit in force when it changed."""
@@ -266,19 +294,32 @@ class RequestBudget:
             self.pause_for((LOW_REMAINING - remaining) * self.window_seconds / self.limit)
 
 
-_budgets: dict[tuple[str, int, int | None], RequestBudget] = {}
+_budgets: dict[tuple[str, int, int | None, float], RequestBudget] = {}
 _budgets_lock = threading.Lock()
 
 
-def budget_for(token: str, base_url: str, per_minute: int, ceiling: int | None = None) -> RequestBudget:
-    """The process-wide budget for this token (one per token and configured limit), in the store
-    PLANNR_BUDGET_URL names, else in this machine's budget file."""
+def budget_for(
+    token: str, base_url: str, per_window: int, ceiling: int | None = None, window_seconds: float = 60.0
+) -> RequestBudget:
+    """The process-wide budget for this token (one per token, configured limit and window), in
+    the store PLANNR_BUDGET_URL names, else in this machine's budget file."""
     key = hashlib.sha256(f"{base_url}\0{token}".encode()).hexdigest()[:16]
     with _budgets_lock:
-        if (key, per_minute, ceiling) not in _budgets:
+        if (key, per_window, ceiling, window_seconds) not in _budgets:
             server = budget_server_from_env(os.environ)
             store = server.store(key) if server else None
-            _budgets[(key, per_minute, ceiling)] = RequestBudget(
-                key, per_minute, ceiling=ceiling, store=store
+            _budgets[(key, per_window, ceiling, window_seconds)] = RequestBudget(
+                key, per_window, window_seconds=window_seconds, ceiling=ceiling, store=store
             )
-        return _budgets[(key, per_minute, ceiling)]
+        return _budgets[(key, per_window, ceiling, window_seconds)]
+
+
+def budget_of(settings: PlannrSettings) -> RequestBudget:
+    """The budget of the token `settings` name, on the limit and window they configure."""
+    return budget_for(
+        settings.token,
+        settings.base_url,
+        settings.starting_budget,
+        settings.rate_limit_per_minute,
+        settings.rate_window_seconds,
+    )

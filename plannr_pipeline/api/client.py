@@ -25,7 +25,7 @@ from httpx_aiohttp import AiohttpTransport
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from plannr_pipeline.api import limits
-from plannr_pipeline.api.budget import RequestBudget, budget_for
+from plannr_pipeline.api.budget import RequestBudget, budget_of
 from plannr_pipeline.api.config import PlannrSettings
 from plannr_pipeline.api.endpoints import PAGE_SIZE
 from plannr_pipeline.api.errors import (
@@ -196,9 +196,7 @@ class PlannrClient:
         self.settings = settings
         self._deadline = deadline_seconds
         self.stats = stats or RequestStats()
-        self.budget = budget or budget_for(
-            settings.token, settings.base_url, settings.starting_budget, settings.rate_limit_per_minute
-        )
+        self.budget = budget or budget_of(settings)
         self._max_attempts = max_attempts
         self._timeout = timeout_seconds
         self._backoff = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)

@@ -19,6 +19,9 @@ DEFAULT_BASE_URL = "https://api.plannrcrm.com"
 # (api/budget.py), capped by PLANNR_RATE_LIMIT_PER_MINUTE when that is set.
 DEFAULT_RATE_LIMIT_PER_MINUTE = 450
 DEFAULT_MAX_CONCURRENCY = 16
+# Plannr counts its limit over a minute. A sandbox whose clock runs faster (`plannr-pipeline
+# sandbox --time-scale K`) counts it over 60/K seconds; PLANNR_RATE_WINDOW_SECONDS says so.
+PLANNR_RATE_WINDOW_SECONDS = 60.0
 
 
 def positive_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -50,6 +53,7 @@ class PlannrSettings:
     account_uuid: str | None = None
     rate_limit_per_minute: int | None = None  # set: a ceiling; unset: follow the server's limit
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    rate_window_seconds: float = PLANNR_RATE_WINDOW_SECONDS
 
     @property
     def starting_budget(self) -> int:
@@ -106,6 +110,7 @@ class PlannrSettings:
             account_uuid=env.get("PLANNR_ACCOUNT_UUID") or None,
             rate_limit_per_minute=budget_from_env(env),
             max_concurrency=concurrency_from_env(env),
+            rate_window_seconds=rate_window_from_env(env),
         )
 
 
@@ -162,6 +167,7 @@ def check_settings(env: Mapping[str, str] | None = None) -> None:
         check_account_uuid(account)
     budget_from_env(env)
     concurrency_from_env(env)
+    rate_window_from_env(env)
     budget_server_from_env(env)
 
 
@@ -177,6 +183,23 @@ def budget_from_env(env: Mapping[str, str]) -> int | None:
 
 def concurrency_from_env(env: Mapping[str, str]) -> int:
     return positive_int(env, "PLANNR_MAX_CONCURRENCY", DEFAULT_MAX_CONCURRENCY)
+
+
+def rate_window_from_env(env: Mapping[str, str]) -> float:
+    """PLANNR_RATE_WINDOW_SECONDS: the span the API counts its limit over (Plannr's: a minute)."""
+    raw = env.get("PLANNR_RATE_WINDOW_SECONDS", "").strip()
+    if not raw:
+        return PLANNR_RATE_WINDOW_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not 0.5 <= seconds <= 3600:
+        raise ConfigurationError(
+            f"PLANNR_RATE_WINDOW_SECONDS must be seconds from 0.5 to 3600, got {raw!r}: unset it for "
+            "Plannr's minute, or set 60/K to match a sandbox started with --time-scale K."
+        )
+    return seconds
 
 
 def default_budget_dir(env: Mapping[str, str]) -> Path:

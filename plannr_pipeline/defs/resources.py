@@ -16,14 +16,16 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 
 from plannr_pipeline.api import PlannrClient, PlannrSettings, RequestStats
-from plannr_pipeline.api.budget import budget_for
+from plannr_pipeline.api.budget import budget_of
 from plannr_pipeline.api.budget_share import BudgetShare
 from plannr_pipeline.api.config import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_CONCURRENCY,
+    PLANNR_RATE_WINDOW_SECONDS,
     budget_from_env,
     concurrency_from_env,
     positive_int,
+    rate_window_from_env,
     sandbox_wanted,
 )
 from plannr_pipeline.defs.deployment import FixedByDeployment
@@ -54,6 +56,9 @@ class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
     account_uuid: str | None = None
     rate_limit_per_minute: int | None = None  # a ceiling; unset: follow the server's announced limit
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    rate_window_seconds: float = (
+        PLANNR_RATE_WINDOW_SECONDS  # Plannr's minute; shorter for a --time-scale sandbox
+    )
     sandbox_seed: int = 42
     sandbox_clients: int = 250
 
@@ -67,6 +72,7 @@ class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
             account_uuid=dg.EnvVar("PLANNR_ACCOUNT_UUID") if env.get("PLANNR_ACCOUNT_UUID") else None,
             rate_limit_per_minute=budget_from_env(env),
             max_concurrency=concurrency_from_env(env),
+            rate_window_seconds=rate_window_from_env(env),
             sandbox_seed=positive_int(env, "PLANNR_SANDBOX_SEED", 42),
             sandbox_clients=positive_int(env, "PLANNR_SANDBOX_CLIENTS", 250),
         )
@@ -87,6 +93,7 @@ class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
                 token=sandbox.options.token,
                 rate_limit_per_minute=self.rate_limit_per_minute,
                 max_concurrency=self.max_concurrency,
+                rate_window_seconds=self.rate_window_seconds,
             )
         return PlannrSettings(
             base_url=(self.base_url or DEFAULT_BASE_URL).rstrip("/"),
@@ -94,6 +101,7 @@ class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
             account_uuid=self.account_uuid,
             rate_limit_per_minute=self.rate_limit_per_minute,
             max_concurrency=self.max_concurrency,
+            rate_window_seconds=self.rate_window_seconds,
         )
 
     def source(self) -> str:
@@ -112,15 +120,7 @@ class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
         settings = self.settings()
         budget = None
         if share is not None:
-            budget = BudgetShare(
-                budget_for(
-                    settings.token,
-                    settings.base_url,
-                    settings.starting_budget,
-                    settings.rate_limit_per_minute,
-                ),
-                share,
-            )
+            budget = BudgetShare(budget_of(settings), share)
         return PlannrClient(settings, on_warning=on_warning, stats=stats, budget=budget)
 
     def run(

@@ -8,7 +8,12 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, field_validator
 
-from plannr_pipeline.api.config import budget_from_env, concurrency_from_env, positive_int
+from plannr_pipeline.api.config import (
+    budget_from_env,
+    concurrency_from_env,
+    positive_int,
+    rate_window_from_env,
+)
 from plannr_pipeline.defs.resources import PlannrApi, PlannrDuckDB, PlannrStorage
 from plannr_pipeline.defs.schedules import HOURLY, NIGHTLY
 from plannr_pipeline.firms.firm import RESERVED_SLUGS, SLUG_PATTERN, Firm
@@ -83,6 +88,7 @@ class FirmSettings(dg.Model):
             account_uuid=self.account_uuid,
             rate_limit_per_minute=self.rate_limit_per_minute or budget_from_env(env),
             max_concurrency=self.max_concurrency or concurrency_from_env(env),
+            rate_window_seconds=rate_window_from_env(env),
             sandbox_seed=self.sandbox_seed
             if self.sandbox_seed is not None
             else positive_int(env, "PLANNR_SANDBOX_SEED", 42),
