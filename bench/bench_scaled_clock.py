@@ -19,6 +19,7 @@ sandbox's time (real seconds x K) and in real seconds:
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,8 @@ from bench_sync import (
     whole_windows,
 )
 
+# A step's own count, as the sync logs it: "goals - 2000 requests, 3 retries, 72.7s waiting on the budget".
+REQUESTS_LINE = re.compile(r" - \d+ requests, \d+ retries, ")
 SHARE = 0.98  # of the announced limit the budget runs at (api/budget.py SERVER_LIMIT_SHARE)
 
 
@@ -125,6 +128,11 @@ def main() -> int:
                 for p in dict.fromkeys(shown)
             )
             + f"; the worst of its {len(points)} lines {max(abs(p.error) for p in points):.1%}."
+        )
+    retried = [line.split(" - ")[-2:] for _, line in measured.lines_at if REQUESTS_LINE.search(line)]
+    if retried:
+        lines.append(
+            "- requests and retries by step: " + "; ".join(f"{step}: {said}" for step, said in retried) + "."
         )
     lines.append("")
     print("\n".join(lines))
