@@ -398,15 +398,16 @@ def _sandbox(args: argparse.Namespace) -> int:
     server.advance(args.advance)
     server.start(port=args.port)
     moved = f", advanced {args.advance} step(s) to {server.changes[-1]['moment']}" if args.advance else ""
+    scaled = ""
     if args.time_scale != 1:
-        moved += f", time scale {args.time_scale:g}: {args.rate_limit} requests per {options.rate_window_seconds:g} s"
+        scaled = f", time scale {args.time_scale:g}: {args.rate_limit} requests per {options.rate_window_seconds:g} s"
     shape = "".join(
         f", {field.replace('_', ' ')} {getattr(size, field)}"
         for field in FIRM_SHAPE
         if field != "clients" and getattr(size, field) != getattr(FirmSize(), field)
     )
     print(
-        f"Plannr sandbox (seed {args.seed}, {size.clients} clients{shape}{moved}) serving at {server.url}",
+        f"Plannr sandbox (seed {args.seed}, {size.clients} clients{shape}{moved}{scaled}) serving at {server.url}",
         flush=True,
     )
     print(f"  export PLANNR_BASE_URL={server.url}", flush=True)

@@ -61,7 +61,8 @@ class SandboxOptions:
     token: str = DEFAULT_TOKEN
     reference: datetime | None = None
     rate_limit_per_minute: int = 500  # the documented Plannr limit
-    rate_window_seconds: float = 60.0  # tests shorten the window to exercise 429s quickly
+    # Tests shorten the window to exercise 429s quickly; `sandbox --time-scale K` makes it 60/K s.
+    rate_window_seconds: float = 60.0
     send_retry_after: bool = True  # Plannr does not document Retry-After; clients must cope without
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0  # up to this much more, at random: requests arrive out of step
