@@ -121,8 +121,10 @@ def main() -> int:
         )
     if points:
         shown = [p for p in (eta.nearest(points, share) for share in (0.1, 0.25, 0.5, 0.75, 0.9)) if p]
+        fan_out_bound = args.clients / (SHARE * args.rate) * window  # one goals request a client
         lines.append(
-            f"- goals fan-out: {clock(fan_out, scale)}; its progress lines' time left against its real end: "
+            f"- goals fan-out: {clock(fan_out, scale)}, {fan_out / fan_out_bound:.2f}x its own bound "
+            f"({clock(fan_out_bound, scale)}); its progress lines' time left against its real end: "
             + "; ".join(
                 f"at {p.share:.0%} {_hms(p.left * scale)} left (error {p.error:+.1%})"
                 for p in dict.fromkeys(shown)

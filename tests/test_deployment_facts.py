@@ -25,6 +25,7 @@ import pytest
 
 from plannr_pipeline.defs.alerts import AlertWebhook
 from plannr_pipeline.defs.deployment import DeploymentSettingError
+from plannr_pipeline.defs.resources import PlannrApi
 from tests.cli import clean_env, run_cli, stop_group
 from tests.test_ui import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, LOCATION, free_port, wait_for
 
@@ -250,6 +251,29 @@ def test_run_config_cannot_move_the_alerts(alert_receiver):
     ) or "fixed by the deployment" in str(failure.event_specific_data)
     assert dg.materialize([alerting], resources={"alert_webhook": deployed}).success
     assert other == [None] and alert_receiver.received == [{"event": "test"}]
+
+
+def test_run_config_cannot_shorten_the_rate_window():
+    """A launch that shortened the budget's window would multiply the token's pace against the
+    real API (500 a minute becomes 500 a second): the window is the deployment's too."""
+    windows = []
+
+    @dg.asset
+    def paced(plannr: PlannrApi) -> None:
+        windows.append(plannr.settings().rate_window_seconds)
+
+    deployed = PlannrApi(base_url="https://api.plannrcrm.com", token="deployed-token")
+    shortened = dg.materialize(
+        [paced],
+        resources={"plannr": deployed},
+        run_config={"resources": {"plannr": {"config": {"rate_window_seconds": 0.5}}}},
+        raise_on_error=False,
+    )
+    assert not shortened.success and windows == []
+    failure = next(e for e in shortened.all_events if e.is_failure)
+    assert "rate_window_seconds" in str(failure.event_specific_data)
+    assert dg.materialize([paced], resources={"plannr": deployed}).success
+    assert windows == [60.0]
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")

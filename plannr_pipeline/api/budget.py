@@ -134,7 +134,9 @@ class RequestBudget:
         self.limit = limit
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._heartbeat = min(HEARTBEAT_SECONDS, window_seconds / 4)
-        self._slot_life = window_seconds * WINDOW_SLACK  # a slot spent later could break the window
+        # A slot spent later than this after the log stamped it could break the server's window;
+        # half the slack, so the other half still covers the network's jitter.
+        self._slot_life = window_seconds * WINDOW_SLACK / 2
         self._ttl = DECLARATION_TTL_WINDOWS * window_seconds
         self._paused_until = 0.0  # this process only (time.monotonic)
         self._shared_until = 0.0  # every process (time.monotonic), as last read from the store
@@ -151,10 +153,8 @@ class RequestBudget:
         self._set_chunk()
         self._slots = 0
         self._slots_taken_at = 0.0  # time.monotonic of the last take from the shared log
-        # A sync's steps each run an event loop of their own (asyncio.run), one after another.
-        self._takers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
+        # The lock of `_taker`, per thread: (the event loop it belongs to, weakly; the lock).
+        self._takers = threading.local()
         self._refresh(declare=True)
 
     def _rates(self, limit: int) -> list[Rate]:
@@ -255,9 +255,14 @@ class RequestBudget:
         """One take from the shared log at a time per event loop: callers that find no slot left
         wait for the chunk one of them takes, instead of each taking a chunk of its own (32 callers
         would take 32 chunks when the window frees, and hold most of them past their life)."""
+        # A sync's steps each run an event loop of their own (asyncio.run), one after another; a
+        # lock belongs to the loop it first waited in, so a new loop gets a new lock, and a lock
+        # kept per thread (not per loop, in a table) goes with the loop it no longer serves.
         loop = asyncio.get_running_loop()
-        if (lock := self._takers.get(loop)) is None:
-            lock = self._takers[loop] = asyncio.Lock()
+        owner, lock = getattr(self._takers, "current", (None, None))
+        if lock is None or owner() is not loop:
+            lock = asyncio.Lock()
+            self._takers.current = (weakref.ref(loop), lock)
         return lock
 
     def observe_server_limit(self, server_limit: int | None) -> int | None:

@@ -76,6 +76,7 @@ class PlannrSettings:
                 f"PLANNR_API_TOKEN has {bad}: a Plannr token is printable ASCII only; "
                 "copy it again from Plannr (Settings -> Account Details -> Personal Access Tokens)."
             )
+        check_rate_window(self.rate_window_seconds)
         if self.account_uuid is not None:
             check_account_uuid(self.account_uuid)
         if not self.base_url.startswith(("http://", "https://")):
@@ -194,10 +195,15 @@ def rate_window_from_env(env: Mapping[str, str]) -> float:
         seconds = float(raw)
     except ValueError:
         seconds = 0.0
-    if not 0.5 <= seconds <= 3600:
+    return check_rate_window(seconds, raw)
+
+
+def check_rate_window(seconds: float, shown: object = None) -> float:
+    """A rate window of 0.5 s to an hour; anything else is one line naming the variable."""
+    if not 0.5 <= seconds <= 3600:  # NaN fails this too
         raise ConfigurationError(
-            f"PLANNR_RATE_WINDOW_SECONDS must be seconds from 0.5 to 3600, got {raw!r}: unset it for "
-            "Plannr's minute, or set 60/K to match a sandbox started with --time-scale K."
+            f"PLANNR_RATE_WINDOW_SECONDS must be seconds from 0.5 to 3600, got {shown if shown is not None else seconds!r}: "
+            "unset it for Plannr's minute, or set 60/K to match a sandbox started with --time-scale K."
         )
     return seconds
 

@@ -41,7 +41,8 @@ class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
     """The Plannr REST API, or the embedded sandbox when neither token nor base URL is set.
 
     Where the token goes is the deployment's to say (defs/deployment.py): run config cannot
-    change base_url, token or account_uuid. The rest (budget, concurrency, the sandbox's firm)
+    change base_url, token or account_uuid, nor the rate window (a shorter one would multiply the
+    token's pace against the real API). The rest (budget ceiling, concurrency, the sandbox's firm)
     may be tuned per run.
     """
 
@@ -49,6 +50,7 @@ class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
         "base_url": "PLANNR_BASE_URL",
         "token": "PLANNR_API_TOKEN",
         "account_uuid": "PLANNR_ACCOUNT_UUID",
+        "rate_window_seconds": "PLANNR_RATE_WINDOW_SECONDS",
     }
 
     base_url: str | None = None
@@ -93,7 +95,7 @@ class PlannrApi(FixedByDeployment, dg.ConfigurableResource):
                 token=sandbox.options.token,
                 rate_limit_per_minute=self.rate_limit_per_minute,
                 max_concurrency=self.max_concurrency,
-                rate_window_seconds=self.rate_window_seconds,
+                rate_window_seconds=sandbox.options.rate_window_seconds,  # its own, whatever is set
             )
         return PlannrSettings(
             base_url=(self.base_url or DEFAULT_BASE_URL).rstrip("/"),
