@@ -219,14 +219,17 @@ class RequestBudget:
         started = time.monotonic()
         while True:
             if (delay := self._hold()) > 0:
+                # Slots taken before a pause are dropped, not spent after it: the log counts them
+                # when they were taken, and the server would get them seconds later, inside a
+                # window the log already thinks is free (a burst of 429s at its turn).
+                self._slots = 0
                 await asyncio.sleep(min(delay, self._heartbeat))
                 self._refresh()
                 continue
             if self._slots > 0 and time.monotonic() - self._slots_taken_at > self._slot_life:
-                # Slots left over from before a pause, or from a burst before the next step
-                # started: the log stamped them when taken and frees them a window later, so spent
-                # now they would reach the server after the log thinks they left (a burst of 429s
-                # at the window's turn).
+                # Slots left over from a burst (the end of one listing, before the next step
+                # starts): the log stamped them when taken and frees them a window later, so spent
+                # now they would reach the server after the log thinks they left.
                 self._slots = 0
             if self._slots > 0:
                 self._slots -= 1
