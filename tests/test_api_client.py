@@ -89,9 +89,11 @@ def test_client_budget_keeps_under_the_server_limit(make_sandbox, make_client):
 def test_the_budget_stays_under_a_server_whose_requests_arrive_out_of_step(make_sandbox, make_client):
     """The server counts a request when it arrives, after a latency that varies (here 0-45 ms, in
     a 3 s window), and its low X-Ratelimit-Remaining makes the budget pause now and then. The
-    budget at the server's very limit, no share held back: two guards keep the 429s away, the
-    slack on the budget's window (without it: 429s in 3 of 4 runs) and dropping slots taken before
-    a pause (spent after it, they reach the server out of step with the log: 429s in 4 of 4)."""
+    budget at the server's very limit, no share held back. Slots taken before a pause and spent
+    after it reach the server out of step with the log, so the budget drops them (and any slot
+    older than half its slack). When first written, without the slack this failed 3 of 4 runs;
+    since callers share one take from the log, it passed 2 of 2 without it, and it draws the odd
+    429 under a loaded machine's jitter: a test to make robust."""
     sandbox = make_sandbox(
         clients=240, rate_limit_per_minute=20, rate_window_seconds=3.0, latency_jitter_ms=45
     )
