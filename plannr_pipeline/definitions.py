@@ -20,7 +20,7 @@ from plannr_pipeline.defs.executor import executor_from_env
 from plannr_pipeline.defs.jobs import JOBS
 from plannr_pipeline.defs.lake_maintenance import LAKE_MAINTENANCE_DEFS
 from plannr_pipeline.defs.refresh import REFRESH_DEFS
-from plannr_pipeline.defs.resources import PlannrApi, storage_resources_from_env
+from plannr_pipeline.defs.resources import resources_from_env as resources
 from plannr_pipeline.defs.schedules import SCHEDULES
 from plannr_pipeline.defs.sensors import FIRM_SENSORS
 from plannr_pipeline.firms.files import read_firm_files
@@ -38,16 +38,6 @@ FIRMS_DIR = Path(__file__).parent / "defs" / "firms"
 
 def firm_folders() -> list[Path]:
     return sorted(p.parent for p in FIRMS_DIR.glob("*/defs.yaml"))
-
-
-def resources() -> dict[str, dg.ConfigurableResource]:
-    storage, duckdb = storage_resources_from_env()
-    return {
-        "plannr": PlannrApi.from_env(),
-        "storage": storage,
-        "duckdb": duckdb,
-        "alert_webhook": AlertWebhook.from_env(),
-    }
 
 
 def _without_single_firm(loaded: dg.Definitions) -> dg.Definitions:

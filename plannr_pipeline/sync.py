@@ -19,9 +19,10 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from plannr_pipeline import dead_runs
 from plannr_pipeline.api import UnreachableError
-from plannr_pipeline.definitions import ASSETS, resources
+from plannr_pipeline.defs.assets import ASSETS
 from plannr_pipeline.defs.assets.common import API_POOL, SkippedUnreachable
 from plannr_pipeline.defs.checks import CHECKS
+from plannr_pipeline.defs.resources import resources_from_env
 from plannr_pipeline.pool_wait import reaping_while_waiting, wait_for_slot
 
 # How long a sync waits for a slot in the API pool before it gives up (--pool-wait).
@@ -177,7 +178,7 @@ def run_sync(
             run = dg.materialize(
                 [*assets, *checks],  # the blocking checks of the selected assets run too
                 selection=selection,
-                resources=resources_by_key or resources(),
+                resources=resources_by_key or resources_from_env(),
                 instance=instance,
                 # The process, so a later sync (or dead_runs_sensor) can tell if it died mid-run.
                 tags={**dead_runs.process_tags(), **(range_tags(step.partitions_def) if partitioned else {})},

@@ -28,6 +28,7 @@ from plannr_pipeline.api.config import (
     rate_window_from_env,
     sandbox_wanted,
 )
+from plannr_pipeline.defs.alerts import AlertWebhook
 from plannr_pipeline.defs.deployment import FixedByDeployment
 from plannr_pipeline.private_files import make_private_dir
 from plannr_pipeline.storage.lake import ALIAS as LAKE_ALIAS
@@ -236,3 +237,14 @@ def storage_resources_from_env() -> tuple[PlannrStorage, PlannrDuckDB]:
         **lake_fields,
     )
     return PlannrStorage(data_dir=data_dir, database=database.database, **lake_fields), database
+
+
+def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    """The single firm's resources, by the keys its assets ask for, from the PLANNR_* variables."""
+    storage, duckdb = storage_resources_from_env()
+    return {
+        "plannr": PlannrApi.from_env(),
+        "storage": storage,
+        "duckdb": duckdb,
+        "alert_webhook": AlertWebhook.from_env(),
+    }
