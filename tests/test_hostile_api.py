@@ -86,6 +86,20 @@ def test_json_nested_deeply_is_refused_not_a_recursion_error(tmp_path, depth):
     _refused([_json_answer(body)], tmp_path, f"nested deeper than {limits.MAX_DEPTH} levels")
 
 
+def test_numbers_too_big_for_64_bits_are_read_exactly_and_odd_json_still_parses(tmp_path):
+    """The fast reader (orjson) would turn a 30-digit number into a float, losing its digits, and
+    refuses NaN, which the standard library reads: both reach the record as they were sent."""
+    huge = {**RECORD, "wild": 123456789012345678901234567890}
+    meta = '"meta": {"total": 1, "last_page": 1, "current_page": 1}'
+    for record, extra in ((huge, ""), (RECORD, '"odd": NaN, ')):
+        server = BrokenHttpServer([_json_answer(f'{{{extra}"data": [{json.dumps(record)}], {meta}}}'.encode())])
+        try:
+            (listed,) = _list(_client(server.url, tmp_path, max_attempts=1))
+            assert listed == record and type(listed.get("wild", 0)) is int
+        finally:
+            server.close()
+
+
 def test_real_answers_pass_every_limit(tmp_path):
     page = {"data": [RECORD], "meta": {"total": 1, "last_page": 1, "current_page": 1}}
     body = gzip.compress(json.dumps(page).encode())

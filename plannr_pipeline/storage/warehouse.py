@@ -53,6 +53,16 @@ def view_sql(table: Table, store: Store) -> str:
     return f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT {columns} WHERE false'
 
 
+def _execute_in_one_transaction(connection: duckdb.DuckDBPyConnection, relations: list[Relation]) -> None:
+    """Each relation's view and comments, all or none: one commit instead of one per statement
+    (~360 of them, most of them comments: 0.20 -> 0.14 s a new file, paid by each first landing)."""
+    connection.execute("BEGIN")
+    for relation in relations:
+        for statement in relation.statements():
+            connection.execute(statement)
+    connection.execute("COMMIT")
+
+
 class Warehouse:
     """The store of record and the relations analysts query over it.
 
@@ -153,9 +163,7 @@ class Warehouse:
                         return None
                 # The file holds a user's own objects, which a new file would lose: write in place.
                 with duckdb.connect(str(self.db_path), config=CONNECT_CONFIG) as connection:
-                    for relation in stale:
-                        for statement in relation.statements():
-                            connection.execute(statement)
+                    _execute_in_one_transaction(connection, stale)
         except (duckdb.Error, Timeout) as error:
             reason = f"views in {self.db_path} not refreshed (database in use: {str(error).splitlines()[0]}); the data is in Parquet and existing views read it"
             log.warning(reason)
@@ -171,9 +179,7 @@ class Warehouse:
         temp = self.db_path.with_name(f".{self.db_path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         try:
             with duckdb.connect(str(temp), config=CONNECT_CONFIG) as connection:
-                for relation in wanted:
-                    for statement in relation.statements():
-                        connection.execute(statement)
+                _execute_in_one_transaction(connection, wanted)
             with open(temp, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(temp, self.db_path)
