@@ -88,18 +88,18 @@ def test_client_budget_keeps_under_the_server_limit(make_sandbox, make_client):
 
 def test_the_budget_stays_under_a_server_whose_requests_arrive_out_of_step(make_sandbox, make_client):
     """The server counts a request when it arrives, after a latency that varies (here 0-45 ms, in
-    a 3 s window), and its low X-Ratelimit-Remaining makes the budget pause now and then. The
-    budget at the server's very limit, no share held back. Slots taken before a pause and spent
-    after it reach the server out of step with the log, so the budget drops them (and any slot
-    older than half its slack). When first written, without the slack this failed 3 of 4 runs;
-    since callers share one take from the log, it passed 2 of 2 without it, and it draws the odd
-    429 under a loaded machine's jitter: a test to make robust."""
+    a 6 s window), and its low X-Ratelimit-Remaining makes the budget pause now and then; the
+    budget runs at the server's very limit, no share held back. Half the budget's slack (50 ms of
+    this window) covers the jitter, with room for a loaded machine's stalls: at a 3 s window it
+    had 5 ms to spare and drew the odd 429 under load. Slots spent past their life (across a
+    pause, after a burst) are the deterministic test_budget.py's; at this scale this one passed
+    without that rule too (2 of 2)."""
     sandbox = make_sandbox(
-        clients=240, rate_limit_per_minute=20, rate_window_seconds=3.0, latency_jitter_ms=45
+        clients=120, rate_limit_per_minute=20, rate_window_seconds=6.0, latency_jitter_ms=45
     )
-    client = make_client(sandbox, limit=20, window_seconds=3.0, max_concurrency=16)
+    client = make_client(sandbox, limit=20, window_seconds=6.0, max_concurrency=16)
     clients, _ = asyncio.run(sweep(client))
-    assert len(clients) == 240
+    assert len(clients) == 120
     assert client.stats.rate_limited == 0
 
 

@@ -219,17 +219,16 @@ class RequestBudget:
         started = time.monotonic()
         while True:
             if (delay := self._hold()) > 0:
-                # Slots taken before a pause are dropped, not spent after it: the log counts them
-                # when they were taken, and the server would get them seconds later, inside a
-                # window the log already thinks is free (a burst of 429s at its turn).
-                self._slots = 0
+                # Slots taken before a pause are not spent after it: by then they are past their
+                # life, and dropped below like any other.
                 await asyncio.sleep(min(delay, self._heartbeat))
                 self._refresh()
                 continue
             if self._slots > 0 and time.monotonic() - self._slots_taken_at > self._slot_life:
                 # Slots left over from a burst (the end of one listing, before the next step
-                # starts): the log stamped them when taken and frees them a window later, so spent
-                # now they would reach the server after the log thinks they left.
+                # starts) or held across a pause: the log stamped them when taken and frees them a
+                # window later, so spent now they would reach the server after the log thinks they
+                # left, inside a window it thinks is free (429s at its turn).
                 self._slots = 0
             if self._slots > 0:
                 self._slots -= 1
