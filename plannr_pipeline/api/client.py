@@ -314,7 +314,9 @@ class PlannrClient:
         self.stats.record(path, status, len(body))
         self.budget.observe_remaining(_int_header(headers, "X-Ratelimit-Remaining"))
         self.budget.observe_server_limit(_int_header(headers, "X-RateLimit-Limit"))
-        self.stats.budget_per_minute = self.budget.limit
+        # Per minute of real time, beside the requests a minute the progress lines count: a
+        # window other than Plannr's minute (the sandbox's scaled clock) allows limit x 60 / window.
+        self.stats.budget_per_minute = round(self.budget.limit * 60 / self.budget.window_seconds)
         if status == 429:
             # Hold every process of this token (the pause is in the shared budget file) until the
             # server's window has passed: Retry-After, else X-RateLimit-Reset, else a whole window

@@ -21,7 +21,7 @@ class RequestStats:
     rate_limited: int = 0
     bytes_received: int = 0
     budget_wait_seconds: float = 0.0
-    budget_per_minute: int | None = None  # the budget in force at the last answer
+    budget_per_minute: int | None = None  # the budget in force at the last answer, per real minute
     warnings: list[str] = field(default_factory=list)
 
     @property
