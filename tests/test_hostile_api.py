@@ -92,7 +92,9 @@ def test_numbers_too_big_for_64_bits_are_read_exactly_and_odd_json_still_parses(
     huge = {**RECORD, "wild": 123456789012345678901234567890}
     meta = '"meta": {"total": 1, "last_page": 1, "current_page": 1}'
     for record, extra in ((huge, ""), (RECORD, '"odd": NaN, ')):
-        server = BrokenHttpServer([_json_answer(f'{{{extra}"data": [{json.dumps(record)}], {meta}}}'.encode())])
+        server = BrokenHttpServer(
+            [_json_answer(f'{{{extra}"data": [{json.dumps(record)}], {meta}}}'.encode())]
+        )
         try:
             (listed,) = _list(_client(server.url, tmp_path, max_attempts=1))
             assert listed == record and type(listed.get("wild", 0)) is int

@@ -18,7 +18,7 @@ PLACEHOLDER_PREFIX = "App\\Http\\Resources\\"
 
 def is_placeholder(value: Any) -> bool:
     """An unexpanded relationship as the docs show it: a resource class name, or a schema blob."""
-    if type(value) is str or isinstance(value, str):
+    if isinstance(value, str):
         return value.startswith(PLACEHOLDER_PREFIX) or value == "Object"
     if isinstance(value, dict) and value:
         return all(

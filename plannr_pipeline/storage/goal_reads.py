@@ -41,11 +41,13 @@ def record_goal_reads(store: Store, reads: Mapping[str, datetime]) -> None:
     )
     with store.lock():
         store.recover_locked()
-        # In Arrow, not Python objects (100,000 clients: ~30 MB less): the later read of each
-        # client wins (a stored read without a time loses to any), clients no longer stored leave.
+        # In Arrow, not a Python object per client: the later read of each client wins (a stored
+        # read without a time loses to any), and clients no longer stored leave.
         stored = store.read(GOAL_READS).select(GOAL_READS.schema.names).cast(GOAL_READS.schema)
         latest = (
-            pa.concat_tables([read, stored]).group_by("client_uuid", use_threads=False).aggregate([("seen_at", "max")])
+            pa.concat_tables([read, stored])
+            .group_by("client_uuid", use_threads=False)
+            .aggregate([("seen_at", "max")])
         )
         current = store.read(CLIENTS, columns=["uuid"]).column("uuid").combine_chunks()
         rows = pa.table(

@@ -44,8 +44,8 @@ def goals(context: dg.AssetExecutionContext, plannr: PlannrApi, storage: PlannrS
     """Goals of the clients stored for these partitions; a goal sits in its client's partition."""
     store = storage.warehouse().store
     stored = store.read(CLIENTS, partitions=context.partition_keys, columns=["uuid", "created_month"])
-    # Straight from the columns, each month one string: a row dict per client held through the
-    # fan-out was ~25 MB at 100,000 clients.
+    # Straight from the columns, each month one string: not a row dict per client held through
+    # the whole fan-out.
     months: dict[str, str] = {}
     month_of_client = {
         uuid: months.setdefault(month, month)

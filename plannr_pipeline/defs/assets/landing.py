@@ -167,8 +167,8 @@ class Landing:
         self.write = StagedWrite(self.store)
         self.rows: Counter[str] = Counter()
         self.rows_by_partition: Counter[str] = Counter()
-        # What the listings promised and delivered: totals, and each listing that fell short by
-        # name (a goals fan-out is a listing per client: 100,000 kept whole was ~20 MB).
+        # What the listings promised and delivered: totals, and by name only those that fell
+        # short (a goals fan-out is a listing per client, 100,000 of them in a large firm).
         self.listings = 0
         self.api_total = 0
         self.received = 0
