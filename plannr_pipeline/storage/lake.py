@@ -430,6 +430,7 @@ class LakeStore:
         files with deleted rows are rewritten without them, every snapshot before now expires,
         and the objects only those snapshots named are deleted from the bucket. For erasure and
         retention, which must remove data, not just hide it from the newest snapshot."""
+        tables = list(tables)
         with self.connect() as db:
             for table in tables:
                 db.execute(
@@ -437,6 +438,14 @@ class LakeStore:
                 ).fetchall()
             db.execute(f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => now())").fetchall()
             db.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)").fetchall()
+            # The catalog's table-wide minimum and maximum of each column only ever widen, so a
+            # purged value that was a column's extreme would stay there: forgotten, not kept.
+            names = ", ".join(quote(lake_name(table)) for table in tables)
+            metadata = f"__ducklake_metadata_{ALIAS}"
+            db.execute(
+                f"UPDATE {metadata}.ducklake_table_column_stats SET min_value = NULL, max_value = NULL "
+                f"WHERE table_id IN (SELECT table_id FROM {metadata}.ducklake_table WHERE table_name IN ({names}))"
+            )
 
     def compact_log(self, log_table: Table) -> int:
         """Nothing per commit: `maintain` merges the lake's small files on a schedule."""
