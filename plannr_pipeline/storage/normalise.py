@@ -111,10 +111,7 @@ def to_row(table: t.Table, record: dict[str, Any], drift: Drift, **fixed: Any) -
             row[name] = None
             continue
         try:
-            value = convert(raw) if convert else raw
-            if bounds and type(value) is int and not bounds[0] <= value <= bounds[1]:
-                raise ValueError(f"{value} does not fit")  # as `convert.fitting`: lands in _unparsed
-            row[name] = value
+            row[name] = c.within(convert(raw) if convert else raw, bounds)
         except (ValueError, TypeError):
             row[name] = None
             unparsed[name] = raw
