@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -301,6 +302,28 @@ def test_taking_back_a_record_takes_back_its_child_rows_too(tmp_path):
         ("other", "1"),
         ("other", "2"),
     ]
+
+
+def test_a_file_written_before_a_column_existed_reads_with_it_null(tmp_path):
+    """A file from an older version lacks columns added since (`seen_at`, say), and one another
+    writer made may type a column its own way: both read as today's schema, and take new rows."""
+    store = ParquetStore(tmp_path / "parquet")
+    old = arrow(TASKS, [{"uuid": "t1", "position": 7}]).drop_columns(["seen_at"])
+    old = old.set_column(old.schema.get_field_index("position"), "position", old["position"].cast(pa.int16()))
+    path = store.path_of(TASKS)
+    path.parent.mkdir(parents=True)
+    pq.write_table(old, path)
+
+    stored = store.read(TASKS)
+    assert stored.schema == TASKS.schema
+    assert store.read(TASKS, columns=["seen_at", "position"]).to_pylist() == [
+        {"seen_at": None, "position": 7}
+    ]
+    write = StagedWrite(store)
+    write.write(TASKS, stored)
+    write.write(TASKS, arrow(TASKS, [{"uuid": "t2", "position": 8}]))
+    write.commit()
+    assert sorted(r["position"] for r in store.read(TASKS).to_pylist()) == [7, 8]
 
 
 def test_an_aborted_or_discarded_staged_file_leaves_no_folder_but_keeps_stored_ones(tmp_path):
