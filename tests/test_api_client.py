@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -365,3 +365,51 @@ def test_a_listing_tells_records_apart_by_uuid_exactly_however_it_remembers_them
     page = listing.take(Page([later], 2, 2, 5))
     assert page.records == [] and page.newer_copies == [later]
     assert listing.duplicates == 1 and listing.received == 4
+
+
+def _stamp(micros: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)).isoformat()
+
+
+def test_a_long_listing_packs_what_it_has_seen_and_still_keeps_each_records_newest_copy():
+    """Past a few thousand records a listing packs each uuid and time into byte arrays: a copy
+    shown again is still told apart as newer or not, a uuid in another form is still another
+    record, and 16 bytes that happen to straddle two packed records are not a record seen."""
+    from plannr_pipeline.api.seen import _BUCKETS, SeenRecords, Shown
+
+    seen = SeenRecords()
+    ids = [uuid.UUID(int=n * 0x9E3779B97F4A7C15 + (n << 80)) for n in range(1, 6_001)]
+    for n, each in enumerate(ids):
+        assert seen.show(str(each), _stamp(1_000 + n) if n % 7 else None) is Shown.FIRST
+    assert len(seen) == 6_000 and seen._buckets is not None  # packed
+    first, untimed = str(ids[1]), str(ids[7])
+    assert seen.show(first, _stamp(1_001)) is Shown.NOT_NEWER
+    assert seen.show(first, _stamp(1_000)) is Shown.NOT_NEWER
+    assert seen.show(first, _stamp(1_002)) is Shown.NEWER
+    assert seen.show(first, _stamp(1_002)) is Shown.NOT_NEWER
+    assert seen.show(untimed, None) is Shown.NOT_NEWER
+    assert seen.show(untimed, _stamp(5)) is Shown.NEWER
+    assert seen.show(first.upper(), None) is Shown.FIRST
+    assert seen.show(ids[1].int, None) is Shown.FIRST
+    assert seen.show(first, "9999-12-31T23:59:59.999999+00:00") is Shown.NEWER
+
+    # Two records of one bucket, the first stamped so that its time's 8 bytes and the second's
+    # first 8 bytes of uuid read as a third uuid that hashes to the same bucket.
+    def bucket_of(n: int) -> int:
+        return hash(n) % _BUCKETS
+
+    micros, high = (1 << 40) + 12_345, 0x0123456789ABCDEF
+    straddling = uuid.UUID(bytes=micros.to_bytes(8, "big") + high.to_bytes(8, "big"))
+    target = bucket_of(straddling.int)
+    second, first_of_bucket = (
+        uuid.UUID(int=next(n for n in range(start, start + (1 << 20)) if bucket_of(n) == target))
+        for start in ((high << 64), (42 << 64))
+    )
+    fresh = SeenRecords()
+    for each in ids[:4_096]:
+        fresh.show(str(each), None)
+    assert fresh.show(str(first_of_bucket), _stamp(micros)) is Shown.FIRST
+    assert fresh.show(str(second), None) is Shown.FIRST
+    assert fresh.show(str(straddling), None) is Shown.FIRST
+    assert fresh.show(str(straddling), None) is Shown.NOT_NEWER
+    assert len(fresh) == 4_099

@@ -11,12 +11,11 @@ import asyncio
 import dataclasses
 import math
 import random
-import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -40,6 +39,7 @@ from plannr_pipeline.api.errors import (
     UnreachableError,
     redact,
 )
+from plannr_pipeline.api.seen import SeenRecords, Shown
 from plannr_pipeline.api.stats import RequestStats, endpoint_of
 
 USER_AGENT = "plannr-pipeline/0.1"
@@ -512,44 +512,12 @@ def with_newer_copies(records: list[dict[str, Any]], newer: list[dict[str, Any]]
 # A listing remembers every record it showed (uuid -> `updated_at`): 500,000 of them (a
 # 100,000-client firm's tasks) took 84 MB as uuid strings and ints, 58 MB as the uuids' 128-bit
 # numbers and floats (measured alone).
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_EXACT_IN_A_FLOAT = 2**53
-
-
-def _seen_key(uuid: Any) -> object:
-    """How a listing remembers a record's uuid: a canonical one as its number (one to one), any
-    other string as sent, anything else in a tuple (so the number 5 is never the uuid ...0005)."""
-    if type(uuid) is str:
-        return int(uuid.replace("-", ""), 16) if _CANONICAL_UUID.fullmatch(uuid) else uuid
-    return (uuid,)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _instant(value: Any) -> float | int | None:
-    """An ISO 8601 `updated_at` as microseconds since 1970 (None when absent or unreadable).
-
-    A number, not the datetime, and a float (24 bytes, not an int's 32) wherever a float holds it
-    exactly (to the year 2255); a float and an int compare exactly."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    micros = ((moment if moment.tzinfo else moment.replace(tzinfo=UTC)) - _EPOCH) // _MICROSECOND
-    return float(micros) if -_EXACT_IN_A_FLOAT < micros < _EXACT_IN_A_FLOAT else micros
-
-
 class _ListingPass:
     """What one listing has shown so far: seen uuids, the total, and signs that it shifted."""
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        # uuid -> updated_at (see _instant) of the copy kept: a record shown twice keeps its newest copy
-        self.seen: dict[object, float | int | None] = {}  # keyed by `_seen_key`
+        self.seen = SeenRecords()
         self.first_total: int | None = None
         self.total: int | None = None
         self.duplicates = 0
@@ -570,16 +538,12 @@ class _ListingPass:
                 if self.rereading:
                     continue  # no way to tell it from the one the first pass showed
                 self.without_uuid += 1
-            elif (key := _seen_key(uuid)) in self.seen:
+            elif (shown := self.seen.show(uuid, record.get("updated_at"))) is not Shown.FIRST:
                 if not self.rereading:
                     self.duplicates += 1
-                kept, this = self.seen[key], _instant(record.get("updated_at"))
-                if this is not None and (kept is None or this > kept):
-                    self.seen[key] = this
+                if shown is Shown.NEWER:
                     newer.append(record)
                 continue
-            else:
-                self.seen[key] = _instant(record.get("updated_at"))
             fresh.append(record)
         if len(fresh) == len(page.records) and page.total == self.total:
             return page
