@@ -172,7 +172,11 @@ def events_for(
         if deleted:
             db.executemany("INSERT INTO deleted VALUES (?)", [(u,) for u in deleted])
         logged = _log_columns(db, log) if log else set()
-        passes = _passes(staged_files)
+        # With no log to join and no child rows to gather, a pass streams (read, hash, write) and
+        # its memory does not grow with its records: one pass, not one read of every staged file
+        # per slice (the first 300,000 goals: 1.3 s and +41 MB in one pass, 25.5 s and +48 MB in
+        # slices of 10,000).
+        passes = _passes(staged_files) if log or any(files for _, files in children) else 1
         logged_children = (
             "children_hash" if "children_hash" in logged else "CAST(NULL AS VARCHAR) AS children_hash"
         )
