@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from plannr_pipeline.erasure.erase import known_import_error_keys
 from plannr_pipeline.erasure.rules import Person, rewrites_for
-from plannr_pipeline.storage.arrow_io import read_parquet_file
 from plannr_pipeline.storage.erasure import erased_uuids, rewrite_staged
 from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.store import Store
@@ -27,7 +27,7 @@ def _staged_rows(write: StagedWrite, tables, name: str, column: str, uuids: set[
     value_set = pa.array(sorted(uuids), pa.string())
     rows = []
     for temp in write.staged_files_of(table):
-        staged = read_parquet_file(temp, table.schema)
+        staged = pq.read_table(temp, schema=table.schema)
         rows += staged.filter(
             pc.fill_null(pc.is_in(staged.column(column), value_set=value_set), False)
         ).to_pylist()

@@ -38,7 +38,6 @@ import pyarrow.compute as pc
 
 from plannr_pipeline.erasure.withhold import withhold_erased
 from plannr_pipeline.storage import history
-from plannr_pipeline.storage.arrow_io import register_scanned_once
 from plannr_pipeline.storage.parquet_store import StagedWrite, spill_folder
 from plannr_pipeline.storage.sql import read_parquet
 from plannr_pipeline.storage.store import Store
@@ -201,7 +200,7 @@ def duplicate_uuids(store: Store, write: StagedWrite, root: Table) -> int:
 def not_staged(store: Store, write: StagedWrite, root: Table, stored: pa.Table) -> pa.Table:
     """The rows of `stored` (with a `uuid` column) whose record the write has not staged."""
     with bounded_connection(store) as db:
-        register_scanned_once(db, "stored", stored)
+        db.register("stored", stored)
         return db.execute(
             f"SELECT * FROM stored WHERE uuid NOT IN "
             f"(SELECT uuid FROM ({staged_uuids_sql(write, root)}) WHERE uuid IS NOT NULL)"
@@ -247,7 +246,7 @@ def _rebase(
         arrays["staged"] = pa.schema([root.schema.field("uuid"), root.schema.field("seen_at")]).empty_table()
     with bounded_connection(store) as db:
         for name, rows in arrays.items():
-            register_scanned_once(db, name, rows)
+            db.register(name, rows)
         if staged_sql is not None:
             db.execute(f"CREATE TEMP VIEW staged AS {staged_sql}")
         return db.execute(

@@ -19,26 +19,11 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from plannr_pipeline.storage.arrow_io import register_scanned_once
-from plannr_pipeline.storage.commit import bounded_connection
 from plannr_pipeline.storage.parquet_store import StagedWrite
 from plannr_pipeline.storage.store import Store
 from plannr_pipeline.storage.tables import CLIENTS, GOAL_READS
 
 NEVER = datetime.min.replace(tzinfo=UTC)  # the read of a client whose goals were never read
-
-_MERGED = """
-SELECT client_uuid, max(seen_at) AS seen_at
-FROM (SELECT * FROM new_reads UNION ALL SELECT * FROM stored_reads)
-WHERE client_uuid IN (SELECT uuid FROM stored_clients)
-GROUP BY client_uuid
-"""
-
-_READ_ORDER = """
-SELECT c.uuid AS client_uuid, c.created_month, r.seen_at
-FROM clients c LEFT JOIN reads r ON r.client_uuid = c.uuid
-ORDER BY coalesce(r.seen_at, $never), c.uuid
-"""
 
 
 def record_goal_reads(store: Store, reads: Mapping[str, datetime]) -> None:
@@ -56,14 +41,18 @@ def record_goal_reads(store: Store, reads: Mapping[str, datetime]) -> None:
     )
     with store.lock():
         store.recover_locked()
+        # In Arrow, not a Python object per client: the later read of each client wins (a stored
+        # read without a time loses to any), and clients no longer stored leave.
         stored = store.read(GOAL_READS).select(GOAL_READS.schema.names).cast(GOAL_READS.schema)
-        current = store.read(CLIENTS, columns=["uuid"])
-        with bounded_connection(store) as db:
-            for name, rows in (("new_reads", read), ("stored_reads", stored), ("stored_clients", current)):
-                register_scanned_once(db, name, rows)
-            # The later read of each client wins (a stored read without a time loses to any),
-            # and clients no longer stored leave.
-            rows = db.execute(_MERGED).to_arrow_table().cast(GOAL_READS.schema)
+        latest = (
+            pa.concat_tables([read, stored])
+            .group_by("client_uuid", use_threads=False)
+            .aggregate([("seen_at", "max")])
+        )
+        current = store.read(CLIENTS, columns=["uuid"]).column("uuid").combine_chunks()
+        rows = pa.table(
+            {"client_uuid": latest["client_uuid"], "seen_at": latest["seen_at_max"]}, schema=GOAL_READS.schema
+        ).filter(pc.is_in(latest["client_uuid"], value_set=current))
         write = StagedWrite(store)
         try:
             write.write(GOAL_READS, rows)
@@ -76,12 +65,14 @@ def record_goal_reads(store: Store, reads: Mapping[str, datetime]) -> None:
 def goals_read_order(store: Store) -> pa.Table:
     """Every stored client (`client_uuid`, `created_month`, `seen_at` of its last goals read,
     null if never), the never-read first, then the longest ago first."""
-    clients = store.read(CLIENTS, columns=["uuid", "created_month"])
+    clients = store.read(CLIENTS, columns=["uuid", "created_month"]).rename_columns(
+        ["client_uuid", "created_month"]
+    )
     reads = store.read(GOAL_READS)
-    with bounded_connection(store) as db:
-        register_scanned_once(db, "clients", clients)
-        register_scanned_once(db, "reads", reads)
-        return db.execute(_READ_ORDER, {"never": NEVER}).to_arrow_table()
+    joined = clients.join(reads, "client_uuid", join_type="left outer")
+    never = pa.scalar(NEVER, joined.schema.field("seen_at").type)
+    ordered = joined.append_column("_order", pc.fill_null(joined.column("seen_at"), never))
+    return ordered.sort_by([("_order", "ascending"), ("client_uuid", "ascending")]).drop_columns(["_order"])
 
 
 def oldest_goal_read(store: Store) -> datetime | None:

@@ -33,7 +33,6 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from plannr_pipeline.storage import history
-from plannr_pipeline.storage.arrow_io import read_parquet_file
 from plannr_pipeline.storage.sql import quote
 from plannr_pipeline.storage.tables import Table
 
@@ -89,7 +88,7 @@ class StagedWrite:
         if (temp := self._staged.get(target)) is not None and temp.exists():
             # Closed to be read (by the commit, say) and now added to: a Parquet file cannot be
             # appended to, so it is written again with what it held first.
-            held = read_parquet_file(temp, schema)
+            held = pq.read_table(temp, schema=schema)
             writer = self._writers[target] = pq.ParquetWriter(temp, schema, compression="zstd")
             writer.write_table(held)
             return writer
@@ -159,7 +158,7 @@ class StagedWrite:
         value_set = pa.array(sorted(values), pa.string())
         dropped = [table.schema.empty_table()]
         for target, temp in list(self._staged_of(table)):
-            staged = read_parquet_file(temp, table.schema)
+            staged = pq.read_table(temp, schema=table.schema)
             hit = pc.fill_null(pc.is_in(staged.column(column), value_set=value_set), False)
             dropped.append(staged.filter(hit))
             writer = self._writers[target] = pq.ParquetWriter(temp, table.schema, compression="zstd")
@@ -455,4 +454,4 @@ class ParquetStore:
         files = [f for f in files if f.exists()]
         if not files:
             return table.schema.empty_table().select(columns) if columns else table.schema.empty_table()
-        return pa.concat_tables(read_parquet_file(f, table.schema, columns) for f in files)
+        return pa.concat_tables(pq.read_table(f, columns=columns, schema=table.schema) for f in files)
