@@ -438,14 +438,8 @@ class LakeStore:
                 ).fetchall()
             db.execute(f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => now())").fetchall()
             db.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)").fetchall()
-            # The catalog's table-wide minimum and maximum of each column only ever widen, so a
-            # purged value that was a column's extreme would stay there: forgotten, not kept.
-            names = ", ".join(quote(lake_name(table)) for table in tables)
-            metadata = f"__ducklake_metadata_{ALIAS}"
-            db.execute(
-                f"UPDATE {metadata}.ducklake_table_column_stats SET min_value = NULL, max_value = NULL "
-                f"WHERE table_id IN (SELECT table_id FROM {metadata}.ducklake_table WHERE table_name IN ({names}))"
-            )
+            if tables:
+                _narrow_table_stats(db, [lake_name(table) for table in tables])
 
     def compact_log(self, log_table: Table) -> int:
         """Nothing per commit: `maintain` merges the lake's small files on a schedule."""
@@ -471,6 +465,46 @@ def _remove_empty_folders(folder: Path, root: Path) -> None:
         except OSError:
             return
         folder = folder.parent
+
+
+# DuckLake's names of column types that DuckDB spells otherwise (the rest are DuckDB's own).
+_DUCKDB_TYPE = {"int8": "TINYINT", "float32": "FLOAT", "float64": "DOUBLE"}
+
+
+def _narrow_table_stats(db: duckdb.DuckDBPyConnection, names: list[str]) -> None:
+    """Set each column's table-wide minimum and maximum in the catalog to those of the table's
+    live files. DuckLake only ever widens them, so a purged value that was a column's extreme
+    would stay there; and they must still cover every stored value, or DuckDB answers a filter
+    outside them with no rows (clearing them did that: the next insert set them to its own
+    file's range). A column whose statistics do not read as its type keeps them as they are."""
+    metadata = f"__ducklake_metadata_{ALIAS}"
+    columns = db.execute(
+        f"""SELECT s.table_id, s.column_id, c.column_type
+            FROM {metadata}.ducklake_table_column_stats s
+            JOIN {metadata}.ducklake_table t ON t.table_id = s.table_id AND t.end_snapshot IS NULL
+            JOIN {metadata}.ducklake_column c
+              ON c.table_id = s.table_id AND c.column_id = s.column_id AND c.end_snapshot IS NULL
+            WHERE t.table_name IN ({", ".join(quote(name) for name in names)})"""
+    ).fetchall()
+    for table_id, column_id, column_type in columns:
+        as_type = _DUCKDB_TYPE.get(column_type, column_type)
+        try:
+            low, high = db.execute(
+                f"""SELECT CAST(min(CAST(s.min_value AS {as_type})) AS VARCHAR),
+                           CAST(max(CAST(s.max_value AS {as_type})) AS VARCHAR)
+                    FROM {metadata}.ducklake_file_column_stats s
+                    JOIN {metadata}.ducklake_data_file f
+                      ON f.data_file_id = s.data_file_id AND f.end_snapshot IS NULL
+                    WHERE s.table_id = $table AND s.column_id = $column""",
+                {"table": table_id, "column": column_id},
+            ).fetchone()
+        except duckdb.Error:
+            continue  # a nested or unfamiliar type: wide is safe, narrow is not
+        db.execute(
+            f"UPDATE {metadata}.ducklake_table_column_stats SET min_value = $low, max_value = $high "
+            "WHERE table_id = $table AND column_id = $column",
+            {"low": low, "high": high, "table": table_id, "column": column_id},
+        )
 
 
 def open_lake(
