@@ -509,9 +509,6 @@ def with_newer_copies(records: list[dict[str, Any]], newer: list[dict[str, Any]]
     return [newest.get(record.get("uuid"), record) for record in records]
 
 
-# A listing remembers every record it showed (uuid -> `updated_at`): 500,000 of them (a
-# 100,000-client firm's tasks) took 84 MB as uuid strings and ints, 58 MB as the uuids' 128-bit
-# numbers and floats (measured alone).
 class _ListingPass:
     """What one listing has shown so far: seen uuids, the total, and signs that it shifted."""
 
