@@ -371,6 +371,34 @@ def _stamp(micros: int) -> str:
     return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)).isoformat()
 
 
+def test_a_short_listing_keeps_each_records_newest_copy_and_so_do_odd_uuids_past_packing():
+    """Below the packing threshold (every client's goals listing) records are kept in a dict, and
+    so are uuids that are not canonical past it: there too an equal or older copy is not newer,
+    and a copy without a readable time never replaces one with a time."""
+    from plannr_pipeline.api.seen import _PACK_FROM, SeenRecords, Shown
+
+    def copies_compare(seen: SeenRecords, first: object, untimed: object) -> None:
+        assert seen.show(first, _stamp(1_001)) is Shown.FIRST
+        assert seen.show(first, _stamp(1_001)) is Shown.NOT_NEWER
+        assert seen.show(first, _stamp(1_000)) is Shown.NOT_NEWER
+        assert seen.show(first, "not a time") is Shown.NOT_NEWER
+        assert seen.show(first, _stamp(1_002)) is Shown.NEWER
+        assert seen.show(untimed, None) is Shown.FIRST
+        assert seen.show(untimed, None) is Shown.NOT_NEWER
+        assert seen.show(untimed, _stamp(5)) is Shown.NEWER
+        assert seen.show(untimed, None) is Shown.NOT_NEWER
+
+    short = SeenRecords()
+    copies_compare(short, str(uuid.UUID(int=1)), str(uuid.UUID(int=2)))
+    assert short._buckets is None  # not packed
+
+    long = SeenRecords()
+    for n in range(_PACK_FROM + 10):
+        long.show(str(uuid.UUID(int=n + 10)), None)
+    assert long._buckets is not None  # packed
+    copies_compare(long, "GOAL-1", 7)  # neither a canonical uuid: kept as they came
+
+
 def test_a_long_listing_packs_what_it_has_seen_and_still_keeps_each_records_newest_copy():
     """Past a few thousand records a listing packs each uuid and time into byte arrays: a copy
     shown again is still told apart as newer or not, a uuid in another form is still another

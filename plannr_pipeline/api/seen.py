@@ -19,7 +19,6 @@ from enum import Enum
 from typing import Any
 
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_EXACT_IN_A_FLOAT = 2**53
 
 
 def seen_key(uuid: Any) -> object:
@@ -32,21 +31,21 @@ def seen_key(uuid: Any) -> object:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+# updated_at absent or unreadable: before any time there is (microseconds since 1970 fit 64 bits
+# from the year 1 to 9999), so any copy with a time is newer than one without.
+_NO_TIME = -(2**63)
 
 
-def instant(value: Any) -> float | int | None:
-    """An ISO 8601 `updated_at` as microseconds since 1970 (None when absent or unreadable).
-
-    A number, not the datetime, and a float (24 bytes, not an int's 32) wherever a float holds it
-    exactly (to the year 2255); a float and an int compare exactly."""
+def instant(value: Any) -> int:
+    """An ISO 8601 `updated_at` as microseconds since 1970 (`_NO_TIME` when absent or unreadable):
+    a number, not the datetime, as the packed records hold it."""
     if not isinstance(value, str):
-        return None
+        return _NO_TIME
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
-        return None
-    micros = ((moment if moment.tzinfo else moment.replace(tzinfo=UTC)) - _EPOCH) // _MICROSECOND
-    return float(micros) if -_EXACT_IN_A_FLOAT < micros < _EXACT_IN_A_FLOAT else micros
+        return _NO_TIME
+    return ((moment if moment.tzinfo else moment.replace(tzinfo=UTC)) - _EPOCH) // _MICROSECOND
 
 
 class Shown(Enum):
@@ -55,9 +54,7 @@ class Shown(Enum):
     NOT_NEWER = "not newer"  # shown before, and this copy is not newer
 
 
-_RECORD = struct.Struct(">16sq")  # the uuid's 16 bytes, then updated_at in microseconds
-# updated_at absent: before any time there is (microseconds since 1970 fit 64 bits to the year 9999)
-_NO_TIME = -(2**63)
+_RECORD = struct.Struct(">16sq")  # the uuid's 16 bytes, then updated_at as `instant` gives it
 _PACK_FROM = 4_096  # records held as a dict first: most listings (a client's goals) stay below
 _BUCKETS = 1 << 14  # ~30 records a bucket at 500,000: a lookup scans ~750 bytes in C
 
@@ -67,7 +64,7 @@ class SeenRecords:
 
     def __init__(self) -> None:
         # Every record until there are _PACK_FROM, then those whose uuid is not canonical.
-        self._few: dict[object, float | int | None] = {}
+        self._few: dict[object, int] = {}
         self._buckets: list[bytearray] | None = None
         self._packed = 0
 
@@ -84,19 +81,17 @@ class SeenRecords:
         packed = key.to_bytes(16, "big")
         at = _find(bucket, packed)
         if at < 0:
-            bucket += _RECORD.pack(packed, _NO_TIME if this is None else int(this))
+            bucket += _RECORD.pack(packed, this)
             self._packed += 1
             return Shown.FIRST
-        kept = _RECORD.unpack_from(bucket, at)[1]
-        if this is not None and this > kept:  # any time is after _NO_TIME
-            _RECORD.pack_into(bucket, at, packed, int(this))
+        if this > _RECORD.unpack_from(bucket, at)[1]:
+            _RECORD.pack_into(bucket, at, packed, this)
             return Shown.NEWER
         return Shown.NOT_NEWER
 
-    def _show_few(self, key: object, this: float | int | None) -> Shown:
+    def _show_few(self, key: object, this: int) -> Shown:
         if key in self._few:
-            kept = self._few[key]
-            if this is not None and (kept is None or this > kept):
+            if this > self._few[key]:
                 self._few[key] = this
                 return Shown.NEWER
             return Shown.NOT_NEWER
@@ -110,8 +105,7 @@ class SeenRecords:
         few, self._few = self._few, {}
         for key, kept in few.items():
             if type(key) is int:
-                packed = _RECORD.pack(key.to_bytes(16, "big"), _NO_TIME if kept is None else int(kept))
-                self._buckets[hash(key) % _BUCKETS] += packed
+                self._buckets[hash(key) % _BUCKETS] += _RECORD.pack(key.to_bytes(16, "big"), kept)
                 self._packed += 1
             else:
                 self._few[key] = kept
