@@ -10,6 +10,8 @@ bench_sync.py), then, each in a process group of its own with fresh folders:
 Each is measured for wall time and peak RSS (the sync's process group, sampled every 50 ms; the
 catalog and S3 servers are separate processes, reported at the end, not in the sync's figure).
 Both must land the same rows; the target is the lake at most 1.5x the local store's wall time.
+Last, what opening the lake costs on its own: the RSS a process that has imported what a sync
+imports gains by loading the extensions and attaching the catalog (both connections a sync opens).
 
     .venv/bin/python bench/bench_lake.py [--clients 10000] [--out bench/LAKE.md]
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -30,6 +33,39 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 from bench_sync import UNLIMITED, Sandbox, _group_rss, mb, run_measured, sync_env, sync_rows  # noqa: E402
 
 from plannr_pipeline.local_servers import LocalServers  # noqa: E402
+
+# Run with the lake's variables set, after the lake sync: prints RSS in MB before opening the lake,
+# after the sync's connection has counted a table, after its second (read-only) connection too.
+OPENING_COST = """
+import os, sys
+from pathlib import Path
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+import plannr_pipeline.cli, plannr_pipeline.sync  # what a sync has loaded before it opens a store
+from plannr_pipeline.storage.lake import LakeSettings, LakeStore
+
+before = rss()
+store = LakeStore(LakeSettings.from_env(), Path(sys.argv[1]))
+store.connect().execute("SELECT count(*) FROM plannr.clients").fetchall()
+opened = rss()
+store.scratch().execute("SELECT count(*) FROM plannr.clients").fetchall()
+print(f"{before:.1f} {opened:.1f} {rss():.1f}")
+"""
+
+
+def opening_cost(env: dict[str, str], staging: Path) -> tuple[float, float, float]:
+    staging.mkdir(parents=True)
+    said = subprocess.run(
+        [sys.executable, "-c", OPENING_COST, str(staging)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    before, opened, both = (float(x) for x in said.stdout.split())
+    return before, opened, both
 
 
 def run(label: str, sandbox: Sandbox, workdir: Path, extra: dict[str, str]) -> dict:
@@ -54,6 +90,8 @@ def main() -> int:
             local = run("local store", sandbox, Path(folder) / "local", {})
             lake = servers.new_lake()
             in_lake = run("lake", sandbox, Path(folder) / "lake", lake.env)
+            lake_env = {**sync_env(sandbox.url, Path(folder) / "probe", UNLIMITED), **lake.env}
+            before, opened, both = opening_cost(lake_env, Path(folder) / "probe")
             server_rss = sum(_group_rss(p.pid)[0] for p in servers.processes.values()) / 2**20
             objects = len(servers.objects(lake))
     finally:
@@ -90,6 +128,12 @@ def main() -> int:
         f"{moving_rows}). The lake held "
         f"{objects:,} objects in its bucket after the sync; the catalog (PostgreSQL) and S3 (moto) "
         f"servers used {server_rss:.0f} MB between them at the end, outside the sync's figure.",
+        "",
+        f"Opening the lake alone, in a process that has imported what a sync imports ({before:.0f} MB): "
+        f"+{opened - before:.0f} MB for the extensions, the S3 secret and the catalog attached (one count "
+        f"read), +{both - before:.0f} MB with the history's second, read-only connection. A lake sync holds "
+        f"this on top of what the local store's sync holds ({local['measured'].tree_peak_mb:.0f} MB at its "
+        f"peak here): {local['measured'].tree_peak_mb + both - before:.0f} MB before the lake's own commits cost anything.",
     ]
     text = "\n".join(lines) + "\n"
     args.out.write_text(text)

@@ -88,7 +88,9 @@ def free_port() -> int:
 class Sandbox:
     """`plannr-pipeline sandbox` in its own process; `counts()` asks it what it has served so far."""
 
-    def __init__(self, clients: int, rate_limit: int, firm: str, *flags: str) -> None:
+    def __init__(
+        self, clients: int, rate_limit: int, firm: str, *flags: str, latency_ms: float = LATENCY_MS
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         shape = [arg for name, value in FIRMS[firm].items() for arg in (f"--{name}", str(value))]
@@ -103,7 +105,7 @@ class Sandbox:
                 "--clients",
                 str(clients),
                 "--latency-ms",
-                str(LATENCY_MS),
+                str(latency_ms),
                 "--rate-limit",
                 str(rate_limit),
                 "--token",

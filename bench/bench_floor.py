@@ -1,0 +1,169 @@
+"""What a sync costs with nothing to fetch, against what the issue-26 time targets leave for it.
+
+Every `plannr-pipeline sync` pays a fixed part whatever the firm's size: starting Python and
+importing Dagster, DuckDB and Arrow; creating a fresh instance's SQLite databases; creating the
+run, whose planned events Dagster's SQLite storage writes one per partition (48 for each monthly
+asset of this firm's four years), then a materialisation event per partition; a commit and a
+views refresh per collection. This measures that part: a sync of a one-client firm (the same
+four years, so the same 48 partitions), at no latency, budget lifted. Beside it, the same for
+dagster-dlt (bench/dagster_dlt_peer.py), and both at 1,000 clients at 25 ms as bench_sync.py runs
+them, so the 1,000-client target (at most half of dagster-dlt's wall time) can be set against the
+floor. With --with-10k, bare dlt and the sync at 10,000 clients too, for the 10,000-client target
+(at most a third of bare dlt's), against the floor plus the goals fan-out's latency floor
+(10,000 requests at 25 ms, 32 in flight).
+
+    .venv/bin/python bench/bench_floor.py [--repeat 3] [--with-10k] [--out bench/FLOOR.md]
+
+Each run is a process of its own with fresh temp folders, measured as bench_sync.py measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sync import (  # noqa: E402  (beside this file; bench/ is not a package)
+    BENCH,
+    LATENCY_MS,
+    PEERS,
+    UNLIMITED,
+    Run,
+    Sandbox,
+    package_commit,
+    run_peer,
+    run_sync,
+)
+
+CONCURRENCY = 32  # bench_sync.py's PLANNR_MAX_CONCURRENCY and dlt's extract workers
+
+
+def import_seconds(repeat: int) -> list[float]:
+    """Wall time of a process that only imports what a sync imports before it starts work."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", "import plannr_pipeline.cli, plannr_pipeline.sync"],
+            check=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))},
+        )
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def runs_of(tool: str, sandbox: Sandbox, scratch: Path, label: str, repeat: int) -> list[Run]:
+    runs = []
+    for repetition in range(repeat):
+        workdir = scratch / f"{label}-{tool}-{repetition}"
+        run = run_sync(sandbox, workdir) if tool == "sync" else run_peer(tool, PEERS[tool], sandbox, workdir)
+        if run.measured.returncode != 0:
+            raise RuntimeError(
+                f"{tool} ({label}) exited {run.measured.returncode}:\n"
+                + "\n".join(run.measured.output.splitlines()[-15:])
+            )
+        print(f"  {label} {tool} #{repetition + 1}: {run.measured.seconds:.1f} s", flush=True)
+        runs.append(run)
+    return runs
+
+
+def row(label: str, tool: str, runs: list[Run]) -> str:
+    seconds = [r.measured.seconds for r in runs]
+    every = ", ".join(f"{s:.1f}" for s in seconds)
+    peak = max(r.measured.tree_peak_mb for r in runs)
+    return f"| {label} | {tool} | {min(seconds):.1f} s | {statistics.median(seconds):.1f} s ({every}) | {peak:.0f} MB |"
+
+
+def best(runs: list[Run]) -> float:
+    return min(r.measured.seconds for r in runs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--with-10k", action="store_true", help="also bare dlt and the sync at 10,000 clients"
+    )
+    parser.add_argument("--out", default=str(BENCH / "FLOOR.md"))
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="plannr-floor-"))
+    started = datetime.now(UTC)
+    results: dict[tuple[str, str], list[Run]] = {}
+    try:
+        imports = import_seconds(args.repeat)
+        print(f"  imports: {', '.join(f'{s:.2f}' for s in imports)} s", flush=True)
+        firms = [("1 client, 0 ms", 1, 0.0), ("1,000 clients, 25 ms", 1000, LATENCY_MS)]
+        for label, clients, latency in firms:
+            sandbox = Sandbox(clients, UNLIMITED, "issue", latency_ms=latency)
+            try:
+                for tool in ("sync", "dagster-dlt"):
+                    results[(label, tool)] = runs_of(tool, sandbox, scratch, label[:6], args.repeat)
+            finally:
+                sandbox.stop()
+        if args.with_10k:
+            label = "10,000 clients, 25 ms"
+            sandbox = Sandbox(10_000, UNLIMITED, "issue")
+            try:
+                for tool in ("sync", "dlt"):
+                    results[(label, tool)] = runs_of(tool, sandbox, scratch, "10000", 1)
+            finally:
+                sandbox.stop()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    floor = best(results[("1 client, 0 ms", "sync")])
+    dagster_dlt = best(results[("1,000 clients, 25 ms", "dagster-dlt")])
+    ours = best(results[("1,000 clients, 25 ms", "sync")])
+    lines = [
+        "# What a sync costs with nothing to fetch (bench/bench_floor.py)",
+        "",
+        f"Measured {started:%Y-%m-%d %H:%M} UTC by `.venv/bin/python bench/bench_floor.py {' '.join(sys.argv[1:])}` "
+        f"at commit {package_commit()}; nproc {os.cpu_count()}, Python {platform.python_version()}. "
+        "Firm shape as bench_sync.py's `issue` firm: clients created over four years, 48 monthly partitions "
+        f"whatever the count. Syncs with PLANNR_MAX_CONCURRENCY={CONCURRENCY}, budget lifted; each run a fresh process, "
+        "fresh DAGSTER_HOME and data folder.",
+        "",
+        f'Importing what a sync imports (`python -c "import plannr_pipeline.cli, plannr_pipeline.sync"`): '
+        f"best {min(imports):.2f} s of {len(imports)}.",
+        "",
+        "| firm | tool | wall time, best | median (every run) | peak RSS, process group |",
+        "| --- | --- | --- | --- | --- |",
+        *(row(label, tool, runs) for (label, tool), runs in results.items()),
+        "",
+        f"- **1,000 clients**: the target is at most 0.5 of dagster-dlt's wall time, {0.5 * dagster_dlt:.1f} s "
+        f"today (dagster-dlt best {dagster_dlt:.1f} s). A sync with one client to fetch takes {floor:.1f} s, "
+        f"{floor / dagster_dlt:.2f} of dagster-dlt's 1,000-client time before fetching anything; the sync of "
+        f"1,000 clients took {ours:.1f} s ({ours / dagster_dlt:.2f}).",
+    ]
+    if args.with_10k:
+        dlt = best(results[("10,000 clients, 25 ms", "dlt")])
+        ours_10k = best(results[("10,000 clients, 25 ms", "sync")])
+        fan_out = 10_000 * LATENCY_MS / 1000 / CONCURRENCY
+        lines.append(
+            f"- **10,000 clients**: the target is at most a third of bare dlt's wall time, {dlt / 3:.1f} s today "
+            f"(dlt {dlt:.1f} s). The floor ({floor:.1f} s) and the goals fan-out's latency alone "
+            f"(10,000 requests x {LATENCY_MS:.0f} ms / {CONCURRENCY} in flight = {fan_out:.1f} s) come to "
+            f"{floor + fan_out:.1f} s, leaving {dlt / 3 - floor - fan_out:.1f} s for every listing page and for "
+            f"normalising, validating, committing and recording the history of ~340,000 rows; "
+            f"the sync took {ours_10k:.1f} s ({ours_10k / dlt:.2f} of dlt)."
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
