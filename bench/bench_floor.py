@@ -71,7 +71,7 @@ def runs_of(tool: str, sandbox: Sandbox, scratch: Path, label: str, repeat: int)
                 f"{tool} ({label}) exited {run.measured.returncode}:\n"
                 + "\n".join(run.measured.output.splitlines()[-15:])
             )
-        print(f"  {label} {tool} #{repetition + 1}: {run.measured.seconds:.1f} s", flush=True)
+        print(f"  {label} clients, {tool} #{repetition + 1}: {run.measured.seconds:.1f} s", flush=True)
         runs.append(run)
     return runs
 
@@ -108,7 +108,7 @@ def main() -> int:
             sandbox = Sandbox(clients, UNLIMITED, "issue", latency_ms=latency)
             try:
                 for tool in ("sync", "dagster-dlt"):
-                    results[(label, tool)] = runs_of(tool, sandbox, scratch, label[:6], args.repeat)
+                    results[(label, tool)] = runs_of(tool, sandbox, scratch, str(clients), args.repeat)
             finally:
                 sandbox.stop()
         if args.with_10k:
