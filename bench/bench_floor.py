@@ -179,10 +179,10 @@ def main() -> int:
         "| --- | --- | --- | --- | --- |",
         *(row(label, tool, runs) for (label, tool), runs in results.items()),
         "",
-        f"- **1,000 clients**: the target is at most 0.5 of dagster-dlt's wall time, {0.5 * dagster_dlt:.1f} s "
+        f"- **1,000 clients**: the target is at most 0.5 of dagster-dlt's wall time, {0.5 * dagster_dlt:.2f} s "
         f"today (dagster-dlt best {dagster_dlt:.1f} s). A sync of the one-client firm takes {floor:.1f} s, "
         f"{floor / dagster_dlt:.2f} of dagster-dlt's 1,000-client time; the sync's Dagster run with nothing "
-        f"in its bodies {dagster_floor:.1f} s ({dagster_floor / dagster_dlt:.2f}), to which 1,000 clients add at "
+        f"in its bodies {dagster_floor:.2f} s ({dagster_floor / dagster_dlt:.2f}), to which 1,000 clients add at "
         f"least their goals' latency ({1000 * LATENCY_MS / 1000 / CONCURRENCY:.1f} s at {CONCURRENCY} in flight); the sync of "
         f"1,000 clients took {ours:.1f} s ({ours / dagster_dlt:.2f}).",
     ]
