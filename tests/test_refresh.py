@@ -174,30 +174,71 @@ def test_a_refresh_and_a_sync_of_one_token_stay_under_its_limit(make_sandbox, tm
     assert served["requests"] - seeding > limit * 0.8  # both did work: the test exercised the limit
 
 
-def test_a_budget_share_leaves_the_rest_of_the_window_and_paces_itself(tmp_path):
-    """Half of a 120-per-2-seconds budget: 60 in the window, five every 1/6 s, however fast it asks."""
+# A 6-second window: RequestBudget takes slots from its log in chunks of a quarter second's worth
+# (here 5) and drops those not spent within a sixtieth of the window; the share spends a twelfth
+# of itself at a time (here 5). With a 2-second window the chunks were 15, two thirds of each
+# dropped, and the budget ran dry after 40 grants: the count sat on the test's bound.
+SHARE_WINDOW = 6.0
+
+
+def _take_share(folder: Path, seconds: float) -> tuple[float, list[float], float]:
+    """Half of a 120-per-6-seconds budget, asked as fast as it grants for `seconds`: when it
+    started, when each slot was granted, and how late the event loop ran at worst meanwhile."""
     budget = RequestBudget(
-        "share-test", 120, directory=tmp_path, window_seconds=2.0, follow_server_limit=False
+        "share-test", 120, directory=folder, window_seconds=SHARE_WINDOW, follow_server_limit=False
     )
     share = BudgetShare(budget, 0.5)
     taken: list[float] = []
+    worst_lag = 0.0
 
-    async def take_for(seconds: float) -> None:
+    async def take() -> None:
+        while True:
+            await share.acquire()
+            taken.append(time.monotonic())
+
+    async def watch_the_loop() -> None:
+        nonlocal worst_lag
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.02)
+            worst_lag = max(worst_lag, time.monotonic() - before - 0.02)
+
+    async def both() -> None:
+        watcher = asyncio.create_task(watch_the_loop())
         try:
             async with asyncio.timeout(seconds):
-                while True:
-                    await share.acquire()
-                    taken.append(time.monotonic())
+                await take()
         except TimeoutError:
             pass
+        finally:
+            watcher.cancel()
 
     started = time.monotonic()
     try:
-        asyncio.run(take_for(1.9))
+        asyncio.run(both())
     finally:
         budget.close()
-    assert 40 <= len(taken) <= 60  # the share of the window, not the whole of it (120)
-    assert sum(1 for t in taken if t - started < 0.5) <= 20  # spread out, not all 60 at once
+    return started, taken, worst_lag
+
+
+def test_a_budget_share_leaves_the_rest_of_the_window_and_paces_itself(tmp_path):
+    """Half of a 120-per-6-seconds budget: 60 in the window, five every half second, however fast
+    it asks.
+
+    At most 60, and spread out, whatever the machine does. At least 40 only means something when
+    the machine let the process run: starved (its event loop late by a tenth of a second or more,
+    as on a loaded CI machine), the slots it took age out before it spends them (RequestBudget
+    drops them, by design) and it gets fewer. Such a run is tried again, three times at most."""
+    lags = []
+    for attempt in range(3):
+        started, taken, lag = _take_share(tmp_path / str(attempt), SHARE_WINDOW - 0.1)
+        assert len(taken) <= 60  # the share of the window, not the whole of it (120)
+        assert sum(1 for t in taken if t - started < 1.4) <= 20  # spread out, not all 60 at once
+        if lag < 0.1:
+            assert len(taken) >= 40, f"{len(taken)} slots in a window, the loop never late by 0.1 s"
+            return
+        lags.append(f"{len(taken)} slots, loop late by up to {lag:.2f} s")
+    pytest.fail("every run was starved, so the share's pace could not be judged: " + "; ".join(lags))
 
 
 def test_a_bad_reserve_is_one_line_and_exit_2(make_sandbox, tmp_path):
