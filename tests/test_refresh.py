@@ -175,7 +175,7 @@ def test_a_refresh_and_a_sync_of_one_token_stay_under_its_limit(make_sandbox, tm
 
 
 # A 6-second window: RequestBudget takes slots from its log in chunks of a quarter second's worth
-# (here 5) and drops those not spent within a sixtieth of the window; the share spends a twelfth
+# (here 5) and drops those not spent within 1/120 of the window; the share spends a twelfth
 # of itself at a time (here 5). With a 2-second window the chunks were 15, two thirds of each
 # dropped, and the budget ran dry after 40 grants: the count sat on the test's bound.
 SHARE_WINDOW = 6.0
