@@ -40,18 +40,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sync import (  # noqa: E402  (beside this file; bench/ is not a package)
     BENCH,
+    CONCURRENCY,
     LATENCY_MS,
     PEERS,
     UNLIMITED,
     Run,
     Sandbox,
+    bare_env,
     package_commit,
     run_measured,
     run_peer,
     run_sync,
 )
-
-CONCURRENCY = 32  # bench_sync.py's PLANNR_MAX_CONCURRENCY and dlt's extract workers
 
 
 def import_seconds(repeat: int) -> list[float]:
@@ -62,7 +62,7 @@ def import_seconds(repeat: int) -> list[float]:
         subprocess.run(
             [sys.executable, "-c", "import plannr_pipeline.cli, plannr_pipeline.sync"],
             check=True,
-            env={k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))},
+            env=bare_env(),
         )
         times.append(time.perf_counter() - started)
     return times
@@ -71,7 +71,7 @@ def import_seconds(repeat: int) -> list[float]:
 def dagster_alone(scratch: Path, repeat: int) -> tuple[list[Run], list[dict]]:
     """bench/dagster_floor_peer.py, each run on a fresh DAGSTER_HOME: its runs and its phases."""
     runs, phases = [], []
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}
+    env = bare_env()
     for repetition in range(repeat):
         workdir = scratch / f"dagster-alone-{repetition}"
         workdir.mkdir(parents=True)

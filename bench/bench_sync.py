@@ -4,7 +4,7 @@ For each size, one sandbox process (`plannr-pipeline sandbox`, 25 ms latency, no
 limit, the firm shape set by its flags; what it served is read from its `GET /__sandbox/stats`),
 then per repetition, each in a subprocess of its own with fresh temp folders:
 
-1. a full `plannr-pipeline sync` (PLANNR_MAX_CONCURRENCY 32, budget lifted);
+1. a full `plannr-pipeline sync` (PLANNR_MAX_CONCURRENCY 32, `CONCURRENCY`; budget lifted);
 2. dlt's rest_api source loading the same collections into DuckDB (bench/dlt_peer.py);
 3. at sizes up to --dagster-dlt-up-to (1,000 by default), the same dlt source as `@dlt_assets`
    (dagster-dlt) in one Dagster run on a fresh instance (bench/dagster_dlt_peer.py): the peer a
@@ -58,6 +58,8 @@ BENCH = Path(__file__).resolve().parent
 TOKEN = "bench-token"
 UNLIMITED = 100_000_000
 LATENCY_MS = 25.0
+# Requests in flight: the sync's PLANNR_MAX_CONCURRENCY and the dlt peers' extract workers alike.
+CONCURRENCY = 32
 # `plannr-pipeline sandbox` firm shape flags. "issue", the default, is the shape the benchmark issue
 # asks for: about 3 goals per client (0..6), tasks 5x clients, circles clients/4, about 50 imports
 # over the 30 days of history. "cli" keeps the sandbox's own defaults.
@@ -248,8 +250,13 @@ def run_measured(
     )
 
 
+def bare_env() -> dict[str, str]:
+    """This process's environment without its own PLANNR_* and DAGSTER_* settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}
+
+
 def sync_env(url: str, workdir: Path, rate_limit: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}
+    env = bare_env()
     env.update(
         {
             "DAGSTER_HOME": str(workdir / "dagster_home"),
@@ -257,7 +264,7 @@ def sync_env(url: str, workdir: Path, rate_limit: int) -> dict[str, str]:
             "PLANNR_BASE_URL": url,
             "PLANNR_API_TOKEN": TOKEN,
             "PLANNR_RATE_LIMIT_PER_MINUTE": str(rate_limit),
-            "PLANNR_MAX_CONCURRENCY": "32",
+            "PLANNR_MAX_CONCURRENCY": str(CONCURRENCY),
         }
     )
     return env
@@ -304,7 +311,6 @@ def run_peer(tool: str, script: str, sandbox: Sandbox, workdir: Path) -> Run:
     """A dlt peer (bench/dlt_peer.py or bench/dagster_dlt_peer.py) in a process of its own."""
     workdir.mkdir(parents=True)
     before = sandbox.counts()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANNR_", "DAGSTER_"))}
     measured = run_measured(
         [
             sys.executable,
@@ -315,8 +321,10 @@ def run_peer(tool: str, script: str, sandbox: Sandbox, workdir: Path) -> Run:
             TOKEN,
             "--data-dir",
             str(workdir),
+            "--workers",
+            str(CONCURRENCY),
         ],
-        env,
+        bare_env(),
         workdir / f"{tool}.log",
     )
     requests, statuses = delta(sandbox.counts(), before)
@@ -575,7 +583,7 @@ def main() -> int:
         f"Measured {started:%Y-%m-%d %H:%M} UTC by `.venv/bin/python bench/bench_sync.py {' '.join(sys.argv[1:])}` "
         f"on the package at commit {package_commit()}, validation before commit and history on.",
         f"Machine: nproc {os.cpu_count()}, {platform.machine()}, Python {platform.python_version()}, "
-        f"sandbox latency {LATENCY_MS:.0f} ms per request, sync with PLANNR_MAX_CONCURRENCY=32, dlt with 32 extract workers.",
+        f"sandbox latency {LATENCY_MS:.0f} ms per request, sync with PLANNR_MAX_CONCURRENCY={CONCURRENCY}, dlt with {CONCURRENCY} extract workers.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
         *([args.note] if args.note else []),
         "",
