@@ -5,9 +5,10 @@ A listing of 500,000 tasks remembers 500,000 records until its last page. As a d
 that is ~118 bytes a record (56 MB traced in a probe of 500,000), and its small objects stay
 scattered over the heap after the listing. Past a few thousand records a canonical uuid is kept
 as its 16 bytes and the time as 8, packed into byte arrays by a hash of the uuid: ~28 bytes a
-record (13 MB traced, 24 MB of RSS in the same probe), for ~1 microsecond more a record. A 100,000-client sync, one run each: the tasks listing's peak
-311 -> 274 MB, and 25 MB less held after it. The sync's process runs without NumPy (see
-`cli.main`), so the arrays are the standard library's.
+record (13 MB traced, 24 MB of RSS in the same probe), for ~1 microsecond more a record. A
+100,000-client sync, one run each: the tasks listing's peak 311 -> 274 MB, and 25 MB less held
+after it. The sync's process runs without NumPy (see `cli.main`), so the arrays are the standard
+library's.
 """
 
 from __future__ import annotations
